@@ -1,0 +1,148 @@
+"""A tiny small/large model pair, a real tokenizer they share, and tiny math data.
+
+Everything here is built on the fly, offline and deterministically, for the CPU smoke run
+and the tests: two randomly initialised Qwen2-architecture causal LMs of different widths
+(and, like Qwen2.5-Math-1.5B/7B, different padded embedding sizes) sharing one byte-level
+BPE tokenizer with a Qwen-style chat template, and arithmetic prompts with boxed answers
+written as the same verl parquet that ``scripts/prepare_data.py`` writes.
+
+    python scripts/make_tiny_pair.py --out /tmp/tiny
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# name -> (hidden, intermediate, layers, heads, kv heads, vocab padding multiple)
+TINY_SIZES = {
+    "small": (32, 64, 2, 4, 2, 8),
+    "large": (64, 128, 2, 4, 2, 256),
+}
+
+
+def _tokenizer_corpus() -> list[str]:
+    rng = random.Random(0)
+    lines = [INSTRUCTION, "The answer is \\boxed{42}.", "user", "assistant", "system"]
+    for _ in range(400):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        op = rng.choice(["+", "-", "*"])
+        lines.append(f"What is {a} {op} {b}? {a} {op} {b} = \\boxed{{{eval(f'{a}{op}{b}')}}}")
+    return lines
+
+
+def build_tokenizer():
+    """Byte-level BPE (a few hundred tokens) wrapped as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def _padded(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def build_model(size: str, vocab_len: int, eos_id: int, pad_id: int, seed: int):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hidden, inter, layers, heads, kv_heads, pad_multiple = TINY_SIZES[size]
+    config = Qwen2Config(
+        vocab_size=_padded(vocab_len, pad_multiple),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def build_tiny_pair(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, str]:
+    """Write ``out_dir/small`` and ``out_dir/large`` (model + tokenizer each). Returns the paths."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer()
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    paths = {}
+    for i, size in enumerate(("small", "large")):
+        path = out / size
+        model = build_model(size, len(tokenizer), eos_id, pad_id, seed=seed + i)
+        model.generation_config.eos_token_id = eos_id
+        model.generation_config.pad_token_id = pad_id
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        paths[size] = str(path)
+    return paths
+
+
+def tiny_math_rows(n: int, split: str, seed: int, data_source: str = "tiny_arith") -> list[dict]:
+    """Arithmetic prompts in verl's RLHFDataset row layout."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        op = rng.choice(["+", "-"])
+        answer = str(a + b if op == "+" else a - b)
+        rows.append(
+            {
+                "data_source": data_source,
+                "prompt": [{"role": "user", "content": f"What is {a} {op} {b}? {INSTRUCTION}"}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": answer},
+                "extra_info": {"split": split, "index": i},
+            }
+        )
+    return rows
+
+
+def build_tiny_data(out_dir: str | os.PathLike, n_train: int = 64, n_eval: int = 16, seed: int = 0) -> dict[str, str]:
+    """Write ``train.parquet`` and ``test.parquet`` of tiny arithmetic prompts. Returns the paths."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n, s in (("train", n_train, seed), ("test", n_eval, seed + 1)):
+        path = out / f"{split}.parquet"
+        pd.DataFrame(tiny_math_rows(n, split, s)).to_parquet(path)
+        paths[split] = str(path)
+    (out / "manifest.json").write_text(json.dumps({"rows": {"train": n_train, "test": n_eval}, "seed": seed}))
+    return paths
