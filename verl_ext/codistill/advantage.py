@@ -1,0 +1,294 @@
+"""Small-model advantage of CoDistill-GRPO: GRPO outcome advantage mixed with an on-policy KD reward.
+
+All functions are vectorised over samples and tokens; group statistics use ``index_add_`` over
+the ``uid`` groups. Per-sequence group statistics run in float64 (``N`` scalars, negligible
+cost) so that a group of equal rewards gives exactly 0 before the ``eps`` division.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from verl.utils import as_torch_index
+
+from .config import KD_CREDITS, CoDistillConfig, kd_coef_at
+from .metrics import compute_small_metrics
+
+__all__ = [
+    "compute_kd_reward",
+    "compute_codistill_outcome_advantage",
+    "compute_codistill_advantage_and_metrics",
+    "compute_codistill_advantage_from_config",
+    "compute_outcome_advantage_scalar",
+    "group_ids",
+    "group_mean_std",
+]
+
+
+def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _check_2d(name: str, t: torch.Tensor, shape: torch.Size) -> None:
+    if t.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} (bs, response_length)")
+
+
+def group_ids(index: Any, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Map group labels (``uid``: strings, ints, tensor) to contiguous ids.
+
+    Returns:
+        gidx: ``(n,)`` long tensor with values in ``[0, num_groups)``.
+        num_groups: number of distinct labels.
+    """
+    g = as_torch_index(index, device=device)
+    if g.numel() != n:
+        raise ValueError(f"index has {g.numel()} entries, expected one group id per response ({n})")
+    uniq, gidx = torch.unique(g, return_inverse=True)
+    return gidx, uniq.numel()
+
+
+def group_mean_std(x: torch.Tensor, gidx: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample group mean and unbiased std, verl's GRPO convention, in float64.
+
+    A group of size 1 has mean 0 and std 1 (as in ``compute_grpo_outcome_advantage``).
+
+    Args:
+        x: ``(N,)`` values.
+        gidx: ``(N,)`` contiguous group ids.
+        num_groups: number of groups ``G``.
+
+    Returns:
+        mean, std: ``(N,)`` float64, the statistics of each sample's group.
+    """
+    x64 = x.to(torch.float64)
+    zeros = torch.zeros(num_groups, dtype=torch.float64, device=x.device)
+    count = zeros.index_add(0, gidx, torch.ones_like(x64))
+    mean = zeros.index_add(0, gidx, x64) / count.clamp_min(1.0)
+    centered = x64 - mean[gidx]
+    var = zeros.index_add(0, gidx, centered * centered) / (count - 1.0).clamp_min(1.0)
+    single = count <= 1.0
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(var), var.sqrt())
+    return mean[gidx], std[gidx]
+
+
+def compute_outcome_advantage_scalar(
+    scores: torch.Tensor,
+    gidx: torch.Tensor,
+    num_groups: int,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+) -> torch.Tensor:
+    """GRPO outcome advantage per response, float64.
+
+    ``A_R[i] = (r_i - mean_g r) / (std_g r + eps)`` (or ``r_i - mean_g r`` without std normalisation).
+
+    Args:
+        scores: ``(N,)`` outcome rewards ``r``.
+
+    Returns:
+        ``(N,)`` float64 advantages.
+    """
+    mean, std = group_mean_std(scores, gidx, num_groups)
+    centered = scores.to(torch.float64) - mean
+    return centered / (std + epsilon) if norm_adv_by_std_in_grpo else centered
+
+
+def compute_kd_reward(
+    small_log_probs: torch.Tensor,
+    large_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    clamp: float = 10.0,
+) -> torch.Tensor:
+    """Per-token KD reward, a single-sample estimate of the negative reverse KL.
+
+    ``d[i,t] = clamp(ll[i,t] - ls[i,t], -c, c) * m[i,t]``
+
+    Args:
+        small_log_probs: ``(bs, T)`` ``ls``, log-probs of the sampled tokens under ``pi_s_old``.
+        large_log_probs: ``(bs, T)`` ``ll``, the same tokens under ``pi_l_old``.
+        response_mask: ``(bs, T)`` 1 for valid response tokens.
+        clamp: ``c > 0``.
+
+    Returns:
+        ``(bs, T)`` ``d`` in float32 (or wider if an input is wider), 0 on masked tokens.
+    """
+    if not clamp > 0:
+        raise ValueError(f"kd clamp={clamp!r} must be > 0")
+    _check_2d("large_log_probs", large_log_probs, small_log_probs.shape)
+    _check_2d("response_mask", response_mask, small_log_probs.shape)
+    dtype = _result_dtype(small_log_probs, large_log_probs)
+    d = (large_log_probs.to(dtype) - small_log_probs.to(dtype)).clamp(-clamp, clamp)
+    return torch.where(response_mask.bool(), d, torch.zeros((), dtype=dtype, device=d.device))
+
+
+@torch.no_grad()
+def _small_advantage_parts(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    small_log_probs: torch.Tensor,
+    large_log_probs: torch.Tensor,
+    kd_coef: float,
+    kd_credit: str,
+    kd_clamp: float,
+    epsilon: float,
+    norm_adv_by_std_in_grpo: bool,
+    task_reward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(A_s (bs,T), d (bs,T), reward part (bs,), kd part beta*K ((bs,T) or (bs,)))``."""
+    if kd_credit not in KD_CREDITS:
+        raise ValueError(f"kd_credit={kd_credit!r} not in {list(KD_CREDITS)}")
+    shape = small_log_probs.shape
+    _check_2d("token_level_rewards", token_level_rewards, shape)
+    dtype = _result_dtype(token_level_rewards, small_log_probs, large_log_probs)
+    mask = response_mask.to(dtype)
+    gidx, num_groups = group_ids(index, shape[0], small_log_probs.device)
+
+    if task_reward:
+        a_r = compute_outcome_advantage_scalar(
+            token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
+        ).to(dtype)
+    else:
+        a_r = torch.zeros(shape[0], dtype=dtype, device=small_log_probs.device)
+
+    d = compute_kd_reward(small_log_probs, large_log_probs, response_mask, clamp=kd_clamp).to(dtype)
+    if kd_credit == "token":
+        kd_part = kd_coef * d
+        adv = (a_r.unsqueeze(-1) + kd_part) * mask
+    elif kd_credit == "reward_to_go":
+        kd_part = kd_coef * d.flip(-1).cumsum(-1).flip(-1)
+        adv = (a_r.unsqueeze(-1) + kd_part) * mask
+    else:  # sequence
+        seq_d = d.sum(-1) / mask.sum(-1).clamp_min(1.0)
+        mean, std = group_mean_std(seq_d, gidx, num_groups)
+        kd_part = (kd_coef * (seq_d.to(torch.float64) - mean) / (std + epsilon)).to(dtype)
+        adv = (a_r + kd_part).unsqueeze(-1) * mask
+    return adv, d, a_r, kd_part
+
+
+def compute_codistill_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    small_log_probs: torch.Tensor,
+    large_log_probs: torch.Tensor,
+    kd_coef: float = 1.0,
+    kd_credit: str = "token",
+    kd_clamp: float = 10.0,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    task_reward: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed small-model advantage ``A_s[i,t] = (A_R[i] + beta * K[i,t]) * m[i,t]``.
+
+    ``A_R`` is verl's GRPO outcome advantage (0 when ``task_reward=False``); ``K`` by ``kd_credit``:
+    ``token``: ``d[i,t]``; ``reward_to_go``: ``sum_{t'>=t} d[i,t']``; ``sequence``:
+    ``(D_i - mean_g D) / (std_g D + eps)`` with ``D_i`` the mean of ``d`` over valid tokens.
+
+    Args:
+        token_level_rewards: ``(bs, T)``; the outcome reward is its sum over ``T``.
+        response_mask: ``(bs, T)``.
+        index: ``(bs,)`` group labels (``uid``).
+        small_log_probs, large_log_probs: ``(bs, T)`` ``ls`` and ``ll``.
+        kd_coef: ``beta >= 0``; 0 gives verl's GRPO advantages.
+        kd_credit: ``token`` | ``reward_to_go`` | ``sequence``.
+        kd_clamp: ``c`` of the KD reward.
+        epsilon, norm_adv_by_std_in_grpo: as in verl's ``compute_grpo_outcome_advantage``.
+        task_reward: False sets ``A_R = 0`` (KD-only ablation).
+
+    Returns:
+        advantages, returns: both ``(bs, T)``, the same tensor (outcome-only estimator).
+    """
+    adv, _, _, _ = _small_advantage_parts(
+        token_level_rewards, response_mask, index, small_log_probs, large_log_probs,
+        kd_coef, kd_credit, kd_clamp, epsilon, norm_adv_by_std_in_grpo, task_reward,
+    )  # fmt: skip
+    return adv, adv
+
+
+def compute_codistill_advantage_and_metrics(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    small_log_probs: torch.Tensor,
+    large_log_probs: torch.Tensor,
+    kd_coef: float = 1.0,
+    kd_credit: str = "token",
+    kd_clamp: float = 10.0,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    task_reward: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """``compute_codistill_outcome_advantage`` plus the ``small/`` metrics from the same pass.
+
+    Returns:
+        advantages, returns: ``(bs, T)``.
+        metrics: ``small/kd_reward_mean``, ``small/kd_reverse_kl``, ``small/adv_reward_part_abs``,
+            ``small/adv_kd_part_abs`` as python floats (see ``metrics.compute_small_metrics``).
+    """
+    adv, d, a_r, kd_part = _small_advantage_parts(
+        token_level_rewards, response_mask, index, small_log_probs, large_log_probs,
+        kd_coef, kd_credit, kd_clamp, epsilon, norm_adv_by_std_in_grpo, task_reward,
+    )  # fmt: skip
+    return adv, adv, compute_small_metrics(d, a_r, kd_part, response_mask)
+
+
+def _codistill_from(config: Any) -> CoDistillConfig:
+    if isinstance(config, CoDistillConfig):
+        return config
+    block = None
+    if config is not None:
+        block = config.get("codistill", None) if hasattr(config, "get") else getattr(config, "codistill", None)
+    if block is None:
+        raise ValueError("adv estimator 'codistill' needs algorithm.codistill in the algorithm config (got none)")
+    return block if isinstance(block, CoDistillConfig) else CoDistillConfig.from_dict(block)
+
+
+def compute_codistill_advantage_from_config(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    config: Optional[Any] = None,
+    small_log_probs: Optional[torch.Tensor] = None,
+    large_log_probs: Optional[torch.Tensor] = None,
+    step: int = 0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl adv estimator ``codistill``: ``compute_codistill_outcome_advantage`` with settings from config.
+
+    ``config`` is the algorithm config (``DictConfig``/``AlgoConfig``/dict holding ``codistill``, or a
+    ``CoDistillConfig``); ``beta = kd_coef_at(step, codistill.kd)``. The trainer passes
+    ``small_log_probs=batch['old_log_probs']`` and ``large_log_probs=batch['large_old_log_probs']``.
+
+    Returns:
+        advantages, returns: ``(bs, T)``.
+    """
+    if small_log_probs is None or large_log_probs is None:
+        raise ValueError(
+            "adv estimator 'codistill' needs keyword tensors small_log_probs (batch 'old_log_probs') "
+            "and large_log_probs (batch 'large_old_log_probs')"
+        )
+    cfg = _codistill_from(config)
+    return compute_codistill_outcome_advantage(
+        token_level_rewards,
+        response_mask,
+        index,
+        small_log_probs,
+        large_log_probs,
+        kd_coef=kd_coef_at(step, cfg.kd),
+        kd_credit=cfg.kd.credit,
+        kd_clamp=cfg.kd.clamp,
+        epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        task_reward=cfg.task_reward,
+    )
