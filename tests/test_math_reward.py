@@ -1,0 +1,204 @@
+"""The math-verify reward: extraction, equivalence, time bounds off the main thread, verl's call path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from verl_ext.reward.answer import find_last_boxed, last_boxed_content, normalize_answer
+from verl_ext.reward.math_reward import (
+    KILL_GRACE_S,
+    RESULT_KEYS,
+    GradeTask,
+    GradingPool,
+    compute_score,
+    score_batch,
+    summarize,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Deeply nested fractions: math-verify's LaTeX parser takes far longer than 1 s on this.
+NESTED = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so \\boxed{42}.", "42"),
+        ("\\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+        ("\\fbox{x^{2}}", "x^{2}"),
+        ("answer \\boxed 7 done", "7"),
+        ("\\boxed{3} and an unclosed \\boxed{4", "3"),
+        ("no box here", None),
+        ("\\boxed{a{b{c}}d}e}", "a{b{c}}d"),
+    ],
+)
+def test_last_boxed_content(text, expected):
+    assert last_boxed_content(text) == expected
+
+
+def test_find_last_boxed_span_is_balanced_on_long_input():
+    body = "{" * 500 + "x" + "}" * 500
+    text = "junk " * 10_000 + "\\boxed{" + body + "} tail"
+    start, end = find_last_boxed(text)
+    assert text[start:end] == body
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  $\\dfrac{1}{2}$ ", "\\frac{1}{2}"),
+        ("\\left( 1,\\ 2 \\right)", "( 1,\\ 2 )"),
+        ("10\\!000.", "10000"),
+        ("\\tfrac{3}{4}", "\\frac{3}{4}"),
+        ("x \n =   5", "x = 5"),
+        ("\\leftarrow", "\\leftarrow"),
+    ],
+)
+def test_normalize_answer(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "solution, gold, score, fmt",
+    [
+        ("So the answer is \\boxed{\\frac{1}{2}}.", "0.5", 1.0, 1.0),
+        ("\\boxed{\\dfrac12}", "\\frac{1}{2}", 1.0, 1.0),
+        ("\\boxed{x^2+2x+1}", "(x+1)^2", 1.0, 1.0),
+        ("\\boxed{(1,2)}", "(1, 2)", 1.0, 1.0),
+        ("\\boxed{3}", "4", 0.0, 1.0),
+        ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", 1.0, 1.0),
+        ("the answer is 3", "3", 0.0, 0.0),
+    ],
+)
+def test_compute_score_hand_cases(solution, gold, score, fmt):
+    result = compute_score("math", solution, gold, extra_info={"index": 0})
+    assert tuple(result) == RESULT_KEYS
+    assert result["score"] == score and result["acc"] == score
+    assert result["format"] == fmt
+    assert result["timeout"] == 0.0 and result["error"] == 0.0
+
+
+def test_fallback_unboxed_is_an_option():
+    text = "Adding them up, the final answer is $3$."
+    assert compute_score("math", text, "3")["score"] == 0.0
+    scored = compute_score("math", text, "3", fallback_unboxed=True)
+    assert scored["score"] == 1.0 and scored["format"] == 0.0
+
+
+def test_compute_score_is_safe_off_the_main_thread():
+    cases = [("\\boxed{%d/4}" % k, str(k / 4)) for k in range(8)] + [("\\boxed{7}", "8")] * 4
+    out: dict[int, float] = {}
+
+    def grade(i, solution, gold):
+        out[i] = compute_score("math", solution, gold)["score"]
+
+    threads = [threading.Thread(target=grade, args=(i, s, g)) for i, (s, g) in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [out[i] for i in range(len(cases))] == [1.0] * 8 + [0.0] * 4
+
+
+def test_timeout_scores_zero_and_is_counted_in_thread():
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(compute_score("math", NESTED, "1", timeout=1.0)))
+    t.start()
+    t.join()
+    assert box["score"] == 0.0 and box["timeout"] == 1.0 and box["format"] == 1.0
+    # the worker survived its soft timeout or was replaced: the next item is graded normally
+    assert compute_score("math", "\\boxed{0.25}", "\\frac14")["score"] == 1.0
+
+
+def test_hung_worker_is_killed_and_replaced():
+    pool = GradingPool(1)
+    try:
+        (worker,) = pool._live
+        os.kill(worker.process.pid, signal.SIGSTOP)  # a worker stuck where no signal handler can run
+        status, score = pool.run(GradeTask("\\boxed{2}", "2", False), timeout=0.5)
+        assert (status, score) == ("timeout", 0.0)
+        assert pool.kills == 1 and not worker.process.is_alive()
+        assert pool.run(GradeTask("\\boxed{1/2}", "0.5", False), timeout=5.0) == ("ok", 1.0)
+    finally:
+        pool.close()
+    assert KILL_GRACE_S > 0
+
+
+def test_oversized_answer_is_bounded_not_parsed():
+    huge = "\\boxed{" + "9" * 100_000 + "}"
+    result = compute_score("math", huge, "3")
+    assert result["score"] == 0.0 and result["format"] == 1.0 and result["error"] == 1.0
+    assert len(result["pred"]) == 200
+
+
+def test_score_batch_pool_matches_sequential_and_summary():
+    solutions = ["\\boxed{2}", "\\boxed{0.5}", "no answer", "\\boxed{5}", NESTED, "\\boxed{\\pi}"]
+    golds = ["2", "\\frac{1}{2}", "1", "6", "1", "\\pi"]
+    pooled = score_batch(solutions, golds, timeout=1.0, num_workers=2)
+    sequential = score_batch(solutions, golds, timeout=1.0, num_workers=0)
+    drop = ("latency_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in pooled] == [
+        {k: v for k, v in r.items() if k not in drop} for r in sequential
+    ]
+    assert [r["score"] for r in pooled] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    # hand count: 3 correct of 6, 5 boxed of 6, the nested item times out
+    assert summarize(pooled) == {"n": 6, "accuracy": 0.5, "format_rate": 5 / 6, "timeouts": 1, "errors": 0}
+
+
+def test_score_batch_rejects_length_mismatch():
+    with pytest.raises(ValueError, match="2 solutions but 1 ground_truths"):
+        score_batch(["a", "b"], ["1"])
+
+
+@pytest.mark.parametrize("path", [str(REPO / "verl_ext/reward/math_reward.py"), "pkg://verl_ext.reward.math_reward"])
+def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
+    """verl's own loader + NaiveRewardManager.run_single (which calls us from an executor thread)."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from verl import DataProto
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    config = OmegaConf.create(
+        {
+            "reward": {
+                "custom_reward_function": {
+                    "path": path,
+                    "name": "compute_score",
+                    "reward_kwargs": {"timeout": 2.0},
+                },
+                "reward_manager": {"source": "register", "name": "naive"},
+            }
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_pair["small"])
+    manager = load_reward_manager(config, tokenizer)
+    prompt = tokenizer("What is 2 + 2?", return_tensors="pt")["input_ids"]
+    scores = []
+    for text in ("so \\boxed{4}", "so \\boxed{5}"):
+        response = tokenizer(text, return_tensors="pt")["input_ids"]
+        data = DataProto.from_dict(
+            tensors={
+                "prompts": prompt,
+                "responses": response,
+                "attention_mask": torch.ones(1, prompt.shape[1] + response.shape[1], dtype=torch.long),
+            },
+            non_tensors={
+                "data_source": np.array(["tiny_arith"], dtype=object),
+                "reward_model": np.array([{"ground_truth": "4"}], dtype=object),
+                "extra_info": np.array([{"index": 0}], dtype=object),
+            },
+        )
+        out = manager.loop.run_until_complete(manager.run_single(data))
+        assert set(out["reward_extra_info"]) == set(RESULT_KEYS)
+        scores.append(out["reward_score"])
+    assert scores == [1.0, 0.0]

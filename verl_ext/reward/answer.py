@@ -1,0 +1,88 @@
+"""Answer extraction and normalisation shared by data preparation and the reward.
+
+Pure string code (numpy only): no math-verify import, so ``scripts/prepare_data.py``
+and the reward's parent process stay light. The same functions normalise the
+ground truth once at preparation time and the model's answer at scoring time.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+__all__ = ["find_last_boxed", "last_boxed_content", "normalize_answer"]
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+
+
+def _balanced_group_end(text: str, open_idx: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``open_idx``, or -1 if it never closes.
+
+    Vectorised brace matching: with ``delta[k] = +1`` for ``{``, ``-1`` for ``}`` and 0
+    otherwise (escaped ``\\{``/``\\}`` count 0), the group closes at the first ``k`` where
+    ``cumsum(delta[open_idx:])[k] == 0``.
+    """
+    codes = np.frombuffer(text[open_idx:].encode("utf-32-le"), dtype=np.uint32)
+    delta = (codes == ord("{")).astype(np.int32) - (codes == ord("}")).astype(np.int32)
+    escaped = np.zeros_like(delta, dtype=bool)
+    escaped[1:] = codes[:-1] == ord("\\")
+    delta[escaped] = 0
+    depth = np.cumsum(delta)
+    closing = np.flatnonzero(depth == 0)
+    return int(open_idx + closing[0]) if closing.size else -1
+
+
+def find_last_boxed(text: str) -> tuple[int, int] | None:
+    """Span ``(start, end)`` of the content of the last ``\\boxed{...}`` / ``\\fbox{...}``.
+
+    Braces are balanced (nested groups such as ``\\boxed{\\frac{1}{2}}`` are kept whole).
+    ``\\boxed 5`` (no braces) yields the single following token. An unclosed last box
+    falls back to the previous closed one; ``None`` if there is no closed box.
+    """
+    for match in reversed(list(_BOXED_RE.finditer(text))):
+        start = match.end()
+        if start >= len(text):
+            continue
+        if text[start] == "{":
+            end = _balanced_group_end(text, start)
+            if end >= 0:
+                return start + 1, end
+            continue
+        if match.group(0)[-1].isspace():
+            token = re.match(r"[^\s$]+", text[start:])
+            if token:
+                return start, start + token.end()
+    return None
+
+
+def last_boxed_content(text: str) -> str | None:
+    """Content of the last balanced ``\\boxed{}`` in ``text`` (see ``find_last_boxed``), else ``None``."""
+    span = find_last_boxed(text)
+    return None if span is None else text[span[0] : span[1]]
+
+
+_STRIP_COMMANDS = re.compile(r"\\(?:left|right|!|,|;|:|displaystyle)(?![a-zA-Z])")
+_FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-zA-Z])")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_answer(answer: str) -> str:
+    """Light, semantics-preserving normalisation of a final answer string.
+
+    Applied once to MATH ground truths at preparation time and to the extracted
+    prediction before the exact-match shortcut. Removes surrounding ``$``/whitespace,
+    a trailing period, spacing and sizing commands (``\\left``, ``\\right``, ``\\!``,
+    ``\\,``, ``\\displaystyle``), maps ``\\dfrac``/``\\tfrac`` to ``\\frac`` and
+    collapses runs of whitespace. Everything else (units, ``\\text{}``, degrees) is left
+    to math-verify, which understands it.
+    """
+    s = answer.strip()
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s[1:-1].strip()
+    s = _STRIP_COMMANDS.sub("", s)
+    s = _FRAC_VARIANTS.sub(r"\\frac", s)
+    s = _SPACES.sub(" ", s).strip()
+    if s.endswith(".") and not s.endswith("..."):
+        s = s[:-1].rstrip()
+    return s
