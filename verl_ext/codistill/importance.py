@@ -26,6 +26,16 @@ from .metrics import compute_is_metrics
 __all__ = ["compute_large_is_weights", "compute_large_advantage", "SAFETY_BOUND"]
 
 SAFETY_BOUND = 20.0  # exponents are clamped to [-20, 20] before exp (same bound as verl's helper)
+# Per-token log-ratios are clipped to +-LOG_RATIO_BOUND before any sum: far beyond any real log-prob
+# gap (every exponent saturates at +-20 anyway), it keeps finite inputs whose difference overflows
+# from producing inf - inf = nan in a sequence sum.
+LOG_RATIO_BOUND = 1.0e4
+
+
+def _log_ratio(small_log_probs, large_log_probs, valid, dtype):
+    """``(ll - ls) * m`` in ``dtype``, clipped to ``+-LOG_RATIO_BOUND``; shape ``(bs, T)``."""
+    gap = (large_log_probs.to(dtype) - small_log_probs.to(dtype)).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    return torch.where(valid, gap, 0.0)
 
 
 @torch.no_grad()
@@ -40,7 +50,7 @@ def compute_large_is_weights(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Importance weights of the large model against the sampler ``pi_s_old``.
 
-    ``log_w[i,t] = (ll[i,t] - ls[i,t]) * m[i,t]``; the weight by ``level``:
+    ``log_w[i,t] = (ll[i,t] - ls[i,t]) * m[i,t]`` (clipped to +-1e4); the weight by ``level``:
     ``token``: ``exp(log_w[i,t])``; ``sequence``: ``exp(sum_t log_w[i,t])``;
     ``geo_mean``: ``exp(sum_t log_w[i,t] / sum_t m[i,t])`` (exponent clamped to [-20, 20]).
     Then by ``mode`` with ``C = threshold``: ``truncate``: ``min(w, C)``; ``mask``: ``w`` if
@@ -59,7 +69,7 @@ def compute_large_is_weights(
         weights: ``(bs, T)``, detached, float32 (or wider if an input is wider).
         metrics: python floats: ``large/is_weight_mean|max|min``, ``large/is_clip_frac`` (fraction of
             valid tokens whose weight truncation/masking changed), ``large/is_ess``
-            (``(sum w)^2 / (n sum w^2)`` over valid tokens), ``large/logprob_gap`` (mean ``ll - ls``);
+            (``(sum w)^2 / (n sum w^2)`` over valid tokens), ``large/logprob_gap`` (mean ``log_w``);
             with ``self_normalize`` also ``large/is_norm_factor`` (the batch mean divided out).
     """
     if level not in IS_LEVELS:
@@ -74,7 +84,7 @@ def compute_large_is_weights(
     dtype = _result_dtype(small_log_probs, large_log_probs)
     valid = response_mask.bool()
     mask = valid.to(dtype)
-    log_w = torch.where(valid, large_log_probs.to(dtype) - small_log_probs.to(dtype), 0.0)
+    log_w = _log_ratio(small_log_probs, large_log_probs, valid, dtype)
 
     if level == "token":
         exponent = log_w
@@ -147,7 +157,7 @@ def compute_large_advantage(
         _check_2d("small_log_probs", small_log_probs, shape)
         _check_2d("large_log_probs", large_log_probs, shape)
         valid = response_mask.bool()
-        log_w = torch.where(valid, large_log_probs.to(dtype) - small_log_probs.to(dtype), 0.0)
+        log_w = _log_ratio(small_log_probs, large_log_probs, valid, dtype)
         seq_w = torch.exp(log_w.sum(-1).to(torch.float64).clamp(-SAFETY_BOUND, SAFETY_BOUND))
         r = scores.to(torch.float64)
         zeros = torch.zeros(num_groups, dtype=torch.float64, device=r.device)
