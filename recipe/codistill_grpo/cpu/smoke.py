@@ -1,0 +1,75 @@
+"""CPU smoke run: build the tiny model pair and data, then run the real entry point with the CPU preset.
+
+    python -m recipe.codistill_grpo.cpu.smoke --out DIR --steps N [--baseline] [-- extra hydra overrides]
+
+Writes ``DIR/tiny/{small,large}`` (models), ``DIR/data/{train,test}.parquet``,
+``DIR/metrics.jsonl`` (one JSON line per step, verl's file logger), ``DIR/checkpoints/`` and
+``DIR/train.log``. Exit status is the trainer's. No GPU, no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from recipe.codistill_grpo.cpu.overrides import cpu_env, cpu_overrides
+
+ENTRY = "recipe.codistill_grpo.main_codistill"
+
+
+def build_command(out: Path, steps: int, baseline: bool, extra: list[str], **preset) -> tuple[list[str], dict]:
+    from recipe.codistill_grpo.cpu.tiny_pair import build_tiny_data, build_tiny_pair
+
+    pair_dir, data_dir = out / "tiny", out / "data"
+    if (pair_dir / "large" / "config.json").exists():
+        pair = {"small": str(pair_dir / "small"), "large": str(pair_dir / "large")}
+    else:
+        pair = build_tiny_pair(pair_dir)
+    if (data_dir / "train.parquet").exists():
+        data = {"train": str(data_dir / "train.parquet"), "test": str(data_dir / "test.parquet")}
+    else:
+        data = build_tiny_data(data_dir)
+    args = cpu_overrides(
+        small=pair["small"],
+        large=None if baseline else pair["large"],
+        train=data["train"],
+        val=data["test"],
+        out_dir=str(out),
+        steps=steps,
+        **preset,
+    )
+    cmd = [sys.executable, "-m", ENTRY, *args, *extra]
+    env = {**os.environ, **cpu_env(str(out))}
+    return cmd, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder (models, data, metrics, checkpoints)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps")
+    parser.add_argument("--baseline", action="store_true", help="plain GRPO on the small model (no large model)")
+    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (-1: never)")
+    parser.add_argument("--test-freq", type=int, default=-1, help="validate every N steps (-1: never)")
+    ns = parser.parse_args(argv)
+    out = Path(ns.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cmd, env = build_command(out, ns.steps, ns.baseline, extra, save_freq=ns.save_freq, test_freq=ns.test_freq)
+    print("+ " + " ".join(cmd), flush=True)
+    with open(out / "train.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
