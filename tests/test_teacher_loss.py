@@ -1,0 +1,160 @@
+"""Reweighted teacher policy loss: loop reference (values and gradients), verl equivalence, registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn
+from verl.workers.config import FSDPActorConfig
+from verl_ext.codistill.teacher_loss import codistill_teacher_policy_loss, compute_teacher_policy_loss
+
+AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+def make_inputs(seed=0, n=9, t=6, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (n,), generator=g)
+    lengths[0], lengths[1], lengths[2] = 0, 1, t
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).to(dtype)
+    old = -torch.rand(n, t, generator=g) * 4
+    new = old + torch.randn(n, t, generator=g) * 0.4
+    new[3, 0] = old[3, 0] + 35.0  # ratio exponent beyond the [-20, 20] clamp
+    new[4, 1] = old[4, 1] - 33.0
+    adv = torch.randn(n, t, generator=g)
+    weights = torch.rand(n, t, generator=g) * 2 * mask
+    return old.to(dtype), new.to(dtype), adv.to(dtype), mask, weights.to(dtype)
+
+
+def ref_loss(old, logp, adv, mask, w, lo, hi, c, agg):
+    """Dual-clip PPO per token (python loop), times w, then the aggregation written out."""
+    n, t = old.shape
+    rows = []
+    for i in range(n):
+        row = []
+        for j in range(t):
+            if mask[i, j] == 0:
+                continue
+            ratio = torch.exp(torch.clamp(logp[i, j] - old[i, j], -20.0, 20.0))
+            a = float(adv[i, j])
+            loss = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - lo, 1 + hi))
+            if a < 0:
+                loss = torch.minimum(loss, torch.tensor(-a * c, dtype=loss.dtype))
+            row.append(loss * float(w[i, j]))
+        rows.append(row)
+    tokens = [x for row in rows for x in row]
+    seqs = [row for row in rows if row]
+    if agg == "token-mean":
+        return sum(tokens) / len(tokens)
+    if agg == "token-sum":
+        return sum(tokens)
+    if agg == "seq-mean-token-sum":
+        return sum(sum(r) for r in seqs) / len(seqs)
+    if agg == "seq-mean-token-sum-norm":
+        return sum(sum(r) for r in seqs) / len(seqs) / t
+    return sum(sum(r) / len(r) for r in seqs) / len(seqs)  # seq-mean-token-mean
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_loss_and_gradient_match_loop_reference(agg):
+    old, new, adv, mask, w = make_inputs(1, dtype=torch.float64)
+    lp = new.clone().requires_grad_(True)
+    loss, metrics = compute_teacher_policy_loss(old, lp, adv, mask, w, 0.15, 0.25, 2.5, agg)
+    loss.backward()
+    lp_ref = new.clone().requires_grad_(True)
+    expected = ref_loss(old, lp_ref, adv, mask, w, 0.15, 0.25, 2.5, agg)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-7, abs=1e-9)
+    assert torch.allclose(lp.grad, lp_ref.grad, rtol=1e-7, atol=1e-10)
+    assert lp.grad[3, 0] == 0 and lp.grad[4, 1] == 0  # beyond the exponent clamp: no gradient
+    assert torch.all(lp.grad[mask == 0] == 0)
+    assert set(metrics) == {"actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"}
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_unit_weights_equal_verls_vanilla_loss_exactly(agg):
+    old, new, adv, mask, _ = make_inputs(2)
+    ones = torch.ones_like(old)
+    lp_a = new.clone().requires_grad_(True)
+    ours, our_metrics = compute_teacher_policy_loss(old, lp_a, adv, mask, ones, 0.2, 0.28, 3.0, agg)
+    cfg = OmegaConf.create(
+        {"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0, "global_batch_info": {}}
+    )
+    lp_b = new.clone().requires_grad_(True)
+    verl_loss, verl_metrics = compute_policy_loss_vanilla(old, lp_b, adv, mask, agg, cfg, None)
+    assert torch.equal(ours, verl_loss)
+    assert our_metrics == verl_metrics
+    ours.backward()
+    verl_loss.backward()
+    assert torch.equal(lp_a.grad, lp_b.grad)
+
+
+def _actor_config(**kw):
+    return FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=1, **kw)
+
+
+def test_registered_loss_is_ours_and_matches_direct_call_with_actor_config():
+    assert get_policy_loss_fn("codistill_teacher") is codistill_teacher_policy_loss
+    old, new, adv, mask, w = make_inputs(3)
+    cfg = _actor_config(clip_ratio_low=0.1, clip_ratio_high=0.3, clip_ratio_c=2.0)
+    fn = get_policy_loss_fn("codistill_teacher")
+    loss, metrics = fn(
+        old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask.bool(),
+        loss_agg_mode="token-mean", config=cfg, rollout_is_weights=w,
+    )  # fmt: skip
+    direct, direct_metrics = compute_teacher_policy_loss(old, new, adv, mask.bool(), w, 0.1, 0.3, 2.0, "token-mean")
+    assert torch.equal(loss, direct) and metrics == direct_metrics
+    # verl's own vanilla loss, called as verl's ppo_loss calls it, gives the same number
+    vanilla, _ = get_policy_loss_fn("vanilla")(old, new, adv, mask.bool(), "token-mean", cfg, w)
+    assert torch.equal(loss, vanilla)
+
+
+def test_registered_loss_uses_global_batch_info():
+    old, new, adv, mask, w = make_inputs(4)
+    cfg = _actor_config()
+    cfg.global_batch_info.update({"dp_size": 2, "batch_num_tokens": 50, "global_batch_size": None})
+    loss, _ = codistill_teacher_policy_loss(old, new, adv, mask, "token-mean", cfg, w)
+    expected = ref_loss(old, new, adv, mask, w, 0.2, 0.2, 3.0, "token-sum") / 50 * 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_registered_loss_requires_weights():
+    old, new, adv, mask, _ = make_inputs(0)
+    with pytest.raises(ValueError, match="needs rollout_is_weights \\(the batch field large_is_weights\\)"):
+        codistill_teacher_policy_loss(old, new, adv, mask, "token-mean", _actor_config(), None)
+
+
+def test_hand_worked_loss_and_gradient():
+    # ratios rho = [[1.5, 1, 0.5], [4, 1, -]], A = [[1, 1, -1], [-1, -1, 0]], clip [0.8, 1.2], c = 3
+    # per-token dual-clip loss: [[-1.2 (clipped), -1, 0.8 (clipped)], [3 (dual clip), 1, -]]
+    # weights [[0.5, 2, 1], [1, 0.25, 7]] -> [-0.6, -2, 0.8, 3, 0.25]; token-mean = 1.45 / 5 = 0.29
+    old = torch.zeros(2, 3)
+    lp = torch.tensor([[math.log(1.5), 0.0, math.log(0.5)], [math.log(4.0), 0.0, 0.0]], requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, -1.0], [-1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    w = torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.25, 7.0]])
+    loss, metrics = compute_teacher_policy_loss(old, lp, adv, mask, w, 0.2, 0.2, 3.0, "token-mean")
+    assert loss.item() == pytest.approx(0.29, abs=1e-6)
+    loss.backward()
+    # only unclipped tokens carry gradient: d(-A w rho)/dlogp / 5 = -1*2*1/5 and +1*0.25*1/5
+    expected_grad = torch.tensor([[0.0, -0.4, 0.0], [0.0, 0.05, 0.0]])
+    assert torch.allclose(lp.grad, expected_grad, atol=1e-6)
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(2 / 5)  # (0,0) and (0,2)
+    assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(1 / 5)  # (1,0)
+    seq, _ = compute_teacher_policy_loss(old, lp, adv, mask, w, 0.2, 0.2, 3.0, "seq-mean-token-mean")
+    assert seq.item() == pytest.approx(((-0.6 - 2 + 0.8) / 3 + (3 + 0.25) / 2) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_loss_and_grad_for_extreme_inputs(dtype):
+    old, new, adv, mask, w = make_inputs(5, dtype=dtype)
+    big = torch.finfo(dtype).max
+    new[5, :], old[5, :] = big, -big
+    new[6, :], old[6, :] = -big, big
+    lp = new.clone().requires_grad_(True)
+    loss, _ = compute_teacher_policy_loss(old, lp, adv, mask, w)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
