@@ -18,6 +18,7 @@ names the full key (``algorithm.codistill.is.level='foo' not in ['token', 'seque
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,8 +112,9 @@ def kd_coef_at(step: int, kd_cfg: KDConfig | Mapping[str, Any]) -> float:
     """
     if not isinstance(kd_cfg, KDConfig):
         kd_cfg = _build_kd(_to_plain(kd_cfg, f"{PREFIX}.kd"))
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"kd_coef_at: step={step!r} must be an int >= 0")
+    step = int(step)
     if kd_cfg.coef_schedule == "constant":
         return float(kd_cfg.coef)
     frac = min(step / kd_cfg.decay_steps, 1.0)

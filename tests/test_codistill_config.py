@@ -1,0 +1,124 @@
+"""``algorithm.codistill`` validation: defaults, every error message, the KD schedule."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from verl_ext.codistill.config import CoDistillConfig, ISConfig, KDConfig, LargeConfig, kd_coef_at
+
+
+def test_defaults_follow_algorithm_md():
+    cfg = CoDistillConfig.from_dict({})
+    assert cfg.kd == KDConfig(
+        coef=1.0, credit="token", clamp=10.0, coef_schedule="constant", coef_final=0.0, decay_steps=0
+    )
+    assert cfg.is_ == ISConfig(level="token", mode="truncate", threshold=2.0, self_normalize=False)
+    assert cfg.large == LargeConfig(enable=True, train=True, advantage="grpo")
+    assert cfg.task_reward is True
+    assert CoDistillConfig.from_dict(None) == cfg
+
+
+def test_contract_yaml_block_from_dictconfig():
+    yaml = """
+    kd: {coef: 0.5, credit: sequence, clamp: 5.0, coef_schedule: linear, coef_final: 0.1, decay_steps: 10}
+    is: {level: geo_mean, mode: mask, threshold: 3, self_normalize: true}
+    large: {enable: true, train: false, advantage: is_baseline}
+    task_reward: false
+    """
+    cfg = CoDistillConfig.from_dict(OmegaConf.create(yaml))
+    assert cfg.kd == KDConfig(0.5, "sequence", 5.0, "linear", 0.1, 10)
+    assert cfg.is_ == ISConfig("geo_mean", "mask", 3.0, True)
+    assert cfg.large == LargeConfig(True, False, "is_baseline")
+    assert cfg.task_reward is False
+    assert cfg.to_dict()["is"] == {"level": "geo_mean", "mode": "mask", "threshold": 3.0, "self_normalize": True}
+    assert CoDistillConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_interpolations_are_resolved():
+    root = OmegaConf.create({"beta": 0.25, "algorithm": {"codistill": {"kd": {"coef": "${beta}"}}}})
+    assert CoDistillConfig.from_dict(root.algorithm.codistill).kd.coef == 0.25
+
+
+P = "algorithm.codistill"
+ERRORS = [
+    ({"is": {"level": "foo"}}, f"{P}.is.level='foo' not in ['token', 'sequence', 'geo_mean']"),
+    ({"is": {"mode": "clip"}}, f"{P}.is.mode='clip' not in ['truncate', 'mask', 'none']"),
+    ({"is": {"threshold": -1.0}}, f"{P}.is.threshold=-1.0 must be a finite number > 0"),
+    ({"is": {"threshold": 0}}, f"{P}.is.threshold=0.0 must be a finite number > 0"),
+    ({"is": {"mode": "mask", "threshold": 0.5}}, f"{P}.is.threshold=0.5 must be >= 1 when {P}.is.mode='mask'"),
+    ({"is": {"threshold": "2"}}, f"{P}.is.threshold='2' must be a number"),
+    ({"is": {"self_normalize": "yes"}}, f"{P}.is.self_normalize='yes' must be a bool (true or false)"),
+    ({"is": {"lvl": "token"}}, f"{P}.is.lvl is not a known key; allowed keys: ['level', 'mode', 'self_normalize', 'threshold']"),
+    ({"kd": {"clamp": 0.0}}, f"{P}.kd.clamp=0.0 must be a finite number > 0"),
+    ({"kd": {"clamp": -3}}, f"{P}.kd.clamp=-3.0 must be a finite number > 0"),
+    ({"kd": {"clamp": float("inf")}}, f"{P}.kd.clamp=inf must be a finite number > 0"),
+    ({"kd": {"coef": -0.1}}, f"{P}.kd.coef=-0.1 must be >= 0"),
+    ({"kd": {"coef": True}}, f"{P}.kd.coef=True must be a number"),
+    ({"kd": {"coef": float("nan")}}, f"{P}.kd.coef=nan must be a number"),
+    ({"kd": {"credit": "gae"}}, f"{P}.kd.credit='gae' not in ['token', 'reward_to_go', 'sequence']"),
+    ({"kd": {"coef_schedule": "cosine"}}, f"{P}.kd.coef_schedule='cosine' not in ['constant', 'linear']"),
+    ({"kd": {"coef_final": -1}}, f"{P}.kd.coef_final=-1.0 must be >= 0"),
+    ({"kd": {"decay_steps": -5}}, f"{P}.kd.decay_steps=-5 must be an int >= 0"),
+    ({"kd": {"decay_steps": 2.5}}, f"{P}.kd.decay_steps=2.5 must be an int >= 0"),
+    ({"kd": {"coef_schedule": "linear"}}, f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'"),
+    ({"kd": {"beta": 1}}, f"{P}.kd.beta is not a known key; allowed keys: ['clamp', 'coef', 'coef_final', 'coef_schedule', 'credit', 'decay_steps']"),
+    ({"large": {"advantage": "gae"}}, f"{P}.large.advantage='gae' not in ['grpo', 'is_baseline']"),
+    ({"large": {"enable": 1}}, f"{P}.large.enable=1 must be a bool (true or false)"),
+    ({"large": {"train": None}}, f"{P}.large.train=None must be a bool (true or false)"),
+    ({"large": {"path": "x"}}, f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'train']"),
+    ({"task_reward": "false"}, f"{P}.task_reward='false' must be a bool (true or false)"),
+    ({"kd_coef": 1.0}, f"{P}.kd_coef is not a known key; allowed keys: ['is', 'kd', 'large', 'task_reward']"),
+    ({"is": "token"}, f"{P}.is='token' must be a mapping"),
+    (
+        {"large": {"enable": False}},
+        f"{P}.kd.coef=1.0 must be 0 when {P}.large.enable=false (the KD reward needs the large model's log-probs)",
+    ),
+    (
+        {"task_reward": False, "kd": {"coef": 0.0}},
+        f"{P}.task_reward=false needs {P}.kd.coef > 0 (otherwise the small model has no signal)",
+    ),
+]
+
+
+@pytest.mark.parametrize("block, message", ERRORS, ids=[m.split("=")[0].split(" ")[0] for _, m in ERRORS])
+def test_every_validation_error_names_key_and_allowed_values(block, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        CoDistillConfig.from_dict(block)
+    assert str(info.value) == message
+    assert "\n" not in str(info.value)
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ValueError, match=re.escape(f"{P}=3 must be a mapping")):
+        CoDistillConfig.from_dict(3)
+
+
+def test_grpo_small_baseline_config_is_valid():
+    cfg = CoDistillConfig.from_dict({"kd": {"coef": 0.0}, "large": {"enable": False}})
+    assert cfg.large.enable is False and cfg.kd.coef == 0.0
+
+
+def test_kd_coef_schedule_constant_and_linear():
+    const = KDConfig(coef=0.7)
+    assert [kd_coef_at(s, const) for s in (0, 5, 1000)] == [0.7, 0.7, 0.7]
+    # linear from 1.0 to 0.2 over 4 steps: 1.0, 0.8, 0.6, 0.4, 0.2, then held at 0.2
+    lin = KDConfig(coef=1.0, coef_schedule="linear", coef_final=0.2, decay_steps=4)
+    got = [kd_coef_at(s, lin) for s in range(7)]
+    assert got == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2, 0.2])
+    # a warm-up upwards works too, and a plain mapping is validated first
+    up = {"coef": 0.0, "coef_schedule": "linear", "coef_final": 2.0, "decay_steps": 2}
+    assert [kd_coef_at(s, up) for s in range(4)] == pytest.approx([0.0, 1.0, 2.0, 2.0])
+    assert kd_coef_at(np.int64(1), lin) == pytest.approx(0.8)
+
+
+def test_kd_coef_at_rejects_bad_step_and_bad_mapping():
+    with pytest.raises(ValueError, match=re.escape("kd_coef_at: step=-1 must be an int >= 0")):
+        kd_coef_at(-1, KDConfig())
+    with pytest.raises(ValueError, match=re.escape("kd_coef_at: step=1.5 must be an int >= 0")):
+        kd_coef_at(1.5, KDConfig())
+    with pytest.raises(ValueError, match=re.escape(f"{P}.kd.coef_schedule='step' not in ['constant', 'linear']")):
+        kd_coef_at(0, {"coef_schedule": "step"})
