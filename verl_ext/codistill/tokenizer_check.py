@@ -33,9 +33,9 @@ def _first_vocab_difference(small: dict[str, int], large: dict[str, int]) -> tup
     if not differing:
         return None
 
-    def order(tok: str) -> tuple[int, str]:
-        ids = [i for i in (small.get(tok), large.get(tok)) if i is not None]
-        return min(ids), tok
+    def order(tok: str) -> tuple[int, int]:
+        # by the small model's id; tokens only the large vocab has come after, by their id
+        return (0, small[tok]) if tok in small else (1, large[tok])
 
     tok = min(differing, key=order)
     return tok, small.get(tok), large.get(tok)
@@ -50,7 +50,7 @@ def assert_shared_tokenizer(small_path_or_tokenizer: Any, large_path_or_tokenize
 
     Raises:
         TokenizerMismatchError: one line naming both tokenizers and the first differing token (lowest
-            id) or special token.
+            small-vocab id; then tokens only the large vocab has, by id) or special token.
     """
     small, small_name = _load(small_path_or_tokenizer)
     large, large_name = _load(large_path_or_tokenizer)
