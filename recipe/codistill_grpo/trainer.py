@@ -52,6 +52,7 @@ LARGE_CKPT_DIR = "large_actor"
 LARGE_META_FILE = "codistill_large_meta.json"
 # keys of the large_actor block that describe placement, not the worker config
 PLACEMENT_KEYS = ("placement", "nnodes", "n_gpus_per_node")
+SMALL_ONLY_FIELDS = ("old_log_probs", "advantages", "returns", "rollout_is_weights", "ref_log_prob", "rollout_log_probs")
 LARGE_FIELDS = ("large_old_log_probs", "large_advantages", "large_is_weights", "large_response_mask")
 
 
@@ -330,8 +331,12 @@ class CoDistillTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ advantages + updates
     def _codistill_advantages(self, batch: DataProto) -> dict[str, float]:
-        """Small advantage (codistill estimator) and the large model's weights and advantage, in place."""
-        from verl_ext.codistill.advantage import compute_codistill_outcome_advantage
+        """Small advantage (codistill estimator) and the large model's weights and advantage, in place.
+
+        ``advantages``/``returns`` (B*G, T) are overwritten with ``A_s = (A_R + beta*K) * m``;
+        ``large_is_weights`` and ``large_advantages`` (B*G, T) are added when the large model trains.
+        """
+        from verl_ext.codistill.advantage import compute_codistill_advantage_and_metrics
         from verl_ext.codistill.config import kd_coef_at
         from verl_ext.codistill.importance import compute_large_advantage, compute_large_is_weights
 
@@ -343,10 +348,8 @@ class CoDistillTrainer(RayPPOTrainer):
         ls = batch.batch["old_log_probs"]
         ll = batch.batch["large_old_log_probs"]
         beta = kd_coef_at(self.global_steps - 1, cd.kd)
-        metrics: dict[str, float] = {"small/kd_coef": float(beta)}
 
-        grpo_adv = batch.batch["advantages"].clone()
-        adv, returns = compute_codistill_outcome_advantage(
+        adv, returns, metrics = compute_codistill_advantage_and_metrics(
             token_level_rewards=rewards,
             response_mask=mask,
             index=index,
@@ -360,18 +363,21 @@ class CoDistillTrainer(RayPPOTrainer):
         )
         batch.batch["advantages"] = adv
         batch.batch["returns"] = returns
-        metrics.update(self._small_metrics(batch, grpo_adv, adv, beta))
+        metrics = dict(metrics)
+        metrics["small/kd_coef"] = float(beta)
 
+        # IS weights are computed in the frozen-teacher mode too, for their diagnostics (ESS, gap)
+        weights, is_metrics = compute_large_is_weights(
+            small_log_probs=ls,
+            large_log_probs=ll,
+            response_mask=mask,
+            level=cd.is_.level,
+            mode=cd.is_.mode,
+            threshold=cd.is_.threshold,
+            self_normalize=cd.is_.self_normalize,
+        )
+        metrics.update({k: float(v) for k, v in is_metrics.items()})
         if cd.large.train:
-            weights, is_metrics = compute_large_is_weights(
-                small_log_probs=ls,
-                large_log_probs=ll,
-                response_mask=mask,
-                level=cd.is_.level,
-                mode=cd.is_.mode,
-                threshold=cd.is_.threshold,
-                self_normalize=cd.is_.self_normalize,
-            )
             large_adv, _ = compute_large_advantage(
                 token_level_rewards=rewards,
                 response_mask=mask,
@@ -383,33 +389,24 @@ class CoDistillTrainer(RayPPOTrainer):
             )
             batch.batch["large_is_weights"] = weights
             batch.batch["large_advantages"] = large_adv
-            metrics.update({k: float(v) for k, v in is_metrics.items()})
-        else:
-            from verl_ext.codistill.importance import compute_large_is_weights as _w
-
-            _, is_metrics = _w(ls, ll, mask, level=cd.is_.level, mode=cd.is_.mode, threshold=cd.is_.threshold)
-            metrics.update({k: float(v) for k, v in is_metrics.items()})
         return metrics
 
-    def _small_metrics(self, batch: DataProto, grpo_adv, adv, beta) -> dict[str, float]:
-        from verl_ext.codistill import metrics as cd_metrics
+    def _reward_metrics(self, batch: DataProto) -> dict[str, float]:
+        """``small/reward_mean`` (mean sequence score) and ``small/acc``.
 
-        return {
-            k: float(v)
-            for k, v in cd_metrics.small_metrics(
-                small_log_probs=batch.batch["old_log_probs"],
-                large_log_probs=batch.batch["large_old_log_probs"],
-                response_mask=batch.batch["response_mask"],
-                token_level_rewards=batch.batch["token_level_rewards"],
-                advantages=adv,
-                kd_coef=beta,
-                kd_clamp=self.cd.kd.clamp,
-                reward_advantages=grpo_adv,
-            ).items()
-        }
+        ``small/acc`` is the mean of the reward function's ``acc`` output when it returns one, else
+        the fraction of responses scoring >= 1 (a full-credit answer).
+        """
+        scores = batch.batch["token_level_scores"].sum(-1).float()
+        acc = batch.non_tensor_batch.get("acc")
+        if acc is not None:
+            acc_value = float(np.mean(np.asarray(acc, dtype=np.float64)))
+        else:
+            acc_value = float((scores >= 1.0).float().mean())
+        return {"small/reward_mean": float(scores.mean()), "small/acc": acc_value}
 
     def _update_actor(self, batch: DataProto) -> DataProto:
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = self._reward_metrics(batch)
         if self.cd.large.enable:
             start = time.perf_counter()
             metrics.update(self._codistill_advantages(batch))
@@ -433,9 +430,9 @@ class CoDistillTrainer(RayPPOTrainer):
 
     def _update_large_actor(self, batch: DataProto) -> dict[str, float]:
         """One PPO update of the large model on the small model's samples (its own fields only)."""
-        keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask", *LARGE_FIELDS]
+        # every tensor except the small actor's training fields: the large worker must not see them
         view = DataProto.from_dict(
-            tensors={k: batch.batch[k] for k in keys if k in batch.batch.keys()},
+            tensors={k: batch.batch[k] for k in batch.batch.keys() if k not in SMALL_ONLY_FIELDS},
             meta_info=dict(batch.meta_info),
         )
         view.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
