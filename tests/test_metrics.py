@@ -1,0 +1,125 @@
+"""``small/`` metrics from the one-pass advantage call, and the metric helpers themselves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from verl_ext.codistill.advantage import compute_codistill_advantage_and_metrics, compute_codistill_outcome_advantage
+from verl_ext.codistill.metrics import SMALL_METRIC_KEYS, compute_is_metrics, compute_small_metrics
+
+LS = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+LL = torch.tensor([[-2.0, -1.0, -3.0], [-1.0, -3.0, 0.0]])
+M = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+R = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+IDX = np.array(["g", "g"], dtype=object)
+
+
+@pytest.mark.parametrize(
+    "credit, kd_abs",
+    [
+        # beta = 0.5; d over valid tokens = [-1, 1, 0, 0, -1.5]
+        ("token", 0.5 * (1 + 1 + 0 + 0 + 1.5) / 5),
+        ("reward_to_go", 0.5 * (0 + 1 + 0 + 1.5 + 1.5) / 5),  # K = [0, 1, 0, -1.5, -1.5]
+        ("sequence", 0.5 / math.sqrt(2)),  # K = +-1/sqrt(2) on every valid token
+    ],
+)
+def test_hand_worked_small_metrics(credit, kd_abs):
+    adv, ret, metrics = compute_codistill_advantage_and_metrics(
+        R, M, IDX, LS, LL, kd_coef=0.5, kd_credit=credit, kd_clamp=1.5, epsilon=0.0, norm_adv_by_std_in_grpo=False
+    )
+    assert metrics["small/kd_reward_mean"] == pytest.approx(-0.3)
+    assert metrics["small/kd_reverse_kl"] == pytest.approx(0.3)
+    assert metrics["small/adv_reward_part_abs"] == pytest.approx(0.5)  # |A_R| = 0.5 on all 5 tokens
+    assert metrics["small/adv_kd_part_abs"] == pytest.approx(kd_abs)
+    assert list(metrics) == list(SMALL_METRIC_KEYS)
+    assert all(isinstance(v, float) for v in metrics.values())
+    direct, _ = compute_codistill_outcome_advantage(
+        R, M, IDX, LS, LL, kd_coef=0.5, kd_credit=credit, kd_clamp=1.5, epsilon=0.0, norm_adv_by_std_in_grpo=False
+    )
+    assert torch.equal(adv, direct) and torch.equal(ret, direct)
+
+
+def test_task_reward_off_zeroes_the_reward_part():
+    _, _, metrics = compute_codistill_advantage_and_metrics(R, M, IDX, LS, LL, kd_clamp=1.5, task_reward=False)
+    assert metrics["small/adv_reward_part_abs"] == 0.0
+    assert metrics["small/adv_kd_part_abs"] == pytest.approx(3.5 / 5)
+
+
+@pytest.mark.parametrize("credit", ["token", "reward_to_go", "sequence"])
+def test_small_metrics_match_loop_reference_on_random_batch(credit):
+    g = torch.Generator().manual_seed(7)
+    n, t = 12, 9
+    lengths = torch.randint(0, t + 1, (n,), generator=g)
+    mask = (torch.arange(t)[None] < lengths[:, None]).float()
+    ls = -torch.rand(n, t, generator=g, dtype=torch.float64) * 4
+    ll = ls + torch.randn(n, t, generator=g, dtype=torch.float64) * 3
+    rewards = torch.zeros(n, t, dtype=torch.float64)
+    rewards[:, 0] = torch.randint(0, 2, (n,), generator=g).double()
+    index = np.arange(n) // 3
+    beta, c = 0.8, 2.0
+    _, _, metrics = compute_codistill_advantage_and_metrics(
+        rewards, mask, index, ls, ll, kd_coef=beta, kd_credit=credit, kd_clamp=c
+    )
+    r = [float(rewards[i].sum()) for i in range(n)]
+    a_r = []
+    for i in range(n):
+        members = [r[j] for j in range(n) if index[j] == index[i]]
+        mean = sum(members) / len(members)
+        std = math.sqrt(sum((x - mean) ** 2 for x in members) / (len(members) - 1))
+        a_r.append((r[i] - mean) / (std + 1e-6))
+    cells = [(i, j) for i in range(n) for j in range(t) if mask[i, j] > 0]
+    d = {(i, j): min(max(float(ll[i, j] - ls[i, j]), -c), c) for i, j in cells}
+    expected_d = sum(d.values()) / len(cells)
+    expected_r = sum(abs(a_r[i]) for i, j in cells) / len(cells)
+    seq = [sum(d.get((i, j), 0.0) for j in range(t)) / max(int(lengths[i]), 1) for i in range(n)]
+    k = {}
+    for i, j in cells:
+        if credit == "token":
+            k[i, j] = d[i, j]
+        elif credit == "reward_to_go":
+            k[i, j] = sum(d.get((i, jj), 0.0) for jj in range(j, t))
+        else:
+            members = [seq[m] for m in range(n) if index[m] == index[i]]
+            mean = sum(members) / len(members)
+            std = math.sqrt(sum((x - mean) ** 2 for x in members) / (len(members) - 1))
+            k[i, j] = (seq[i] - mean) / (std + 1e-6)
+    expected_k = sum(abs(beta * k[cell]) for cell in cells) / len(cells)
+    assert metrics["small/kd_reward_mean"] == pytest.approx(expected_d, rel=1e-9)
+    assert metrics["small/kd_reverse_kl"] == pytest.approx(-expected_d, rel=1e-9)
+    assert metrics["small/adv_reward_part_abs"] == pytest.approx(expected_r, rel=1e-9)
+    assert metrics["small/adv_kd_part_abs"] == pytest.approx(expected_k, rel=1e-9)
+
+
+def test_small_metrics_accepts_per_sequence_parts_and_empty_mask():
+    d = torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    per_seq = compute_small_metrics(d, torch.tensor([2.0, -4.0]), torch.tensor([-1.0, 3.0]), mask)
+    # 3 valid tokens: |A_R| = [2, 2, 4], |kd| = [1, 1, 3]
+    assert per_seq == pytest.approx(
+        {"small/kd_reward_mean": -0.5 / 3, "small/kd_reverse_kl": 0.5 / 3,
+         "small/adv_reward_part_abs": 8 / 3, "small/adv_kd_part_abs": 5 / 3}
+    )  # fmt: skip
+    empty = compute_small_metrics(d, torch.ones(2), torch.ones(2, 3), torch.zeros(2, 3))
+    assert all(v == 0.0 for v in empty.values())
+
+
+def test_is_metrics_hand_worked():
+    w = torch.tensor([[0.5, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    changed = torch.tensor([[False, True, False], [False, True, True]])
+    log_w = torch.tensor([[-0.7, 3.0, 0.0], [0.0, -9.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    metrics = compute_is_metrics(w, changed, log_w, mask)
+    assert metrics == pytest.approx(
+        {
+            "large/is_weight_mean": 3.5 / 4,
+            "large/is_weight_max": 2.0,
+            "large/is_weight_min": 0.0,
+            "large/is_clip_frac": 2 / 4,  # (0,1) and (1,1); (1,2) is padding
+            "large/is_ess": 3.5**2 / (4 * (0.25 + 4 + 1)),
+            "large/logprob_gap": (-0.7 + 3.0 + 0.0 - 9.0) / 4,
+        }
+    )
