@@ -164,7 +164,7 @@ if [[ "$mode" == cpu-smoke ]]; then
   say "metrics (one JSON line per step): $smoke_dir/metrics.jsonl"
   ckpt="$smoke_dir/checkpoints/global_step_$steps"
   if [[ -d "$ckpt" ]]; then
-    say "checkpoint: $ckpt (contains: $(find "$ckpt" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"
+    say "checkpoint: $ckpt (contains: $(find "$ckpt" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' '))"
   else
     die "expected checkpoint $ckpt was not written"
   fi

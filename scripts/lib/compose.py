@@ -109,17 +109,18 @@ def load(kind: str, name: str) -> dict:
     """Load configs/<kind>/<name>.yaml; unknown names list the available ones."""
     label = {"pair": "model pair", "exp": "experiment", "cluster": "cluster config"}[kind]
     path = CONFIGS / KINDS[kind] / f"{name}.yaml"
+    where = f"configs/{KINDS[kind]}/{name}.yaml"
     if not path.is_file():
         raise PlanError(f"unknown {label} '{name}'; available: {', '.join(available(kind))}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise PlanError(f"{path.relative_to(REPO)}: top level must be a mapping")
+        raise PlanError(f"{where}: top level must be a mapping")
     allowed = {"pair": PAIR_KEYS, "exp": EXP_KEYS}.get(kind)
     if allowed is not None:
         unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise PlanError(f"{path.relative_to(REPO)}: unknown key '{unknown[0]}' (allowed: {', '.join(allowed)})")
+            raise PlanError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(allowed)})")
     return data
 
 
