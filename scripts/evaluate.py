@@ -1,0 +1,411 @@
+#!/usr/bin/env python
+"""Checkpoint(s) x math suites -> per-item correctness and accuracy JSON (resumable).
+
+    # GPU: vLLM, greedy pass@1 everywhere, mean@16 at temperature 0.6 on AIME24/AMC23
+    python scripts/evaluate.py --backend vllm --data-dir data/qwen_math --out results \\
+        --checkpoint checkpoints/codistill/global_step_500/actor --pair qwen2.5-math-1.5b_7b \\
+        --method codistill --role small --suite-n aime24=16,amc23=16 --sample-temperature 0.6
+    # CPU: HF generate (what the tests run on the tiny models)
+    python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
+        --out /tmp/res --max-tokens 16 --limit 4
+
+A checkpoint is a Hugging Face model folder, or a verl step folder (``.../global_step_N/actor``
+or ``.../large_actor``, FSDP shards + ``fsdp_config.json`` + ``huggingface/``) which is converted
+once with verl's own merger (``python -m verl.model_merger merge --backend fsdp``) into
+``<step>/<actor>_hf`` (or under ``--merged-root``) and loaded from there.
+
+Output: ``<out>/<model name>/<suite>.json`` with the sampling settings, the run's ``meta``
+(pair, method, role; read by ``scripts/make_tables.py``), one record per item (responses,
+correct, format, timeout, extracted pred) and the aggregate, for ``k`` samples per item::
+
+    mean@k  = 1/N sum_i 1/k sum_j c_ij        (= pass@1 accuracy when k = 1; the table's number)
+    pass@k  = 1/N sum_i max_j c_ij
+
+The file is rewritten after every batch; a rerun with the same sampling settings skips the
+items already there and generates only the rest. Scoring is the training reward
+(``verl_ext.reward.math_reward.score_batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S, score_batch  # noqa: E402
+
+FORMAT_VERSION = 1
+STEP_DIR = re.compile(r"global_step_(\d+)$")
+
+
+class EvalError(ValueError):
+    """A bad argument, checkpoint or data file; the message names it."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").exists() and any(
+        (path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    )
+
+
+def is_verl_fsdp_dir(path: Path) -> bool:
+    return (path / "fsdp_config.json").exists() and any(path.glob("model_world_size_*_rank_0.pt"))
+
+
+def default_model_name(path: Path) -> str:
+    """``<experiment>-step<N>[-large]`` for a verl step folder, the folder's name for an HF model."""
+    step = STEP_DIR.search(path.parent.name)
+    if step:
+        role = "" if path.name == "actor" else "-" + path.name.replace("_actor", "")
+        return f"{path.parent.parent.name}-step{step.group(1)}{role}"
+    return path.name
+
+
+def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) -> Path:
+    """An HF model folder for ``path``: itself, or verl's merge of a verl FSDP step folder."""
+    path = Path(path).resolve()
+    if is_hf_dir(path):
+        return path
+    if not path.exists():
+        raise EvalError(f"--checkpoint {path}: does not exist")
+    if not is_verl_fsdp_dir(path):
+        raise EvalError(
+            f"--checkpoint {path}: neither a Hugging Face model folder (config.json + weights) nor a verl FSDP "
+            "step folder (fsdp_config.json + model_world_size_*_rank_0.pt)"
+        )
+    target = (Path(merged_root) / default_model_name(path)) if merged_root else path.parent / f"{path.name}_hf"
+    if is_hf_dir(target):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+           "--local_dir", str(path), "--target_dir", str(target)]
+    print(f"converting verl checkpoint: {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not is_hf_dir(target):
+        raise EvalError(f"verl.model_merger failed for {path} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return target
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+def chat_prompts(tokenizer, prompts: Sequence[Sequence[dict]]) -> list[str]:
+    """Apply the model's own chat template (as verl's agent loop does) with the generation prompt."""
+    return [
+        tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
+        for messages in prompts
+    ]
+
+
+class HFGenerator:
+    """Hugging Face ``generate`` on CPU (or one GPU): left-padded batches, ``n`` samples per prompt."""
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", device: str = "cpu", seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = device
+        self.seed = seed
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+        self.calls = 0
+
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int) -> list[list[str]]:
+        torch = self.torch
+        texts = chat_prompts(self.tokenizer, prompts)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sample = temperature > 0
+        torch.manual_seed(self.seed + self.calls)
+        self.calls += 1
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=None,
+                num_return_sequences=n,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        responses = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [responses[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+class VLLMGenerator:
+    """vLLM offline engine (GPU only; imported lazily). Prompts are token ids from the HF chat template."""
+
+    def __init__(self, model_dir: Path, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.seed = seed
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
+
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_tokens, seed=self.seed
+        )
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
+        outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        return [[o.text for o in out.outputs] for out in outputs]
+
+    def close(self) -> None:
+        del self.llm
+        gc.collect()
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
+    file = Path(data_dir) / f"{suite}.parquet"
+    if not file.exists():
+        raise EvalError(
+            f"suite '{suite}': {file} not found (write it with scripts/prepare_data.py --out {data_dir} --suites {suite})"
+        )
+    return pd.read_parquet(file)
+
+
+def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """mean@k, pass@k, format rate and counts over item records with equal sample counts."""
+    if not items:
+        return {"n_items": 0, "k": 0, "accuracy": 0.0, "mean@k": 0.0, "pass@k": 0.0, "format_rate": 0.0,
+                "timeouts": 0, "errors": 0}
+    correct = np.array([it["correct"] for it in items], dtype=np.float64)  # [N, k]
+    fmt = np.array([it["format"] for it in items], dtype=np.float64)
+    mean_at_k = float(correct.mean(axis=1).mean())
+    return {
+        "n_items": int(correct.shape[0]),
+        "k": int(correct.shape[1]),
+        "accuracy": mean_at_k,
+        "mean@k": mean_at_k,
+        "pass@k": float(correct.max(axis=1).mean()),
+        "format_rate": float(fmt.mean()),
+        "timeouts": int(sum(sum(it["timeout"]) for it in items)),
+        "errors": int(sum(sum(it["error"]) for it in items)),
+    }
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def evaluate_suite(
+    get_generator,
+    frame: pd.DataFrame,
+    suite: str,
+    out_file: Path,
+    sampling: dict[str, Any],
+    header: dict[str, Any],
+    batch_size: int,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    reward_workers: int | None = None,
+    fallback_unboxed: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Generate + score the items of ``frame`` not yet in ``out_file``. Returns ``{"generated", "skipped"}``."""
+    from tqdm import tqdm
+
+    indices = [int(e["index"]) for e in frame["extra_info"]]
+    golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
+    done: dict[int, dict] = {}
+    if out_file.exists() and not overwrite:
+        previous = json.loads(out_file.read_text())
+        if previous.get("sampling") != sampling:
+            raise EvalError(
+                f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
+                "use another --out or --overwrite"
+            )
+        done = {int(it["index"]): it for it in previous["items"]}
+        gold_of = dict(zip(indices, golds))
+        for it in done.values():
+            if it["index"] in gold_of and gold_of[it["index"]] != it["ground_truth"]:
+                raise EvalError(f"{out_file}: item {it['index']} has a different ground truth than {suite}.parquet")
+    todo = [i for i, index in enumerate(indices) if index not in done]
+    payload = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
+
+    def flush(complete: bool) -> None:
+        items = sorted(done.values(), key=lambda it: it["index"])
+        _write_json(out_file, {**payload, "complete": complete, "aggregate": aggregate(items), "items": items})
+
+    n = sampling["n"]
+    batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+    bar = tqdm(total=len(todo), desc=f"{header['model']}/{suite}", unit="item", disable=not show_progress)
+    for batch in batches:
+        prompts = [frame["prompt"].iloc[i] for i in batch]
+        responses = get_generator().generate(
+            prompts, n=n, temperature=sampling["temperature"], top_p=sampling["top_p"], max_tokens=sampling["max_tokens"]
+        )
+        flat = [r for group in responses for r in group]
+        scored = score_batch(flat, [golds[i] for i in batch for _ in range(n)], timeout=timeout,
+                             num_workers=reward_workers, fallback_unboxed=fallback_unboxed)
+        for b, i in enumerate(batch):
+            group = scored[b * n : (b + 1) * n]
+            done[indices[i]] = {
+                "index": indices[i],
+                "ground_truth": golds[i],
+                "responses": responses[b],
+                "correct": [r["score"] for r in group],
+                "format": [r["format"] for r in group],
+                "timeout": [r["timeout"] for r in group],
+                "error": [r["error"] for r in group],
+                "pred": [r["pred"] for r in group],
+            }
+        flush(complete=False)
+        bar.update(len(batch))
+    bar.close()
+    flush(complete=True)
+    return {"generated": len(todo), "skipped": len(indices) - len(todo)}
+
+
+def _parse_suite_map(text: str | None, flag: str, cast) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise EvalError(f"{flag} expects SUITE=VALUE[,SUITE=VALUE], got {part!r}")
+        suite, value = part.split("=", 1)
+        out[suite.strip()] = cast(value)
+    return out
+
+
+def suite_sampling(suite: str, args) -> dict[str, Any]:
+    """Greedy pass@1 unless ``--suite-n`` asks for ``k > 1`` samples (then ``--sample-temperature``)."""
+    k = args.suite_n_map.get(suite, args.n)
+    temperature = args.temperature if k == 1 else (args.temperature or args.sample_temperature)
+    if k > 1 and temperature <= 0:
+        raise EvalError(f"suite '{suite}': {k} samples per item need a temperature > 0 (--sample-temperature)")
+    return {"n": k, "temperature": temperature, "top_p": args.top_p if temperature > 0 else 1.0,
+            "max_tokens": args.max_tokens, "seed": args.seed}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="HF model folder or verl global_step_N/actor (repeatable)")
+    p.add_argument("--name", action="append", default=[], help="result name per --checkpoint (default: derived from the path)")
+    p.add_argument("--data-dir", required=True, help="folder of <suite>.parquet written by scripts/prepare_data.py")
+    p.add_argument("--suites", default="math500,minerva,olympiadbench,aime24,amc23", help="comma-separated suites")
+    p.add_argument("--out", required=True, help="results folder: <out>/<name>/<suite>.json")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--pair", default="", help="model pair label stored in the results (for make_tables)")
+    p.add_argument("--method", default="", help="method label: base | grpo | codistill (for make_tables)")
+    p.add_argument("--role", default="", help="small | large (for make_tables)")
+    p.add_argument("--n", type=int, default=1, help="samples per item for suites not in --suite-n (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--suite-n", default="", help="per-suite samples for mean@k, e.g. aime24=16,amc23=16")
+    p.add_argument("--sample-temperature", type=float, default=0.6, help="temperature for suites with k > 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="items per generate call (default hf 8, vllm 512)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each suite")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per graded response")
+    p.add_argument("--reward-workers", type=int, default=None, help="grading processes (default min(4, cpus))")
+    p.add_argument("--fallback-unboxed", action="store_true", help="also grade answers without \\boxed{}")
+    p.add_argument("--merged-root", default=None, help="where verl checkpoints are merged to (default beside them)")
+    p.add_argument("--overwrite", action="store_true", help="ignore existing result files")
+    p.add_argument("--dtype", default=None, help="model dtype (default hf float32, vllm bfloat16)")
+    p.add_argument("--device", default="cpu", help="hf backend device")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.suite_n_map = _parse_suite_map(args.suite_n, "--suite-n", int)
+        if args.name and len(args.name) != len(args.checkpoint):
+            raise EvalError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
+        suites = [s for s in args.suites.split(",") if s]
+        frames = {s: load_suite(args.data_dir, s) for s in suites}
+        if args.limit is not None:
+            frames = {s: f.iloc[: args.limit] for s, f in frames.items()}
+        batch_size = args.batch_size or (8 if args.backend == "hf" else 512)
+        summary = []
+        for c, checkpoint in enumerate(args.checkpoint):
+            name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
+            model_dir = resolve_checkpoint(checkpoint, args.merged_root)
+            generator = None
+
+            def get_generator():
+                nonlocal generator
+                if generator is None:
+                    if args.backend == "hf":
+                        generator = HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
+                    else:
+                        generator = VLLMGenerator(model_dir, args.dtype or "bfloat16", args.seed,
+                                                  args.tensor_parallel_size, args.gpu_memory_utilization,
+                                                  args.max_model_len)
+                return generator
+
+            header = {"model": name, "checkpoint": str(Path(checkpoint).resolve()), "model_dir": str(model_dir),
+                      "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role}}
+            (Path(args.out) / name).mkdir(parents=True, exist_ok=True)
+            for suite in suites:
+                out_file = Path(args.out) / name / f"{suite}.json"
+                counts = evaluate_suite(
+                    get_generator, frames[suite], suite, out_file, suite_sampling(suite, args), header, batch_size,
+                    args.timeout, args.reward_workers, args.fallback_unboxed, args.overwrite, not args.no_progress,
+                )
+                agg = json.loads(out_file.read_text())["aggregate"]
+                summary.append((name, suite, agg, counts))
+            if generator is not None:
+                generator.close()
+    except EvalError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{'model':<28}{'suite':<15}{'items':>6}{'k':>4}{'mean@k':>9}{'pass@k':>9}{'format':>8}{'t/o':>5}{'new':>6}")
+    for name, suite, agg, counts in summary:
+        print(f"{name:<28}{suite:<15}{agg['n_items']:>6}{agg['k']:>4}{agg['mean@k']:>9.4f}{agg['pass@k']:>9.4f}"
+              f"{agg['format_rate']:>8.3f}{agg['timeouts']:>5}{counts['generated']:>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

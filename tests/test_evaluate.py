@@ -1,0 +1,186 @@
+"""scripts/evaluate.py: HF backend on the tiny models, resumability, aggregates, verl checkpoint merge."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate = _load_script()
+
+SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0}
+HEADER = {"model": "m", "checkpoint": "c", "model_dir": "d", "backend": "hf", "meta": {"pair": "p", "method": "grpo", "role": "small"}}
+
+
+@pytest.fixture()
+def suite_dir(tiny_data, tmp_path):
+    shutil.copy(tiny_data["test"], tmp_path / "tiny.parquet")
+    return tmp_path
+
+
+class CountingGenerator:
+    """Wraps a generator and counts the prompts it is asked to complete."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.prompts = 0
+
+    def generate(self, prompts, **kw):
+        self.prompts += len(prompts)
+        return self.inner.generate(prompts, **kw)
+
+
+def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
+    frame = pd.read_parquet(suite_dir / "tiny.parquet")
+    out_file = tmp_path / "tiny.json"
+    counting = CountingGenerator(evaluate.HFGenerator(Path(tiny_pair["small"])))
+    loads = []
+
+    def get_generator():
+        loads.append(1)
+        return counting
+
+    first = evaluate.evaluate_suite(get_generator, frame.iloc[:2], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
+                                    reward_workers=1, show_progress=False)
+    assert first == {"generated": 2, "skipped": 0} and counting.prompts == 2
+    second = evaluate.evaluate_suite(get_generator, frame.iloc[:3], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
+                                     reward_workers=1, show_progress=False)
+    assert second == {"generated": 1, "skipped": 2} and counting.prompts == 3
+    loads.clear()
+    third = evaluate.evaluate_suite(get_generator, frame.iloc[:3], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
+                                    reward_workers=1, show_progress=False)
+    assert third == {"generated": 0, "skipped": 3} and counting.prompts == 3 and loads == []
+
+    result = json.loads(out_file.read_text())
+    assert result["complete"] and result["suite"] == "tiny" and result["meta"]["method"] == "grpo"
+    assert [it["index"] for it in result["items"]] == [int(e["index"]) for e in frame["extra_info"].iloc[:3]]
+    assert [it["ground_truth"] for it in result["items"]] == [r["ground_truth"] for r in frame["reward_model"].iloc[:3]]
+    assert all(len(it["responses"]) == 1 and isinstance(it["responses"][0], str) for it in result["items"])
+    # a random tiny model: every response scored by the real reward; accuracy equals the per-item mean
+    assert result["aggregate"]["n_items"] == 3
+    assert result["aggregate"]["accuracy"] == sum(it["correct"][0] for it in result["items"]) / 3
+
+
+def test_resume_with_other_sampling_is_refused(tmp_path):
+    frame = pd.DataFrame({
+        "prompt": [[{"role": "user", "content": "1+1?"}]],
+        "reward_model": [{"ground_truth": "2"}],
+        "extra_info": [{"index": 0}],
+    })
+    out_file = tmp_path / "s.json"
+    scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
+    evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False)
+    with pytest.raises(evaluate.EvalError, match="written with sampling"):
+        evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, {**SAMPLING, "max_tokens": 8}, HEADER, 4,
+                                reward_workers=1, show_progress=False)
+
+
+class ScriptedGenerator:
+    """Test double: fixed responses per question (the real scoring path runs on them)."""
+
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers = answers
+
+    def generate(self, prompts, n, temperature, top_p, max_tokens):
+        return [self.answers[p[0]["content"]][:n] for p in prompts]
+
+
+def test_mean_at_k_and_pass_at_k_by_hand(tmp_path):
+    questions = ["q0", "q1", "q2"]
+    frame = pd.DataFrame({
+        "prompt": [[{"role": "user", "content": q}] for q in questions],
+        "reward_model": [{"ground_truth": g} for g in ("2", "\\frac{1}{2}", "7")],
+        "extra_info": [{"index": i} for i in range(3)],
+    })
+    scripted = ScriptedGenerator({
+        "q0": ["so \\boxed{2}", "so \\boxed{2.0}"],      # 2 of 2 correct
+        "q1": ["\\boxed{0.5}", "no box, 1/2"],           # 1 of 2 correct, 1 unformatted
+        "q2": ["\\boxed{8}", "\\boxed{6}"],              # 0 of 2
+    })
+    sampling = {**SAMPLING, "n": 2, "temperature": 0.6}
+    out_file = tmp_path / "k.json"
+    evaluate.evaluate_suite(lambda: scripted, frame, "k", out_file, sampling, HEADER, 2, reward_workers=1, show_progress=False)
+    result = json.loads(out_file.read_text())
+    assert [it["correct"] for it in result["items"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    agg = result["aggregate"]
+    assert agg["k"] == 2 and agg["n_items"] == 3
+    assert agg["mean@k"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert agg["pass@k"] == pytest.approx(2 / 3)
+    assert agg["format_rate"] == pytest.approx(5 / 6)
+    assert [it["pred"] for it in result["items"]][1] == ["0.5", ""]
+
+
+def test_suite_sampling_defaults_greedy_and_mean_at_k_where_asked():
+    args = evaluate.build_parser().parse_args(
+        ["--checkpoint", "x", "--data-dir", "d", "--out", "o", "--suite-n", "aime24=16,amc23=8", "--max-tokens", "64"]
+    )
+    args.suite_n_map = evaluate._parse_suite_map(args.suite_n, "--suite-n", int)
+    assert evaluate.suite_sampling("math500", args) == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 0}
+    assert evaluate.suite_sampling("aime24", args) == {"n": 16, "temperature": 0.6, "top_p": 1.0, "max_tokens": 64, "seed": 0}
+    assert evaluate.suite_sampling("amc23", args)["n"] == 8
+
+
+def test_verl_fsdp_checkpoint_is_merged_with_verl_and_loaded(tiny_pair, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair["small"])
+    actor = tmp_path / "exp1" / "global_step_3" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    # verl's FSDP checkpoint layout at world size 1 (utils/checkpoint/fsdp_checkpoint_manager.py)
+    torch.save(model.state_dict(), actor / "model_world_size_1_rank_0.pt")
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    model.config.save_pretrained(actor / "huggingface")
+    model.generation_config.save_pretrained(actor / "huggingface")
+    AutoTokenizer.from_pretrained(tiny_pair["small"]).save_pretrained(actor / "huggingface")
+
+    assert evaluate.default_model_name(actor) == "exp1-step3"
+    assert evaluate.default_model_name(actor.parent / "large_actor") == "exp1-step3-large"
+    merged = evaluate.resolve_checkpoint(actor)
+    assert merged == actor.parent / "actor_hf" and evaluate.is_hf_dir(merged)
+    reloaded = AutoModelForCausalLM.from_pretrained(merged).state_dict()
+    original = model.state_dict()
+    assert set(reloaded) == set(original)
+    # verl's merger writes bfloat16: the merged weights are exactly the bf16 cast of the saved ones
+    assert {t.dtype for t in reloaded.values()} == {torch.bfloat16}
+    assert all(torch.equal(reloaded[k], original[k].to(torch.bfloat16)) for k in original)
+    assert evaluate.resolve_checkpoint(actor) == merged  # second call reuses the merge
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys, tiny_pair, tiny_data):
+    rc = evaluate.main(["--checkpoint", tiny_pair["small"], "--data-dir", str(tmp_path), "--suites", "minerva",
+                        "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert f"suite 'minerva': {tmp_path / 'minerva.parquet'} not found" in capsys.readouterr().err
+    shutil.copy(tiny_data["test"], tmp_path / "minerva.parquet")
+    rc = evaluate.main(["--checkpoint", str(tmp_path / "nope"), "--data-dir", str(tmp_path), "--suites", "minerva",
+                        "--out", str(tmp_path / "r")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
+    args = ["--backend", "hf", "--checkpoint", tiny_pair["small"], "--name", "tiny-small", "--data-dir", str(suite_dir),
+            "--suites", "tiny", "--out", str(tmp_path / "res"), "--max-tokens", "4", "--limit", "2",
+            "--reward-workers", "1", "--no-progress", "--pair", "tiny", "--method", "base", "--role", "small"]
+    assert evaluate.main(args) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny-small"))
+    assert line.split()[1:3] == ["tiny", "2"] and line.split()[-1] == "2"
+    assert evaluate.main(args) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny-small"))
+    assert line.split()[-1] == "0"  # resumed: nothing new generated
+    result = json.loads((tmp_path / "res" / "tiny-small" / "tiny.json").read_text())
+    assert result["meta"] == {"pair": "tiny", "method": "base", "role": "small"} and result["aggregate"]["n_items"] == 2
