@@ -162,6 +162,15 @@ if [[ "$mode" == cpu-smoke ]]; then
   [[ $rc -eq 0 ]] || die "CPU smoke run failed (exit $rc); full log: $smoke_dir/train.log"
   say "done: $steps steps of experiment $exp on the tiny pair (CPU)"
   say "metrics (one JSON line per step): $smoke_dir/metrics.jsonl"
+  "$py" - "$smoke_dir/metrics.jsonl" <<'PY' || die "no metrics were logged to $smoke_dir/metrics.jsonl"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+last = rows[-1]["data"]
+keys = ["critic/score/mean", "small/kd_reward_mean", "small/adv_kd_part_abs", "actor/pg_loss",
+        "large/is_ess", "large/is_weight_mean", "large/pg_loss", "timing_s/step"]
+shown = ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last)
+print(f"[codistill] {len(rows)} steps logged; step {rows[-1]['step']}: {shown}")
+PY
   ckpt="$smoke_dir/checkpoints/global_step_$steps"
   if [[ -d "$ckpt" ]]; then
     say "checkpoint: $ckpt (contains: $(find "$ckpt" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' '))"
@@ -254,6 +263,12 @@ ray_up() {  # head on the first node, one worker per other node, wait until all 
     "$ray_bin" start --head --node-ip-address="$head_ip" --port="$port" \
     --num-gpus="$gpn" --num-cpus="$cpus" --block &
   ray_pids+=($!) ray_nodes+=("$head")
+  deadline=$((SECONDS + timeout))
+  until [[ "$(ray_gpus "$RAY_ADDRESS")" -gt 0 ]]; do  # workers need a running head to join
+    kill -0 "${ray_pids[0]}" 2>/dev/null || die "Ray head on $head exited before it was up (see its output above)"
+    [[ $SECONDS -lt $deadline ]] || die "Ray head on $head did not come up within ${timeout}s"
+    sleep "$poll"
+  done
   for node in "${hosts[@]:1}"; do
     srun --nodes=1 --ntasks=1 --overlap -w "$node" \
       "$ray_bin" start --address="$RAY_ADDRESS" --num-gpus="$gpn" --num-cpus="$cpus" --block &
