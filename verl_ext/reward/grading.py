@@ -19,10 +19,16 @@ every item returns the same keys), and numeric ones become validation metrics
 
 math-verify's own timeouts use ``signal.alarm``, which raises off the main thread. So
 math-verify is called here with ``parsing_timeout=None`` / ``timeout_seconds=None`` and the
-bound is ours: each item is graded in a worker process (main thread there), which arms its
-own ``SIGALRM`` at ``timeout``; if the worker is stuck in C code and does not answer by
-``timeout + KILL_GRACE_S`` the parent kills it, counts a timeout and replaces the worker
-in the background. A timeout, a parser error or a dead worker scores 0 and is counted,
+bound is ours, in two layers:
+
+- soft, ``timeout`` seconds of the grading process's CPU time: each item is graded in a
+  worker process (main thread there) that arms ``ITIMER_PROF`` (SIGPROF) at ``timeout``.
+  CPU time, not wall time, so whether an answer is graded does not depend on how busy the
+  machine is (on a loaded 2-core box a wall-clock bound timed out ordinary items);
+- hard, wall clock: a worker that has not answered after
+  ``WALL_FACTOR * timeout + KILL_GRACE_S`` (stuck in C code where no signal handler runs,
+  or starved of CPU) is killed by the parent, counted as a timeout and replaced in the
+  background. That is the worst-case latency of one item. A timeout, a parser error or a dead worker scores 0 and is counted,
 never raised.
 
 Per item (``solution``, ``ground_truth``)::
@@ -71,6 +77,7 @@ DEFAULT_MAX_CHARS = 200_000
 MAX_ANSWER_CHARS = 2_000
 FALLBACK_TAIL_CHARS = 600
 KILL_GRACE_S = 0.5
+WALL_FACTOR = 2.0
 WORKER_START_TIMEOUT_S = 120.0
 PRED_LOG_CHARS = 200
 
@@ -142,7 +149,7 @@ def _verify_strings(task: GradeTask) -> float:
 
 
 class _SoftTimeout(BaseException):
-    """Raised by SIGALRM inside a grader; a BaseException so math-verify's ``except Exception`` cannot swallow it."""
+    """Raised by SIGPROF inside a grader; a BaseException so math-verify's ``except Exception`` cannot swallow it."""
 
 
 def _raise_soft_timeout(signum, frame):
@@ -150,14 +157,14 @@ def _raise_soft_timeout(signum, frame):
 
 
 def grade_task(task: GradeTask, timeout: float) -> tuple[str, float]:
-    """Grade one task in the CURRENT process's main thread, bounded by a SIGALRM timer.
+    """Grade one task in the CURRENT process's main thread, bounded by ``timeout`` s of CPU time (SIGPROF).
 
     Returns ``("ok", score)``, ``("timeout", 0.0)`` or ``("error", 0.0)``.
     """
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("grade_task needs the main thread (SIGALRM); use a GradingPool off the main thread")
-    previous = signal.signal(signal.SIGALRM, _raise_soft_timeout)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+        raise RuntimeError("grade_task needs the main thread (SIGPROF); use a GradingPool off the main thread")
+    previous = signal.signal(signal.SIGPROF, _raise_soft_timeout)
+    signal.setitimer(signal.ITIMER_PROF, timeout)
     try:
         return "ok", _verify_strings(task)
     except _SoftTimeout:
@@ -165,15 +172,16 @@ def grade_task(task: GradeTask, timeout: float) -> tuple[str, float]:
     except Exception:
         return "error", 0.0
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def _worker_main(conn) -> None:
     """Worker process loop: receive ``(task, timeout)``, answer ``(status, score)``; ``None`` stops it."""
-    import math_verify  # noqa: F401  (import cost paid before "ready")
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # pay the lazy imports and parser construction (antlr, sympy printers) before "ready",
+    # so they are not charged to the first graded item's time bound
+    _verify_strings(GradeTask("\\boxed{\\frac{1}{2}}", "0.5", False))
     conn.send("ready")
     while True:
         try:
@@ -261,13 +269,13 @@ class GradingPool:
         threading.Thread(target=respawn, daemon=True, name="math-reward-respawn").start()
 
     def run(self, task: GradeTask, timeout: float) -> tuple[str, float]:
-        """Grade one task within ``timeout`` (+ ``KILL_GRACE_S`` before a kill): ``(status, score)``."""
+        """Grade one task: ``(status, score)``; killed after ``WALL_FACTOR * timeout + KILL_GRACE_S`` wall seconds."""
         if self._closed:
             raise RuntimeError("GradingPool is closed")
         worker = self._idle.get()
         try:
             worker.conn.send((task, timeout))
-            if worker.conn.poll(timeout + KILL_GRACE_S):
+            if worker.conn.poll(WALL_FACTOR * timeout + KILL_GRACE_S):
                 reply = worker.conn.recv()
                 self._idle.put(worker)
                 return reply
@@ -373,8 +381,8 @@ def score_batch(
     """Grade ``len(solutions)`` items; ``compute_score``'s dict per item plus ``latency_s``.
 
     ``num_workers >= 1`` grades in the shared process pool (hung items killed at
-    ``timeout + KILL_GRACE_S``); ``num_workers = 0`` grades sequentially in this process
-    (main thread only, SIGALRM bound), the baseline of ``scripts/bench_reward.py``.
+    ``WALL_FACTOR * timeout + KILL_GRACE_S``); ``num_workers = 0`` grades sequentially in this
+    process (main thread only, CPU-time bound only), the baseline of ``scripts/bench_reward.py``.
     """
     if len(solutions) != len(ground_truths):
         raise ValueError(f"score_batch: {len(solutions)} solutions but {len(ground_truths)} ground_truths")
