@@ -103,7 +103,8 @@ def test_small_metrics_accepts_per_sequence_parts_and_empty_mask():
         {"small/kd_reward_mean": -0.5 / 3, "small/kd_reverse_kl": 0.5 / 3,
          "small/adv_reward_part_abs": 8 / 3, "small/adv_kd_part_abs": 5 / 3}
     )  # fmt: skip
-    empty = compute_small_metrics(d, torch.ones(2), torch.ones(2, 3), torch.zeros(2, 3))
+    # no valid token: per-sequence parts weigh 0 tokens, zero-masked (bs, T) tensors are all 0
+    empty = compute_small_metrics(torch.zeros(2, 3), torch.ones(2), torch.ones(2), torch.zeros(2, 3))
     assert all(v == 0.0 for v in empty.values())
 
 

@@ -125,8 +125,12 @@ def compute_kd_reward(
     _check_2d("large_log_probs", large_log_probs, small_log_probs.shape)
     _check_2d("response_mask", response_mask, small_log_probs.shape)
     dtype = _result_dtype(small_log_probs, large_log_probs)
-    d = (large_log_probs.to(dtype) - small_log_probs.to(dtype)).clamp(-clamp, clamp)
-    return torch.where(response_mask.bool(), d, torch.zeros((), dtype=dtype, device=d.device))
+    return _kd_reward(small_log_probs, large_log_probs, response_mask.to(dtype), clamp, dtype)
+
+
+def _kd_reward(ls: torch.Tensor, ll: torch.Tensor, mask: torch.Tensor, clamp: float, dtype) -> torch.Tensor:
+    # the clamp maps an overflowing difference (+-inf) to +-c, so multiplying by the mask is safe
+    return (ll.to(dtype) - ls.to(dtype)).clamp_(-clamp, clamp).mul_(mask)
 
 
 @torch.no_grad()
@@ -143,11 +147,15 @@ def _small_advantage_parts(
     norm_adv_by_std_in_grpo: bool,
     task_reward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(A_s (bs,T), d (bs,T), reward part (bs,), kd part beta*K ((bs,T) or (bs,)))``."""
+    """Returns ``(A_s (bs,T), d (bs,T), A_R (bs,), K ((bs,T) or (bs,)))``; ``K`` is 0 on masked tokens."""
     if kd_credit not in KD_CREDITS:
         raise ValueError(f"kd_credit={kd_credit!r} not in {list(KD_CREDITS)}")
+    if not kd_clamp > 0:
+        raise ValueError(f"kd clamp={kd_clamp!r} must be > 0")
     shape = small_log_probs.shape
     _check_2d("token_level_rewards", token_level_rewards, shape)
+    _check_2d("large_log_probs", large_log_probs, shape)
+    _check_2d("response_mask", response_mask, shape)
     dtype = _result_dtype(token_level_rewards, small_log_probs, large_log_probs)
     mask = response_mask.to(dtype)
     gidx, num_groups = group_ids(index, shape[0], small_log_probs.device)
@@ -159,19 +167,16 @@ def _small_advantage_parts(
     else:
         a_r = torch.zeros(shape[0], dtype=dtype, device=small_log_probs.device)
 
-    d = compute_kd_reward(small_log_probs, large_log_probs, response_mask, clamp=kd_clamp).to(dtype)
-    if kd_credit == "token":
-        kd_part = kd_coef * d
-        adv = (a_r.unsqueeze(-1) + kd_part) * mask
-    elif kd_credit == "reward_to_go":
-        kd_part = kd_coef * d.flip(-1).cumsum(-1).flip(-1)
-        adv = (a_r.unsqueeze(-1) + kd_part) * mask
-    else:  # sequence
+    d = _kd_reward(small_log_probs, large_log_probs, mask, kd_clamp, dtype)
+    if kd_credit == "sequence":
         seq_d = d.sum(-1) / mask.sum(-1).clamp_min(1.0)
         mean, std = group_mean_std(seq_d, gidx, num_groups)
-        kd_part = (kd_coef * (seq_d.to(torch.float64) - mean) / (std + epsilon)).to(dtype)
-        adv = (a_r + kd_part).unsqueeze(-1) * mask
-    return adv, d, a_r, kd_part
+        k = ((seq_d.to(torch.float64) - mean) / (std + epsilon)).to(dtype)
+        adv = (a_r + kd_coef * k).unsqueeze(-1) * mask
+        return adv, d, a_r, k
+    k = d if kd_credit == "token" else d.flip(-1).cumsum(-1).flip(-1).mul_(mask)
+    adv = torch.add(a_r.unsqueeze(-1), k, alpha=kd_coef).mul_(mask)
+    return adv, d, a_r, k
 
 
 def compute_codistill_outcome_advantage(
@@ -234,11 +239,11 @@ def compute_codistill_advantage_and_metrics(
         metrics: ``small/kd_reward_mean``, ``small/kd_reverse_kl``, ``small/adv_reward_part_abs``,
             ``small/adv_kd_part_abs`` as python floats (see ``metrics.compute_small_metrics``).
     """
-    adv, d, a_r, kd_part = _small_advantage_parts(
+    adv, d, a_r, k = _small_advantage_parts(
         token_level_rewards, response_mask, index, small_log_probs, large_log_probs,
         kd_coef, kd_credit, kd_clamp, epsilon, norm_adv_by_std_in_grpo, task_reward,
     )  # fmt: skip
-    return adv, adv, compute_small_metrics(d, a_r, kd_part, response_mask)
+    return adv, adv, compute_small_metrics(d, a_r, k, response_mask, kd_coef=kd_coef)
 
 
 def _codistill_from(config: Any) -> CoDistillConfig:

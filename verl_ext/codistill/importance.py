@@ -21,7 +21,7 @@ import torch
 
 from .advantage import _check_2d, _result_dtype, compute_outcome_advantage_scalar, group_ids, group_mean_std
 from .config import IS_LEVELS, IS_MODES, LARGE_ADVANTAGES
-from .metrics import compute_is_metrics
+from .metrics import is_metrics_from_sums
 
 __all__ = ["compute_large_is_weights", "compute_large_advantage", "SAFETY_BOUND"]
 
@@ -32,10 +32,10 @@ SAFETY_BOUND = 20.0  # exponents are clamped to [-20, 20] before exp (same bound
 LOG_RATIO_BOUND = 1.0e4
 
 
-def _log_ratio(small_log_probs, large_log_probs, valid, dtype):
-    """``(ll - ls) * m`` in ``dtype``, clipped to ``+-LOG_RATIO_BOUND``; shape ``(bs, T)``."""
-    gap = (large_log_probs.to(dtype) - small_log_probs.to(dtype)).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
-    return torch.where(valid, gap, 0.0)
+def _log_ratio(small_log_probs, large_log_probs, mask, dtype):
+    """``(ll - ls) * m`` in ``dtype``, clipped to ``+-LOG_RATIO_BOUND`` (finite, so the mask product is safe)."""
+    gap = large_log_probs.to(dtype) - small_log_probs.to(dtype)
+    return gap.clamp_(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).mul_(mask)
 
 
 @torch.no_grad()
@@ -82,37 +82,68 @@ def compute_large_is_weights(
     _check_2d("response_mask", response_mask, small_log_probs.shape)
 
     dtype = _result_dtype(small_log_probs, large_log_probs)
-    valid = response_mask.bool()
-    mask = valid.to(dtype)
-    log_w = _log_ratio(small_log_probs, large_log_probs, valid, dtype)
+    mask = response_mask.to(dtype)
+    lengths = mask.sum(-1)
+    n = lengths.sum()
+    log_w = _log_ratio(small_log_probs, large_log_probs, mask, dtype)
 
     if level == "token":
-        exponent = log_w
-    elif level == "sequence":
-        exponent = log_w.sum(-1, keepdim=True)
-    else:  # geo_mean
-        exponent = log_w.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1.0)
-    raw = torch.exp(exponent.clamp(-SAFETY_BOUND, SAFETY_BOUND))
+        raw = log_w.clamp(-SAFETY_BOUND, SAFETY_BOUND).exp_().mul_(mask)  # (bs, T), 0 on masked tokens
+        if mode == "truncate":
+            changed = torch.count_nonzero(raw > threshold)
+            weights = raw.clamp_(max=threshold)
+        elif mode == "mask":
+            keep = (raw >= 1.0 / threshold) & (raw <= threshold)  # masked tokens (0) are never kept
+            changed = n - torch.count_nonzero(keep)
+            weights = raw.mul_(keep)
+        else:
+            changed, weights = n * 0, mask.clone()
+        stats = _token_weight_stats(weights, mask)
+    else:
+        # sequence levels: one weight per response, statistics on (bs,) weighted by length
+        exponent = log_w.sum(-1)
+        if level == "geo_mean":
+            exponent = exponent / lengths.clamp_min(1.0)
+        seq_w = exponent.clamp_(-SAFETY_BOUND, SAFETY_BOUND).exp_()
+        if mode == "truncate":
+            seq_changed = seq_w > threshold
+            seq_w = seq_w.clamp_(max=threshold)
+        elif mode == "mask":
+            seq_changed = (seq_w < 1.0 / threshold) | (seq_w > threshold)
+            seq_w = seq_w.masked_fill_(seq_changed, 0.0)
+        else:
+            seq_changed, seq_w = torch.zeros_like(seq_w, dtype=torch.bool), torch.ones_like(seq_w)
+        changed = (seq_changed * lengths).sum()
+        weights = seq_w.unsqueeze(-1) * mask
+        stats = _seq_weight_stats(seq_w, lengths)
 
-    if mode == "truncate":
-        changed = raw > threshold
-        weights = raw.clamp(max=threshold) * mask
-    elif mode == "mask":
-        changed = (raw < 1.0 / threshold) | (raw > threshold)
-        weights = raw.masked_fill(changed, 0.0) * mask
-    else:  # none
-        changed = torch.zeros((), dtype=torch.bool, device=raw.device)
-        weights = mask.clone()
-
+    sum_w, sum_w2, w_max, w_min = stats
     norm = None
     if self_normalize:
-        norm = weights.sum() / mask.sum().clamp_min(1.0)
-        weights = weights / torch.where(norm > 0, norm, 1.0)
+        norm = sum_w / n.clamp_min(1.0)
+        scale = torch.where(norm > 0, norm, 1.0)
+        weights = weights.div_(scale)
+        sum_w, sum_w2, w_max, w_min = sum_w / scale, sum_w2 / (scale * scale), w_max / scale, w_min / scale
 
-    metrics = compute_is_metrics(weights, changed, log_w, response_mask)
+    metrics = is_metrics_from_sums(sum_w, sum_w2, w_max, w_min, changed, log_w.sum(), n)
     if norm is not None:
         metrics["large/is_norm_factor"] = norm.item()
     return weights.detach(), metrics
+
+
+def _token_weight_stats(weights: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``sum w, sum w^2, max w, min w`` over valid tokens of zero-masked, non-negative ``(bs, T)`` weights."""
+    flat = weights.reshape(-1)
+    w_min = torch.where(mask > 0, weights, torch.inf).amin() if weights.numel() else weights.new_zeros(())
+    return weights.sum(), torch.dot(flat, flat), weights.amax() if weights.numel() else w_min, w_min
+
+
+def _seq_weight_stats(seq_w: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same statistics from per-response weights ``(bs,)`` repeated on ``lengths`` valid tokens."""
+    has = lengths > 0
+    w_max = torch.where(has, seq_w, -torch.inf).amax() if seq_w.numel() else seq_w.new_zeros(())
+    w_min = torch.where(has, seq_w, torch.inf).amin() if seq_w.numel() else seq_w.new_zeros(())
+    return (seq_w * lengths).sum(), (seq_w * seq_w * lengths).sum(), w_max, w_min
 
 
 @torch.no_grad()
@@ -156,8 +187,7 @@ def compute_large_advantage(
     else:
         _check_2d("small_log_probs", small_log_probs, shape)
         _check_2d("large_log_probs", large_log_probs, shape)
-        valid = response_mask.bool()
-        log_w = _log_ratio(small_log_probs, large_log_probs, valid, dtype)
+        log_w = _log_ratio(small_log_probs, large_log_probs, response_mask.to(dtype), dtype)
         seq_w = torch.exp(log_w.sum(-1).to(torch.float64).clamp(-SAFETY_BOUND, SAFETY_BOUND))
         r = scores.to(torch.float64)
         zeros = torch.zeros(num_groups, dtype=torch.float64, device=r.device)

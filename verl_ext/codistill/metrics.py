@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["compute_small_metrics", "compute_is_metrics", "SMALL_METRIC_KEYS", "LARGE_IS_METRIC_KEYS"]
+__all__ = [
+    "compute_small_metrics",
+    "compute_is_metrics",
+    "is_metrics_from_sums",
+    "SMALL_METRIC_KEYS",
+    "LARGE_IS_METRIC_KEYS",
+]
 
 SMALL_METRIC_KEYS = (
     "small/kd_reward_mean",
@@ -27,11 +33,11 @@ LARGE_IS_METRIC_KEYS = (
 )
 
 
-def _token_sum(part: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Sum of ``part`` over valid tokens; ``part`` is ``(bs, T)`` or per-sequence ``(bs,)``."""
+def _abs_token_sum(part: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``sum |part|`` over valid tokens; ``part`` is per-sequence ``(bs,)`` or ``(bs, T)`` zero-masked."""
     if part.dim() == 1:
-        return (part * lengths).sum()
-    return (part * mask).sum()
+        return (part.abs() * lengths).sum()
+    return torch.linalg.vector_norm(part, ord=1)
 
 
 @torch.no_grad()
@@ -40,32 +46,66 @@ def compute_small_metrics(
     reward_part: torch.Tensor,
     kd_part: torch.Tensor,
     response_mask: torch.Tensor,
+    kd_coef: float = 1.0,
 ) -> dict[str, float]:
     """Small-model metrics.
 
     ``small/kd_reward_mean = mean d``, ``small/kd_reverse_kl = mean(-d)``,
-    ``small/adv_reward_part_abs = mean |A_R|``, ``small/adv_kd_part_abs = mean |beta * K|``,
+    ``small/adv_reward_part_abs = mean |A_R|``, ``small/adv_kd_part_abs = mean |kd_coef * K|``,
     means over valid tokens.
 
     Args:
-        kd_reward: ``(bs, T)`` ``d`` (0 on masked tokens).
-        reward_part: ``(bs,)`` or ``(bs, T)`` ``A_R``.
-        kd_part: ``(bs,)`` or ``(bs, T)`` ``beta * K``.
+        kd_reward: ``(bs, T)`` ``d``, 0 on masked tokens.
+        reward_part: ``(bs,)`` or ``(bs, T)`` ``A_R`` (a ``(bs, T)`` part must be 0 on masked tokens).
+        kd_part: ``(bs,)`` or ``(bs, T)`` ``K`` (idem).
         response_mask: ``(bs, T)``.
+        kd_coef: ``beta``, multiplies ``kd_part``.
     """
-    mask = response_mask.to(kd_reward.dtype)
-    lengths = mask.sum(-1)
+    lengths = response_mask.sum(-1).to(kd_reward.dtype)
     n = lengths.sum().clamp_min(1.0)
-    d_sum = (kd_reward * mask).sum()
+    d_sum = kd_reward.sum()
     values = torch.stack(
         [
             d_sum / n,
             -d_sum / n,
-            _token_sum(reward_part.abs().to(mask.dtype), mask, lengths) / n,
-            _token_sum(kd_part.abs().to(mask.dtype), mask, lengths) / n,
+            _abs_token_sum(reward_part.to(kd_reward.dtype), lengths) / n,
+            abs(kd_coef) * _abs_token_sum(kd_part.to(kd_reward.dtype), lengths) / n,
         ]
     )
     return dict(zip(SMALL_METRIC_KEYS, values.tolist()))
+
+
+def is_metrics_from_sums(
+    sum_w: torch.Tensor,
+    sum_w2: torch.Tensor,
+    w_max: torch.Tensor,
+    w_min: torch.Tensor,
+    changed: torch.Tensor,
+    log_w_sum: torch.Tensor,
+    n: torch.Tensor,
+) -> dict[str, float]:
+    """The ``large/`` IS metrics from 0-dim sums over the ``n`` valid tokens (one host sync).
+
+    ``is_weight_mean = sum_w / n``; ``is_ess = sum_w^2 / (n * sum_w2)`` (0 when every weight is 0);
+    ``is_clip_frac = changed / n``; ``logprob_gap = log_w_sum / n``; all 0 when ``n = 0``.
+    """
+    dtype = sum_w.dtype
+    n = n.to(dtype)
+    safe_n = n.clamp_min(1.0)
+    has_tokens = n > 0
+    zero = torch.zeros((), dtype=dtype, device=sum_w.device)
+    ess_den = n * sum_w2
+    values = torch.stack(
+        [
+            sum_w / safe_n,
+            torch.where(has_tokens, w_max.to(dtype), zero),
+            torch.where(has_tokens, w_min.to(dtype), zero),
+            changed.to(dtype) / safe_n,
+            torch.where(ess_den > 0, sum_w * sum_w / torch.where(ess_den > 0, ess_den, 1.0), zero),
+            log_w_sum.to(dtype) / safe_n,
+        ]
+    )
+    return dict(zip(LARGE_IS_METRIC_KEYS, values.tolist()))
 
 
 @torch.no_grad()
@@ -75,37 +115,28 @@ def compute_is_metrics(
     log_w: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> dict[str, float]:
-    """Large-model importance-weight metrics over valid tokens.
+    """Large-model importance-weight metrics over valid tokens, from full tensors.
 
     ``is_weight_mean|max|min`` of the applied weights ``w``; ``is_clip_frac``: fraction of valid
     tokens whose weight truncation or masking changed; ``is_ess = (sum w)^2 / (n * sum w^2)``
-    (0 when every weight is 0); ``logprob_gap = mean(ll - ls)``.
+    (0 when every weight is 0); ``logprob_gap = mean(ll - ls)``. (``compute_large_is_weights``
+    computes the same sums without materialising these tensors.)
 
     Args:
-        weights: ``(bs, T)`` applied weights, 0 on masked tokens.
+        weights: ``(bs, T)`` applied weights.
         changed: bool, ``(bs, T)`` or per-sequence ``(bs, 1)``.
-        log_w: ``(bs, T)`` ``ll - ls``, 0 on masked tokens (not clamped).
+        log_w: ``(bs, T)`` ``ll - ls``.
         response_mask: ``(bs, T)``.
     """
     valid = response_mask.bool()
     mask = valid.to(weights.dtype)
-    count = mask.sum()
-    n = count.clamp_min(1.0)
-    has_tokens = count > 0
-    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-    sum_w = weights.sum()
-    sum_w2 = (weights * weights).sum()
-    w_max = weights.masked_fill(~valid, -torch.inf).amax()
-    w_min = weights.masked_fill(~valid, torch.inf).amin()
-    ess_den = count * sum_w2
-    values = torch.stack(
-        [
-            sum_w / n,
-            torch.where(has_tokens, w_max, zero),
-            torch.where(has_tokens, w_min, zero),
-            (changed & valid).to(weights.dtype).sum() / n,
-            torch.where(ess_den > 0, sum_w * sum_w / torch.where(ess_den > 0, ess_den, 1.0), zero),
-            log_w.to(weights.dtype).sum() / n,
-        ]
+    w = weights * mask
+    return is_metrics_from_sums(
+        w.sum(),
+        (w * w).sum(),
+        weights.masked_fill(~valid, -torch.inf).amax() if w.numel() else w.sum(),
+        weights.masked_fill(~valid, torch.inf).amin() if w.numel() else w.sum(),
+        (changed & valid).sum(),
+        (log_w * mask).sum(),
+        mask.sum(),
     )
-    return dict(zip(LARGE_IS_METRIC_KEYS, values.tolist()))
