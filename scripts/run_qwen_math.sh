@@ -130,7 +130,9 @@ plan_args=(--pair "$pair" --exp "$exp" --cluster "$cluster")
 [[ -n "$account" ]] && plan_args+=(--account "$account")
 [[ -n "$timelimit" ]] && plan_args+=(--time "$timelimit")
 
-smoke_dir="${CODISTILL_OUTPUT_DIR:-$root/outputs}/smoke/$exp"
+# the smoke run's folder is the tiny pair's run folder: checkpoints/ and metrics.jsonl land where
+# `--pair tiny` runs put them (reproduce_paper.sh finds them there)
+smoke_dir="${CODISTILL_OUTPUT_DIR:-$root/outputs}/tiny/$exp"
 
 # ------------------------------------------------------------------------------ dry run
 if [[ $dry_run -eq 1 ]]; then

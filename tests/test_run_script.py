@@ -314,7 +314,7 @@ def test_dry_run_on_cpu_shows_the_smoke_command(tmp_path):
     proc = e.run("--exp", "grpo_small", "--dry-run", "--", "trainer.test_freq=1", timeout=300)
     assert proc.returncode == 0, proc.stderr
     smoke = proc.stdout.split("== cpu-smoke command", 1)[1].splitlines()[1].split()
-    out = str(tmp_path / "out" / "smoke" / "grpo_small")
+    out = str(tmp_path / "out" / "tiny" / "grpo_small")
     assert smoke[1:] == ["-m", "recipe.codistill_grpo.cpu.smoke", "--out", out, "--steps", "2", "--save-freq", "2",
                          "--baseline", "--", "algorithm.codistill.kd.coef=0.0", "algorithm.codistill.large.enable=false",
                          "algorithm.codistill.task_reward=true", "trainer.test_freq=1"]
@@ -344,7 +344,7 @@ def test_no_argument_cpu_smoke_runs_the_real_recipe(tmp_path):
         assert all(isinstance(r["data"][key], float) for r in rows), key
     assert 0 < rows[-1]["data"]["large/is_ess"] <= 1
     ckpt = re.search(r"^\[codistill\] checkpoint: (\S+) \(contains: (.*)\)$", proc.stdout, re.M)
-    assert ckpt.group(1) == str(tmp_path / "out" / "smoke" / "codistill" / "checkpoints" / "global_step_2")
+    assert ckpt.group(1) == str(tmp_path / "out" / "tiny" / "codistill" / "checkpoints" / "global_step_2")
     assert {"actor", "large_actor"} <= set(ckpt.group(2).split())
     assert (Path(ckpt.group(1)) / "actor").is_dir() and (Path(ckpt.group(1)) / "large_actor").is_dir()
     assert re.search(r"^\[codistill\] 2 steps logged; step 2: .*large/is_ess=", proc.stdout, re.M)

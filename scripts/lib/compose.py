@@ -507,17 +507,14 @@ def cluster_settings(name: str, partition=None, account=None, time=None) -> dict
     return cfg
 
 
-def render_sbatch(plan: Plan, cluster: dict, script_args: list[str], log_dir: str) -> str:
-    """The sbatch script: #SBATCH resources, then the run script again inside the allocation."""
-    s = plan.settings
-    nodes, _, _ = plan.gpu_demand()
-    name = f"{cluster.get('job_name_prefix', 'codistill')}-{s.pair}-{s.exp}"
+def render_job(cluster: dict, name: str, nodes: int, gpus_per_node: int, log_dir: str, body: list[str]) -> str:
+    """An sbatch script: the #SBATCH resource lines, the cluster's setup lines, then ``body``."""
     lines = [
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name={name}",
         f"#SBATCH --nodes={nodes}",
         "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={s.gpus_per_node}",
+        f"#SBATCH --gpus-per-node={gpus_per_node}",
         f"#SBATCH --cpus-per-task={cluster.get('cpus_per_task', 32)}",
         f"#SBATCH --mem={cluster.get('mem', '0')}",
         f"#SBATCH --time={cluster['time']}",
@@ -528,18 +525,42 @@ def render_sbatch(plan: Plan, cluster: dict, script_args: list[str], log_dir: st
     if cluster.get("account"):
         lines.append(f"#SBATCH --account={cluster['account']}")
     lines += [f"#SBATCH {extra}" for extra in cluster.get("sbatch_extra") or []]
-    lines += [
+    lines += ["set -euo pipefail", f"cd {shlex.quote(str(REPO))}", *[str(x) for x in cluster.get("setup") or []]]
+    return "\n".join(lines + body) + "\n"
+
+
+def render_sbatch(plan: Plan, cluster: dict, script_args: list[str], log_dir: str) -> str:
+    """The sbatch script of one run: resources, then the run script again inside the allocation."""
+    s = plan.settings
+    nodes, _, _ = plan.gpu_demand()
+    body = [
         "# written by scripts/run_qwen_math.sh; inside the allocation it runs the same script again,",
         "# which brings up Ray across the nodes, runs the recipe and tears Ray down.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(REPO))}",
-        *[str(x) for x in cluster.get("setup") or []],
         f"export CODISTILL_OUTPUT_DIR={shlex.quote(s.output_dir)}",
         f"export CODISTILL_DATA_DIR={shlex.quote(s.data_dir)}",
         f"export CODISTILL_CLUSTER={shlex.quote(s.cluster)}",
         "exec bash scripts/run_qwen_math.sh " + " ".join(shlex.quote(a) for a in script_args),
     ]
-    return "\n".join(lines) + "\n"
+    name = f"{cluster.get('job_name_prefix', 'codistill')}-{s.pair}-{s.exp}"
+    return render_job(cluster, name, nodes, s.gpus_per_node, log_dir, body)
+
+
+def cmd_sbatch_command(args) -> None:
+    """A one-node sbatch script running ``args.overrides`` (a command line) with the cluster's resources."""
+    cluster = cluster_settings(args.cluster, args.partition, args.account, args.time)
+    out_dir = os.path.abspath(os.environ.get("CODISTILL_OUTPUT_DIR") or REPO / "outputs")
+    body = [
+        f"export CODISTILL_OUTPUT_DIR={shlex.quote(out_dir)}",
+        f"export CODISTILL_DATA_DIR={shlex.quote(os.path.abspath(os.environ.get('CODISTILL_DATA_DIR') or REPO / 'data'))}",
+        "exec " + " ".join(shlex.quote(a) for a in args.overrides),
+    ]
+    name = f"{cluster.get('job_name_prefix', 'codistill')}-{args.job_name}"
+    text = render_job(cluster, name, 1, args.gpus_per_node, os.path.join(out_dir, "slurm"), body)
+    if args.write:
+        os.makedirs(os.path.dirname(os.path.abspath(args.write)), exist_ok=True)
+        os.makedirs(os.path.join(out_dir, "slurm"), exist_ok=True)
+        Path(args.write).write_text(text)
+    print(text, end="")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -607,9 +628,11 @@ def cmd_info(args) -> None:
         "VAL_FILES": " ".join(_as_list(plan.get("data.val_files"))),
         "SMALL_MODEL": plan.pair_cfg["models"]["small"]["path"],
         "LARGE_MODEL": plan.pair_cfg["models"]["large"]["path"],
+        "DATA_FILES": " ".join(plan.data_files),
+        "MAX_RESPONSE_LENGTH": plan.get("data.max_response_length", ""),
     }
     for k, v in facts.items():
-        print(f"{k}={shlex.quote(str(v))}")
+        print(f"{k}\t{v}" if args.tsv else f"{k}={shlex.quote(str(v))}")
 
 
 def cmd_sbatch(args) -> None:
@@ -671,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, user = argv[:i], argv[i + 1:]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["overrides", "check", "info", "sbatch", "dry-run", "list", "smoke-args"])
+    parser.add_argument("command", choices=["overrides", "check", "info", "sbatch", "sbatch-command", "dry-run", "list",
+                                            "smoke-args"])
     parser.add_argument("kind", nargs="?", help="list: pair | exp")
     parser.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     parser.add_argument("--exp", default="codistill")
@@ -685,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--available-nodes", type=int)
     parser.add_argument("--write", help="sbatch: also write the script to this file")
     parser.add_argument("--out", help="smoke-args: the smoke run's output folder")
+    parser.add_argument("--job-name", default="job", help="sbatch-command: job name suffix")
+    parser.add_argument("--tsv", action="store_true", help="info: KEY<tab>VALUE lines instead of shell assignments")
     parser.add_argument("--steps", type=int, default=2, help="smoke-args: training steps")
     args = parser.parse_args(argv)
     args.overrides = user
@@ -697,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(available(args.kind or "pair")))
             return 0
         {"overrides": cmd_overrides, "check": cmd_check, "info": cmd_info, "sbatch": cmd_sbatch,
-         "dry-run": cmd_dry_run, "smoke-args": cmd_smoke_args}[args.command](args)
+         "dry-run": cmd_dry_run, "smoke-args": cmd_smoke_args, "sbatch-command": cmd_sbatch_command}[args.command](args)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
