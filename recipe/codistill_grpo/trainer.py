@@ -288,10 +288,24 @@ class CoDistillTrainer(RayPPOTrainer):
             resource_pool=pool, ray_cls_with_init=cls, name_prefix="codistill_large", device_name=self.device_name
         )
         self.large_wg.init_model()
-        if not frozen:
+        if frozen:
+            self._check_no_large_optimizer()
+        else:
             # init_model installed verl's default loss; replace it with the large model's field mapping
             large_actor_cfg = omega_conf_to_dataclass(self.large_config.actor)
             self.large_wg.set_loss_fn(partial(large_actor_loss, config=large_actor_cfg))
+
+    def _check_no_large_optimizer(self) -> None:
+        """Frozen teacher: verl's ``ref`` role builds a forward-only engine; verify no optimizer exists."""
+        has_optimizer = ray.get(
+            [
+                w.__ray_call__.remote(lambda self: getattr(getattr(self.ref, "engine", None), "optimizer", None) is not None)
+                for w in self.large_wg.workers
+            ]
+        )
+        if any(has_optimizer):
+            raise RuntimeError("codistill: the frozen large model (large.train=false) has an optimizer; expected none")
+        print(f"codistill: frozen large model loaded forward-only on {len(has_optimizer)} rank(s), optimizer state: none")
 
     # ------------------------------------------------------------------ timing
     def _record(self, key: str, seconds: float) -> None:
@@ -469,7 +483,8 @@ class CoDistillTrainer(RayPPOTrainer):
             return
         os.makedirs(self._dump_dir, exist_ok=True)
         keys = [
-            "prompts", "responses", "response_mask", "token_level_rewards", "token_level_scores",
+            "prompts", "responses", "input_ids", "attention_mask", "position_ids",
+            "response_mask", "token_level_rewards", "token_level_scores",
             "old_log_probs", "advantages", *LARGE_FIELDS,
         ]
         record = {k: batch.batch[k].detach().cpu().clone() for k in keys if k in batch.batch.keys()}

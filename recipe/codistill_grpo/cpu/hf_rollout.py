@@ -5,7 +5,9 @@ smoke run) this module registers a fourth backend, ``actor_rollout_ref.rollout.n
 three pieces verl's hybrid-engine path talks to:
 
 * ``HFRolloutServer``: a Ray actor holding a plain ``transformers`` causal LM; verl's agent loop
-  calls its token-in/token-out ``generate(prompt_ids, sampling_params, request_id, ...)``;
+  calls its token-in/token-out ``generate(prompt_ids, sampling_params, request_id, ...)``; sampled
+  requests are seeded from (prompt, step, k-th copy of the prompt) so runs are reproducible and a
+  resumed run draws the samples the uninterrupted run drew;
   ``update_weights(state_dict)`` loads new weights; sleep/wake are no-ops (nothing to free on CPU).
 * ``HFReplica``: the ``RolloutReplica`` that launches one server per replica (TP=1 on CPU).
 * ``HFServerAdapter``: the ``BaseRollout`` living inside the actor worker; verl's default "naive"
@@ -27,8 +29,10 @@ import asyncio
 import logging
 import os
 import threading
+import zlib
 from typing import Any, Generator, Optional
 
+import numpy as np
 import ray
 import torch
 
@@ -86,14 +90,26 @@ class HFRolloutServer:
         self.global_steps: Optional[int] = None
         self.weight_version = 0
         self._lock = threading.Lock()
-        seed = int(_cfg_get(config, "seed", 0) or 0) + replica_rank
-        self._generator_seed = seed
-        torch.manual_seed(seed)
+        self._base_seed = int(_cfg_get(config, "seed", 0) or 0) + 1_000_003 * replica_rank
+        self._prompt_counts: dict[int, int] = {}
+
+    def _request_seed(self, prompt_ids: list[int]) -> int:
+        """Seed of one sampled request: a function of (base seed, prompt, step, k-th request of that prompt).
+
+        So a run resumed from a checkpoint draws the same samples as the uninterrupted run (the
+        k-th copy of a prompt in a group gets the k-th sample; the counters restart at each weight
+        update, i.e. each training step).
+        """
+        key = zlib.crc32(np.asarray(prompt_ids, dtype=np.int64).tobytes())
+        k = self._prompt_counts.get(key, 0)
+        self._prompt_counts[key] = k + 1
+        step = -1 if self.global_steps is None else int(self.global_steps)
+        return (self._base_seed * 2_654_435_761 + key * 40_503 + (step + 2) * 7_919 + k * 104_729) % (2**63 - 1)
 
     def get_server_address(self):
         return server_actor_name(self.replica_rank, self.node_rank), 0
 
-    def _generate_sync(self, prompt_ids: list[int], sampling_params: dict[str, Any]) -> TokenOutput:
+    def _generate_sync(self, prompt_ids: list[int], sampling_params: dict[str, Any], seed: Optional[int]) -> TokenOutput:
         params = dict(sampling_params)
         prompt_len = len(prompt_ids)
         response_length = int(_cfg_get(self.config, "response_length"))
@@ -121,6 +137,8 @@ class HFRolloutServer:
 
         input_ids = torch.tensor([prompt_ids], dtype=torch.long)
         with self._lock, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs
             )
@@ -147,7 +165,10 @@ class HFRolloutServer:
     ) -> TokenOutput:
         if image_data is not None or video_data is not None:
             raise ValueError("rollout.name=hf (CPU backend) is text-only: got image/video inputs")
-        return await asyncio.to_thread(self._generate_sync, list(prompt_ids), sampling_params)
+        prompt_ids = list(prompt_ids)
+        temperature = sampling_params.get("temperature", 1.0)
+        seed = self._request_seed(prompt_ids) if temperature and float(temperature) > 0 else None
+        return await asyncio.to_thread(self._generate_sync, prompt_ids, sampling_params, seed)
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
         """Load the actor's full weights; names are HF parameter names. Returns the new weight version."""
@@ -161,6 +182,7 @@ class HFRolloutServer:
                 )
         self.global_steps = global_steps
         self.weight_version += 1
+        self._prompt_counts.clear()
         dump_dir = os.environ.get(DUMP_DIR_ENV)
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)

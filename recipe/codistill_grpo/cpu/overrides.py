@@ -96,8 +96,9 @@ def cpu_overrides(
         "actor_rollout_ref.actor.entropy_coeff=0",
         "actor_rollout_ref.actor.use_torch_compile=false",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
-        "actor_rollout_ref.actor.fsdp_config.dtype=float32",
-        "actor_rollout_ref.ref.fsdp_config.dtype=float32",
+        # fp32 compute (verl's FSDP default is bf16 mixed precision, slow and lossy on CPU)
+        *(f"+actor_rollout_ref.{r}.fsdp_config.mixed_precision.{k}=fp32" for r in ("actor", "ref")
+          for k in ("param_dtype", "reduce_dtype", "buffer_dtype")),
         "actor_rollout_ref.ref.use_torch_compile=false",
         "actor_rollout_ref.ref.fsdp_config.use_torch_compile=false",
         "actor_rollout_ref.rollout.name=hf",  # [9] cpu/hf_rollout.py

@@ -11,11 +11,17 @@ What it does, and why (the obstacles are listed in /work/shared/CPU_NOTES.md):
   device ``cpu``, collective backend ``gloo``, Ray resource ``GPU`` (the driver gives Ray one
   *logical* GPU so that verl's placement groups can be built), and a device module that stands
   in for ``torch.cuda`` (no-op memory/sync functions, RNG state from the CPU generator);
-* the one patch: verl builds the process-group backend string as
+* patch 1: verl builds the process-group backend string as
   ``f"cpu:gloo,{device}:{backend}"``, which on this platform reads ``cpu:gloo,cpu:gloo`` and
   torch rejects as a duplicate device. ``torch.distributed.init_process_group`` is wrapped so
   that a backend string whose entries are all ``cpu:gloo`` becomes ``gloo``; every other call
-  passes through unchanged. The wrap is installed only when ``VERL_PLATFORM=cpu``.
+  passes through unchanged;
+* patch 2: verl's FSDP2 engine gives every forward-only model (the ``ref`` role, here the frozen
+  teacher) ``CPUOffloadPolicy(pin_memory=True)``, and ``Tensor.pin_memory`` raises "Cannot access
+  accelerator device" on a host without one. Pinning host memory only matters for copies to an
+  accelerator, so ``Tensor.pin_memory`` returns the tensor itself when no accelerator is present.
+
+Both patches are installed only when ``VERL_PLATFORM=cpu``.
 
 verl's FSDP engine is registered for ``cuda``/``npu`` only; ``VERL_ENGINE_DEVICE=cuda`` (verl's
 own switch) makes the engine registry hand out the FSDP engine, which then runs on CPU tensors.
@@ -182,5 +188,19 @@ def _install_backend_normalisation() -> None:
     torch.distributed.init_process_group = init_process_group
 
 
+def _install_pin_memory_passthrough() -> None:
+    original = torch.Tensor.pin_memory
+    if getattr(original, "_codistill_cpu_shim", False) or torch.accelerator.is_available():
+        return
+
+    @functools.wraps(original)
+    def pin_memory(self, *args, **kwargs):
+        return self
+
+    pin_memory._codistill_cpu_shim = True
+    torch.Tensor.pin_memory = pin_memory
+
+
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:
     _install_backend_normalisation()
+    _install_pin_memory_passthrough()
