@@ -202,3 +202,26 @@ def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
         assert set(out["reward_extra_info"]) == set(RESULT_KEYS)
         scores.append(out["reward_score"])
     assert scores == [1.0, 0.0]
+
+
+def test_compute_score_inside_a_ray_actor_thread():
+    """verl's reward loop runs in Ray actors and calls compute_score from executor threads."""
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote
+        class Scorer:
+            def score(self, cases):
+                from concurrent.futures import ThreadPoolExecutor
+
+                from verl_ext.reward.math_reward import compute_score
+
+                with ThreadPoolExecutor(4) as ex:
+                    return list(ex.map(lambda c: compute_score("math", c[0], c[1])["score"], cases))
+
+        cases = [("\\boxed{0.5}", "\\frac12"), ("\\boxed{3}", "4"), ("\\boxed{\\sqrt{4}}", "2")]
+        assert ray.get(Scorer.remote().score.remote(cases), timeout=300) == [1.0, 0.0, 1.0]
+    finally:
+        ray.shutdown()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import multiprocessing
 import os
 import queue
@@ -179,6 +180,8 @@ def grade_task(task: GradeTask, timeout: float) -> tuple[str, float]:
 def _worker_main(conn) -> None:
     """Worker process loop: receive ``(task, timeout)``, answer ``(status, score)``; ``None`` stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # math-verify warns once per process that its own timeout is off: here the bound is ours
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     # pay the lazy imports and parser construction (antlr, sympy printers) before "ready",
     # so they are not charged to the first graded item's time bound
     _verify_strings(GradeTask("\\boxed{\\frac{1}{2}}", "0.5", False))
