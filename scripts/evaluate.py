@@ -9,7 +9,8 @@
     python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
         --out /tmp/res --max-tokens 16 --limit 4
 
-A checkpoint is a Hugging Face model folder, or a verl step folder (``.../global_step_N/actor``
+A checkpoint is a Hugging Face model folder, a Hub id (``Qwen/Qwen2.5-Math-1.5B``, for the
+base models; needs the Hub or its cache), or a verl step folder (``.../global_step_N/actor``
 or ``.../large_actor``, FSDP shards + ``fsdp_config.json`` + ``huggingface/``) which is converted
 once with verl's own merger (``python -m verl.model_merger merge --backend fsdp``) into
 ``<step>/<actor>_hf`` (or under ``--merged-root``) and loaded from there.
@@ -76,8 +77,14 @@ def default_model_name(path: Path) -> str:
     return path.name
 
 
-def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) -> Path:
-    """An HF model folder for ``path``: itself, or verl's merge of a verl FSDP step folder."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) -> Path | str:
+    """What to load for ``path``: an HF model folder (itself, or verl's merge of a verl FSDP step
+    folder), or a Hugging Face Hub id such as ``Qwen/Qwen2.5-Math-1.5B`` (no such local path)."""
+    if not Path(path).exists() and HUB_ID.match(str(path)):
+        return str(path)
     path = Path(path).resolve()
     if is_hf_dir(path):
         return path
@@ -115,7 +122,7 @@ def chat_prompts(tokenizer, prompts: Sequence[Sequence[dict]]) -> list[str]:
 class HFGenerator:
     """Hugging Face ``generate`` on CPU (or one GPU): left-padded batches, ``n`` samples per prompt."""
 
-    def __init__(self, model_dir: Path, dtype: str = "float32", device: str = "cpu", seed: int = 0):
+    def __init__(self, model_dir: Path | str, dtype: str = "float32", device: str = "cpu", seed: int = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,7 +165,7 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM offline engine (GPU only; imported lazily). Prompts are token ids from the HF chat template."""
 
-    def __init__(self, model_dir: Path, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
+    def __init__(self, model_dir: Path | str, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
         from transformers import AutoTokenizer
         from vllm import LLM
@@ -370,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = []
         for c, checkpoint in enumerate(args.checkpoint):
             name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
+            if not args.name and not Path(checkpoint).exists():
+                name = str(checkpoint).rstrip("/").split("/")[-1]
             model_dir = resolve_checkpoint(checkpoint, args.merged_root)
             generator = None
 
@@ -384,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.max_model_len)
                 return generator
 
-            header = {"model": name, "checkpoint": str(Path(checkpoint).resolve()), "model_dir": str(model_dir),
+            source = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
+            header = {"model": name, "checkpoint": source, "model_dir": str(model_dir),
                       "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role}}
             (Path(args.out) / name).mkdir(parents=True, exist_ok=True)
             for suite in suites:

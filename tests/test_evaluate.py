@@ -170,6 +170,8 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, tiny_pair, tiny_data):
     rc = evaluate.main(["--checkpoint", str(tmp_path / "nope"), "--data-dir", str(tmp_path), "--suites", "minerva",
                         "--out", str(tmp_path / "r")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    # a Hub id (no such local folder) is passed through to the backend untouched
+    assert evaluate.resolve_checkpoint("Qwen/Qwen2.5-Math-1.5B") == "Qwen/Qwen2.5-Math-1.5B"
 
 
 def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
