@@ -229,6 +229,7 @@ class GradingPool:
         self._live: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._failure = ""
         self.kills = 0
         workers = [self._start() for _ in range(num_workers)]
         for worker in workers:
@@ -265,9 +266,10 @@ class GradingPool:
                     self._await_ready(fresh)
                     self._idle.put(fresh)
                     return
-                except Exception:
+                except Exception as error:
                     if attempt == 2:
-                        raise
+                        self._failure = f"a grader process could not be restarted: {error}"
+                        self._idle.put(None)  # wakes a waiting run(), which reports the failure
 
         threading.Thread(target=respawn, daemon=True, name="math-reward-respawn").start()
 
@@ -276,6 +278,9 @@ class GradingPool:
         if self._closed:
             raise RuntimeError("GradingPool is closed")
         worker = self._idle.get()
+        if worker is None:
+            self._idle.put(None)
+            raise RuntimeError(f"GradingPool: {self._failure}")
         try:
             worker.conn.send((task, timeout))
             if worker.conn.poll(WALL_FACTOR * timeout + KILL_GRACE_S):
