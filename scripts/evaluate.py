@@ -134,15 +134,15 @@ class HFGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-        self.calls = 0
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int) -> list[list[str]]:
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int,
+                 item_ids: Sequence[int] = (0,)) -> list[list[str]]:
+        """``n`` completions per prompt; sampling seeded by ``seed + item_ids[0]`` (the batch's first item)."""
         torch = self.torch
         texts = chat_prompts(self.tokenizer, prompts)
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sample = temperature > 0
-        torch.manual_seed(self.seed + self.calls)
-        self.calls += 1
+        torch.manual_seed(self.seed + int(item_ids[0]))
         with torch.no_grad():
             out = self.model.generate(
                 **enc,
@@ -181,12 +181,18 @@ class VLLMGenerator:
             max_model_len=max_model_len,
         )
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int) -> list[list[str]]:
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int,
+                 item_ids: Sequence[int] | None = None) -> list[list[str]]:
+        """``n`` completions per prompt; each request seeded by ``seed + item id``, so a resumed run
+        samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_tokens, seed=self.seed
-        )
+        ids_for_seed = list(item_ids) if item_ids is not None else list(range(len(prompts)))
+        params = [
+            SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                           max_tokens=max_tokens, seed=self.seed + int(i))
+            for i in ids_for_seed
+        ]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
@@ -285,7 +291,8 @@ def evaluate_suite(
     for batch in batches:
         prompts = [frame["prompt"].iloc[i] for i in batch]
         responses = get_generator().generate(
-            prompts, n=n, temperature=sampling["temperature"], top_p=sampling["top_p"], max_tokens=sampling["max_tokens"]
+            prompts, n=n, temperature=sampling["temperature"], top_p=sampling["top_p"], max_tokens=sampling["max_tokens"],
+            item_ids=[indices[i] for i in batch],
         )
         flat = [r for group in responses for r in group]
         scored = score_batch(flat, [golds[i] for i in batch for _ in range(n)], timeout=timeout,

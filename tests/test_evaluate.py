@@ -95,7 +95,8 @@ class ScriptedGenerator:
     def __init__(self, answers: dict[str, list[str]]):
         self.answers = answers
 
-    def generate(self, prompts, n, temperature, top_p, max_tokens):
+    def generate(self, prompts, n, temperature, top_p, max_tokens, item_ids):
+        assert len(item_ids) == len(prompts)
         return [self.answers[p[0]["content"]][:n] for p in prompts]
 
 
@@ -186,3 +187,17 @@ def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
     assert line.split()[-1] == "0"  # resumed: nothing new generated
     result = json.loads((tmp_path / "res" / "tiny-small" / "tiny.json").read_text())
     assert result["meta"] == {"pair": "tiny", "method": "base", "role": "small"} and result["aggregate"]["n_items"] == 2
+
+
+def test_hf_sampling_k_per_item_is_seeded(tiny_pair, suite_dir, tmp_path):
+    frame = pd.read_parquet(suite_dir / "tiny.parquet").iloc[:2]
+    generator = evaluate.HFGenerator(Path(tiny_pair["small"]), seed=7)
+    sampling = {"n": 3, "temperature": 1.0, "top_p": 0.9, "max_tokens": 4, "seed": 7}
+    responses = []
+    for name in ("a.json", "b.json"):
+        evaluate.evaluate_suite(lambda: generator, frame, "tiny", tmp_path / name, sampling, HEADER, batch_size=2,
+                                reward_workers=1, show_progress=False)
+        result = json.loads((tmp_path / name).read_text())
+        assert result["aggregate"]["k"] == 3 and all(len(it["responses"]) == 3 for it in result["items"])
+        responses.append([it["responses"] for it in result["items"]])
+    assert responses[0] == responses[1]
