@@ -122,16 +122,16 @@ def test_hung_worker_is_killed_and_replaced():
     try:
         (worker,) = pool._live
         os.kill(worker.process.pid, signal.SIGSTOP)  # a worker stuck where no signal handler can run
-        status, score = pool.run(GradeTask("\\boxed{2}", "2", False), timeout=0.5)
+        status, score = pool.run(GradeTask("\\boxed{2}", "2"), timeout=0.5)
         assert (status, score) == ("timeout", 0.0)
         assert pool.kills == 1 and not worker.process.is_alive()
-        assert pool.run(GradeTask("\\boxed{1/2}", "0.5", False), timeout=5.0) == ("ok", 1.0)
+        assert pool.run(GradeTask("\\boxed{1/2}", "0.5"), timeout=5.0) == ("ok", 1.0)
         (fresh,) = pool._live
         os.kill(fresh.process.pid, signal.SIGKILL)  # a worker that died (OOM killer, segfault)
         fresh.process.join(5)
-        assert pool.run(GradeTask("\\boxed{2}", "2", False), timeout=5.0) == ("error", 0.0)
+        assert pool.run(GradeTask("\\boxed{2}", "2"), timeout=5.0) == ("error", 0.0)
         assert pool.kills == 2
-        assert pool.run(GradeTask("\\boxed{3}", "3", False), timeout=5.0) == ("ok", 1.0)
+        assert pool.run(GradeTask("\\boxed{3}", "3"), timeout=5.0) == ("ok", 1.0)
     finally:
         pool.close()
     assert KILL_GRACE_S > 0

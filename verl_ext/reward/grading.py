@@ -13,9 +13,10 @@ verl 0.9.1 calls a custom reward as
 ``loop.run_in_executor(None, ...)``, i.e. in a worker THREAD of a Ray actor. A dict return
 must hold ``score`` (the scalar reward); every key, including ``score``, becomes a
 ``reward_extra_info`` column (``reward_loop.py`` takes the key set from the first item, so
-every item returns the same keys), and numeric ones become validation metrics
-``val-aux/<source>/<key>/mean@N`` (``metric_utils.process_validation_metrics``, which uses
-``pred`` for majority voting and skips string values for means).
+every item returns the same keys), and in validation the numeric ones become metrics,
+``acc`` as ``val-core/<source>/acc/mean@N`` and the others as ``val-aux/<source>/<key>/...``
+(``ray_trainer._val_metrics_update``, ``metric_utils.process_validation_metrics``, which
+uses ``pred`` for majority voting and skips string values for means).
 
 math-verify's own timeouts use ``signal.alarm``, which raises off the main thread. So
 math-verify is called here with ``parsing_timeout=None`` / ``timeout_seconds=None`` and the
@@ -28,8 +29,9 @@ bound is ours, in two layers:
 - hard, wall clock: a worker that has not answered after
   ``WALL_FACTOR * timeout + KILL_GRACE_S`` (stuck in C code where no signal handler runs,
   or starved of CPU) is killed by the parent, counted as a timeout and replaced in the
-  background. That is the worst-case latency of one item. A timeout, a parser error or a dead worker scores 0 and is counted,
-never raised.
+  background. That is the worst-case latency of one item.
+
+A timeout, a parser error or a dead worker scores 0 and is counted, never raised.
 
 Per item (``solution``, ``ground_truth``)::
 
@@ -63,10 +65,16 @@ from typing import Any, Sequence
 from verl_ext.reward.answer import last_boxed_content, normalize_answer
 
 __all__ = [
+    "DEFAULT_MAX_CHARS",
     "DEFAULT_TIMEOUT_S",
-    "GradingPool",
+    "KILL_GRACE_S",
     "RESULT_KEYS",
+    "WALL_FACTOR",
+    "GradeTask",
+    "GradingPool",
     "compute_score",
+    "default_num_workers",
+    "get_pool",
     "grade_task",
     "prepare_item",
     "score_batch",
@@ -98,11 +106,10 @@ def _result(score: float, fmt: bool, pred: str, timeout: bool = False, error: bo
 
 @dataclass(frozen=True)
 class GradeTask:
-    """What a worker needs: the text to parse as prediction, the normalised gold, the mode."""
+    """What a worker needs: the text to parse as the prediction and the normalised gold."""
 
     pred_text: str
     gold: str
-    unboxed: bool
 
 
 def prepare_item(
@@ -121,13 +128,13 @@ def prepare_item(
     if boxed is None:
         if not fallback_unboxed:
             return _result(0.0, False, ""), None, False, ""
-        return None, GradeTask(tail[-FALLBACK_TAIL_CHARS:], gold[:MAX_ANSWER_CHARS], True), False, ""
+        return None, GradeTask(tail[-FALLBACK_TAIL_CHARS:], gold[:MAX_ANSWER_CHARS]), False, ""
     pred = normalize_answer(boxed)
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return _result(0.0, True, pred, error=True), None, True, pred
     if pred and pred == gold:
         return _result(1.0, True, pred), None, True, pred
-    return None, GradeTask("\\boxed{" + pred + "}", gold, False), True, pred
+    return None, GradeTask("\\boxed{" + pred + "}", gold), True, pred
 
 
 @functools.lru_cache(maxsize=4096)
@@ -184,7 +191,7 @@ def _worker_main(conn) -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     # pay the lazy imports and parser construction (antlr, sympy printers) before "ready",
     # so they are not charged to the first graded item's time bound
-    _verify_strings(GradeTask("\\boxed{\\frac{1}{2}}", "0.5", False))
+    _verify_strings(GradeTask("\\boxed{\\frac{1}{2}}", "0.5"))
     conn.send("ready")
     while True:
         try:
