@@ -231,3 +231,26 @@ def test_compute_score_inside_a_ray_actor_thread():
         assert ray.get(Scorer.remote().score.remote(cases), timeout=300) == [1.0, 0.0, 1.0]
     finally:
         ray.shutdown()
+
+
+MATH_STYLE = [
+    ("\\boxed{C}", "\\text{(C)}", 1.0),
+    ("\\boxed{5}", "5\\text{ cm}", 1.0),
+    ("\\boxed{90}", "90^\\circ", 1.0),
+    ("\\boxed{[2,5)}", "x \\in [2, 5)", 1.0),
+    ("\\boxed{\\frac{\\sqrt3}{2}}", "\\frac{\\sqrt{3}}{2}", 1.0),
+    ("\\boxed{1,000}", "1000", 1.0),
+    ("\\boxed{x=3}", "3", 1.0),
+    ("\\boxed{\\text{east}}", "\\text{east}", 1.0),
+    ("\\boxed{2, 3}", "3, 2", 1.0),
+    ("\\boxed{\\frac{1}{3}}", "0.3333333333", 1.0),
+    ("\\boxed{0.333}", "\\frac13", 0.0),  # a rounded decimal is not the exact fraction
+    ("\\boxed{10\\%}", "10", 0.0),
+    ("\\boxed{(0,1]}", "[0, 1)", 0.0),
+]
+
+
+def test_math_style_ground_truths_sequential_mode():
+    """MATH answer styles (units, degrees, text, intervals, sets); sequential in-process grading."""
+    results = score_batch([c[0] for c in MATH_STYLE], [c[1] for c in MATH_STYLE], num_workers=0)
+    assert [r["score"] for r in results] == [c[2] for c in MATH_STYLE]
