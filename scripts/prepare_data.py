@@ -94,6 +94,8 @@ def _as_text(value: Any) -> str | None:
         return ", ".join(parts) if parts else None
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))  # numeric answer columns (e.g. AMC) store 12 as 12.0
     return str(value)
 
 

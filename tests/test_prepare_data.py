@@ -49,6 +49,7 @@ def raw(tmp_path):
         ),
     }
     pd.DataFrame([{"question": "Q one", "answer": "$5$"}, {"question": "Q two", "answer": "6.2"}]).to_parquet(files["minerva"])
+    files["amc23"] = _write_jsonl(tmp_path / "amc.jsonl", [{"question": "A?", "answer": 12.0}, {"question": "B?", "answer": 0.25}])
     return files
 
 
@@ -62,7 +63,7 @@ def _local(raw) -> list[str]:
 
 def test_all_suites_layout_answers_and_manifest(raw, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = _run(["--out", out, "--template", "qwen_math", "--suites", "train,minerva,olympiadbench", *_local(raw)])
+    rc = _run(["--out", out, "--template", "qwen_math", "--suites", "train,minerva,olympiadbench,amc23", *_local(raw)])
     assert rc == 0
     train = pd.read_parquet(out / "train.parquet")
     assert list(train.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
@@ -81,11 +82,15 @@ def test_all_suites_layout_answers_and_manifest(raw, tmp_path, capsys):
     olympiad = pd.read_parquet(out / "olympiadbench.parquet")
     assert [r["ground_truth"] for r in olympiad["reward_model"]] == ["3, 4", "\\frac{1}{3}"]
 
+    amc = pd.read_parquet(out / "amc23.parquet")
+    assert [r["ground_truth"] for r in amc["reward_model"]] == ["12", "0.25"]  # numeric column, 12.0 -> "12"
+
     manifest = json.loads((out / "manifest.json").read_text())
     assert {k: (v["rows"], v["dropped"]) for k, v in manifest["suites"].items()} == {
         "train": (4, 0),
         "minerva": (2, 0),
         "olympiadbench": (2, 0),
+        "amc23": (2, 0),
     }
     # independent hash of the minerva rows, written out by hand in the documented canonical form
     expected_rows = [
