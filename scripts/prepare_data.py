@@ -15,9 +15,9 @@ problem in the layout verl's ``RLHFDataset`` reads::
     reward_model  {style: "rule", ground_truth: str}   normalised once, here
     extra_info    {split, index, source_row, level, question}
 
-and ``<out>/manifest.json`` with, per suite, the row count, dropped rows and a sha256 over the
-rows' canonical JSON (independent of the parquet writer's version). A missing column fails the
-run; a row whose question or answer is missing or empty is reported (suite, row, field) and
+and ``<out>/manifest.json`` with, per suite, the rows read and kept, the bad rows dropped,
+the rows filtered out (``--levels``, ``--limit``) and a sha256 over the rows' canonical JSON
+(independent of the parquet writer's version). A missing column fails the run; a row whose question or answer is missing or empty is reported (suite, row, field) and
 fails the run by default (``--on-bad-row fail``) or is dropped (``--on-bad-row drop``).
 """
 
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"dropped: {problem}", file=sys.stderr)
             if args.limit is not None:
                 rows = rows.iloc[: args.limit].reset_index(drop=True)
+            filtered = len(frame) - len(problems) - len(rows)
             if len(rows) == 0:
                 raise DataError(f"suite '{suite}': no rows left after filtering")
             file = out / f"{suite}.parquet"
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": len(rows),
                 "read": len(frame),
                 "dropped": len(problems),
+                "filtered": filtered,
                 "sha256": content_hash(rows),
             }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -259,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_data: error: {error}", file=sys.stderr)
         return 2
 
-    print(f"{'suite':<16}{'read':>8}{'kept':>8}{'dropped':>9}  file")
+    print(f"{'suite':<16}{'read':>8}{'kept':>8}{'dropped':>9}{'filtered':>10}  file")
     for suite, entry in manifest["suites"].items():
-        print(f"{suite:<16}{entry['read']:>8}{entry['rows']:>8}{entry['dropped']:>9}  {out / entry['file']}")
+        print(f"{suite:<16}{entry['read']:>8}{entry['rows']:>8}{entry['dropped']:>9}{entry['filtered']:>10}"
+              f"  {out / entry['file']}")
     print(f"manifest: {out / 'manifest.json'}")
     return 0
 

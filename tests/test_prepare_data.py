@@ -128,6 +128,8 @@ def test_level_filter_keeps_levels_3_to_5(raw, tmp_path):
                  "--local", f"train={raw['train']}"]) == 0
     train = pd.read_parquet(tmp_path / "train.parquet")
     assert [e["level"] for e in train["extra_info"]] == [3, 5, 4]
+    entry = json.loads((tmp_path / "manifest.json").read_text())["suites"]["train"]
+    assert (entry["read"], entry["rows"], entry["dropped"], entry["filtered"]) == (4, 3, 0, 1)
     assert [e["source_row"] for e in train["extra_info"]] == [0, 1, 3]
     assert [e["index"] for e in train["extra_info"]] == [0, 1, 2]
 
@@ -154,7 +156,7 @@ def test_bad_rows_fail_by_default_and_drop_by_flag(tmp_path, capsys):
     manifest = json.loads((tmp_path / "drop" / "manifest.json").read_text())
     assert (manifest["suites"]["train"]["read"], manifest["suites"]["train"]["rows"], manifest["suites"]["train"]["dropped"]) == (5, 2, 3)
     line = next(l for l in captured.out.splitlines() if l.startswith("train"))
-    assert line.split()[:4] == ["train", "5", "2", "3"]
+    assert line.split()[:5] == ["train", "5", "2", "3", "0"]
 
 
 def test_missing_column_and_missing_file_are_clear_errors(tmp_path, capsys):
