@@ -17,8 +17,9 @@ problem in the layout verl's ``RLHFDataset`` reads::
 
 and ``<out>/manifest.json`` with, per suite, the rows read and kept, the bad rows dropped,
 the rows filtered out (``--levels``, ``--limit``) and a sha256 over the rows' canonical JSON
-(independent of the parquet writer's version). A missing column fails the run; a row whose question or answer is missing or empty is reported (suite, row, field) and
-fails the run by default (``--on-bad-row fail``) or is dropped (``--on-bad-row drop``).
+(independent of the parquet writer's version). A missing column fails the run; a row whose
+question or answer is missing or empty is reported (suite, row, field) and fails the run by
+default (``--on-bad-row fail``) or is dropped (``--on-bad-row drop``).
 """
 
 from __future__ import annotations
