@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Math reward throughput: sequential in-process grading vs the process pool, with adversarial inputs.
 
-    python scripts/bench_reward.py                       # 400 real-looking + 12 adversarial, timeout 5 s
+    python scripts/bench_reward.py                       # 400 real-looking + 10 adversarial, timeout 5 s
     python scripts/bench_reward.py --n 1000 --workers 2,4 --timeout 2
 
 Real-looking responses: a few hundred characters of reasoning ending in ``\\boxed{...}`` with
 answers that need math-verify (fractions vs decimals, radicals, intervals, tuples, polynomials;
-half right, half wrong). Adversarial ones: deeply nested ``\\frac`` (the parser runs past the
-timeout), power towers, 10^5-character boxed answers and 10^5-character responses without a
-box. Prints responses/second per mode, the pool/sequential ratio, worst-case and p50/p99
-per-item latency, timeouts, and whether both modes gave identical scores.
+half right, half wrong). Adversarial ones: 100 nested ``\\frac`` (stopped by the bracket-depth
+guard), a power tower and ``(10^{10})!`` (sympy runs into the timeout), a 10^5-character boxed
+answer (size guard) and a 10^5-character response without a box. Prints responses/second per
+mode, the pool/sequential ratio, worst-case and p50/p99 per-item latency, timeouts, whether
+both modes gave identical scores, and the worst latency per kind of input.
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ def real_looking(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
 
 
 def adversarial(k: int) -> tuple[list[str], list[str], list[str]]:
-    nested = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"
-    tower = "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}"
-    huge_boxed = FILLER + "\\boxed{" + "9" * 100_000 + "}"
-    huge_text = ("x + " * 25_000)[:100_000]
-    kinds = [("nested_frac", nested, "1"), ("power_tower", tower, "3"),
-             ("1e5_boxed", huge_boxed, "3"), ("1e5_unboxed", huge_text, "3")]
+    nested = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"   # bracket-depth guard
+    tower = "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}"                      # sympy runs to the timeout
+    factorial = "\\boxed{(10^{10})!}"                                    # sympy runs to the timeout
+    huge_boxed = FILLER + "\\boxed{" + "9" * 100_000 + "}"              # size guard
+    huge_text = ("x + " * 25_000)[:100_000]                               # no box: format 0
+    kinds = [("nested_frac_x100", nested, "1"), ("power_tower", tower, "3"), ("huge_factorial", factorial, "3"),
+             ("1e5_char_boxed", huge_boxed, "3"), ("1e5_char_unboxed", huge_text, "3")]
     picked = [kinds[i % len(kinds)] for i in range(k)]
     return [p[1] for p in picked], [p[2] for p in picked], [p[0] for p in picked]
 
@@ -84,7 +86,7 @@ def run(mode: str, workers: int, solutions, golds, timeout: float) -> dict:
     results = score_batch(solutions, golds, timeout=timeout, num_workers=workers)
     elapsed = time.perf_counter() - start
     latency = np.array([r["latency_s"] for r in results])
-    return {"mode": mode, "elapsed": elapsed, "rate": len(results) / elapsed, "worst": latency.max(),
+    return {"mode": mode, "elapsed": elapsed, "rate": len(results) / elapsed, "worst": latency.max(), "latency": latency,
             "p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99)),
             "summary": summarize(results), "scores": [r["score"] for r in results]}
 
@@ -92,7 +94,7 @@ def run(mode: str, workers: int, solutions, golds, timeout: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=400, help="real-looking responses")
-    p.add_argument("--adversarial", type=int, default=12, help="adversarial responses mixed in")
+    p.add_argument("--adversarial", type=int, default=10, help="adversarial responses mixed in (5 kinds, cycled)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-item bound (s)")
     p.add_argument("--workers", default="2", help="pool sizes to measure, comma-separated")
     p.add_argument("--seed", type=int, default=0)
@@ -105,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     rng.shuffle(order)
     all_solutions = [(solutions + adv_solutions)[i] for i in order]
     all_golds = [(golds + adv_golds)[i] for i in order]
+    all_kinds = [(["real-looking"] * len(solutions) + adv_kinds)[i] for i in order]
     print(f"items: {args.n} real-looking + {args.adversarial} adversarial "
           f"({', '.join(sorted(set(adv_kinds)))}); timeout {args.timeout} s; cpus {__import__('os').cpu_count()}")
 
     expected = ((args.n + 1) // 2) / len(all_solutions)  # every even-indexed real-looking item is right
     print(f"expected accuracy (by construction): {expected:.3f}")
+    score_batch(["\\boxed{\\frac{1}{2}}"], ["0.5"], num_workers=0)  # imports outside the timed region, as the pool's
     rows = [run("sequential", 0, all_solutions, all_golds, args.timeout)]
     for w in [int(x) for x in args.workers.split(",")]:
         start = time.perf_counter()
@@ -127,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
               f"  {r['scores'] == base['scores']}")
     for w in [int(x) for x in args.workers.split(",")]:
         print(f"pool({w}) workers killed and replaced: {get_pool(w).kills}")
+    kinds = ["real-looking"] + sorted(set(adv_kinds))
+    print("worst latency (s) by input kind:")
+    print(f"  {'kind':<20}" + "".join(f"{r['mode']:>12}" for r in rows))
+    for kind in kinds:
+        mask = np.array([k == kind for k in all_kinds])
+        print(f"  {kind:<20}" + "".join(f"{r['latency'][mask].max():>12.3f}" for r in rows))
     return 0
 
 

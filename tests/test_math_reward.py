@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_ext.reward.answer import find_last_boxed, last_boxed_content, normalize_answer
+from verl_ext.reward.answer import bracket_depth, find_last_boxed, last_boxed_content, normalize_answer
 from verl_ext.reward.math_reward import (
     KILL_GRACE_S,
     RESULT_KEYS,
@@ -22,7 +22,9 @@ from verl_ext.reward.math_reward import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Deeply nested fractions: math-verify's LaTeX parser takes far longer than 1 s on this.
+# A power tower: sympy tries to evaluate it and runs far past any timeout used here.
+TOWER = "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}"
+# 100 nested fractions: over the bracket-depth guard, rejected before parsing.
 NESTED = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"
 
 
@@ -109,7 +111,7 @@ def test_compute_score_is_safe_off_the_main_thread():
 
 def test_timeout_scores_zero_and_is_counted_in_thread():
     box: dict = {}
-    t = threading.Thread(target=lambda: box.update(compute_score("math", NESTED, "1", timeout=1.0)))
+    t = threading.Thread(target=lambda: box.update(compute_score("math", TOWER, "3", timeout=1.0)))
     t.start()
     t.join()
     assert box["score"] == 0.0 and box["timeout"] == 1.0 and box["format"] == 1.0
@@ -137,6 +139,16 @@ def test_hung_worker_is_killed_and_replaced():
     assert KILL_GRACE_S > 0
 
 
+@pytest.mark.parametrize("text, depth", [("", 0), ("x", 0), ("{a}", 1), ("[0,(1)]", 2), ("\\frac{\\frac{1}{2}}{3}", 2), ("(()", 2)])
+def test_bracket_depth(text, depth):
+    assert bracket_depth(text) == depth
+
+
+def test_deeply_nested_answer_is_rejected_without_parsing():
+    result = compute_score("math", NESTED, "1", timeout=60.0)
+    assert result["score"] == 0.0 and result["error"] == 1.0 and result["timeout"] == 0.0
+
+
 def test_oversized_answer_is_bounded_not_parsed():
     huge = "\\boxed{" + "9" * 100_000 + "}"
     result = compute_score("math", huge, "3")
@@ -145,17 +157,17 @@ def test_oversized_answer_is_bounded_not_parsed():
 
 
 def test_score_batch_pool_matches_sequential_and_summary():
-    solutions = ["\\boxed{2}", "\\boxed{0.5}", "no answer", "\\boxed{5}", NESTED, "\\boxed{\\pi}"]
-    golds = ["2", "\\frac{1}{2}", "1", "6", "1", "\\pi"]
+    solutions = ["\\boxed{2}", "\\boxed{0.5}", "no answer", "\\boxed{5}", TOWER, "\\boxed{\\pi}", NESTED]
+    golds = ["2", "\\frac{1}{2}", "1", "6", "3", "\\pi", "1"]
     pooled = score_batch(solutions, golds, timeout=1.0, num_workers=2)
     sequential = score_batch(solutions, golds, timeout=1.0, num_workers=0)
     drop = ("latency_s",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in pooled] == [
         {k: v for k, v in r.items() if k not in drop} for r in sequential
     ]
-    assert [r["score"] for r in pooled] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    # hand count: 3 correct of 6, 5 boxed of 6, the nested item times out
-    assert summarize(pooled) == {"n": 6, "accuracy": 0.5, "format_rate": 5 / 6, "timeouts": 1, "errors": 0}
+    assert [r["score"] for r in pooled] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    # hand count: 3 correct of 7, 6 boxed of 7, the tower times out, the nested item is rejected
+    assert summarize(pooled) == {"n": 7, "accuracy": 3 / 7, "format_rate": 6 / 7, "timeouts": 1, "errors": 1}
 
 
 def test_score_batch_rejects_length_mismatch():

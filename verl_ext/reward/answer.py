@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-__all__ = ["find_last_boxed", "last_boxed_content", "normalize_answer"]
+__all__ = ["bracket_depth", "find_last_boxed", "last_boxed_content", "normalize_answer"]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 
@@ -31,6 +31,20 @@ def _balanced_group_end(text: str, open_idx: int) -> int:
     depth = np.cumsum(delta)
     closing = np.flatnonzero(depth == 0)
     return int(open_idx + closing[0]) if closing.size else -1
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of ``{[(`` / ``)]}`` in ``text``: ``max(cumsum(opens - closes))``, 0 if none.
+
+    Brackets of all kinds count together (intervals mix them); a pathological-input guard,
+    not a syntax check.
+    """
+    if not text:
+        return 0
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    opens = (codes == ord("{")) | (codes == ord("[")) | (codes == ord("("))
+    closes = (codes == ord("}")) | (codes == ord("]")) | (codes == ord(")"))
+    return int(max(0, np.cumsum(opens.astype(np.int32) - closes.astype(np.int32)).max()))
 
 
 def find_last_boxed(text: str) -> tuple[int, int] | None:

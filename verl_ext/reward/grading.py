@@ -39,7 +39,9 @@ Per item (``solution``, ``ground_truth``)::
     pred   = normalize(last balanced \\boxed{...} in tail)  # format = 1 iff it exists
     score  = 1  if pred == normalize(ground_truth)       # exact-match shortcut, no sympy
            = verify(parse(gold), parse(pred)) in {0, 1}  # math-verify, bounded in time
-           = 0  on no box (unless fallback_unboxed), timeout, parser error, oversized answer
+           = 0  on no box (unless fallback_unboxed), timeout, parser error, or a pathological
+                answer: over MAX_ANSWER_CHARS (2000) characters or brackets nested deeper
+                than MAX_BRACKET_DEPTH (24); those are not parsed at all (``error`` = 1)
 
 ``fallback_unboxed=True`` (off by default, so training keeps the boxed format) lets an
 answer without a box be parsed from the last ``FALLBACK_TAIL_CHARS`` characters by
@@ -62,7 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from verl_ext.reward.answer import last_boxed_content, normalize_answer
+from verl_ext.reward.answer import bracket_depth, last_boxed_content, normalize_answer
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
@@ -84,6 +86,7 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_CHARS = 200_000
 MAX_ANSWER_CHARS = 2_000
+MAX_BRACKET_DEPTH = 24
 FALLBACK_TAIL_CHARS = 600
 KILL_GRACE_S = 0.5
 WALL_FACTOR = 2.0
@@ -130,7 +133,7 @@ def prepare_item(
             return _result(0.0, False, ""), None, False, ""
         return None, GradeTask(tail[-FALLBACK_TAIL_CHARS:], gold[:MAX_ANSWER_CHARS]), False, ""
     pred = normalize_answer(boxed)
-    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS or bracket_depth(pred) > MAX_BRACKET_DEPTH:
         return _result(0.0, True, pred, error=True), None, True, pred
     if pred and pred == gold:
         return _result(1.0, True, pred), None, True, pred
