@@ -129,9 +129,12 @@ def test_bad_arguments_one_line(tmp_path, args, message):
     (("sbatch", "srun", "scontrol"), {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8"}, "allocation"),
 ])
 def test_mode_detection_is_printed_first(tmp_path, tools, extra, mode):
-    proc = Env(tmp_path, tools=tools).run("--pair", "tiny", "--dry-run", extra_env=extra)
-    assert proc.returncode == 0, proc.stderr
+    """The mode line comes before anything else, even before a bad experiment name stops the run."""
+    e = Env(tmp_path, tools=tools)
+    proc = e.run("--exp", "nope", extra_env=extra)
     assert proc.stdout.splitlines()[0].startswith(f"[codistill] mode: {mode} ")
+    assert "unknown experiment 'nope'" in one_error_line(proc)
+    assert e.lines("sbatch.log") == [] and e.lines("srun.log") == [] and e.entry_calls() == []
 
 
 # ----------------------------------------------------------------------------- sbatch submission
