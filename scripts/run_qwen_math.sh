@@ -151,6 +151,7 @@ fi
 
 # ------------------------------------------------------------------------------ cpu smoke
 if [[ "$mode" == cpu-smoke ]]; then
+  "${compose[@]}" info "${plan_args[@]}" >/dev/null || exit $?  # unknown pair/experiment: one line
   if [[ $pair_given -eq 1 && "$pair" != tiny ]]; then
     say "note: the CPU smoke run uses the tiny pair; --pair $pair applies on GPUs (try --dry-run)"
   fi
@@ -209,7 +210,7 @@ else
 fi
 "${compose[@]}" check "${plan_args[@]}" "${avail[@]}" -- "${user[@]}" || exit $?
 info=$("${compose[@]}" info "${plan_args[@]}" -- "${user[@]}") || exit $?
-RUN_DIR="" CHECKPOINT_DIR="" METRICS_FILE="" NODES=""
+RUN_DIR="" CHECKPOINT_DIR="" METRICS_FILE="" NODES="" RAY_PORT="" RAY_JOIN_TIMEOUT_S="" SRUN_EXTRA=""
 eval "$info"  # RUN_DIR, CHECKPOINT_DIR, METRICS_FILE, NODES, GPUS, ... (shell-quoted by compose.py)
 overrides=$("${compose[@]}" overrides "${plan_args[@]}" -- "${user[@]}") || exit $?
 mapfile -t hydra_args <<<"$overrides"
@@ -253,15 +254,15 @@ ray_up() {  # head on the first node, one worker per other node, wait until all 
   head_ip=$(srun --nodes=1 --ntasks=1 --overlap -w "$head" hostname --ip-address) || die "could not get the IP of head node $head"
   for i in $head_ip; do [[ "$i" =~ ^[0-9.]+$ ]] && { head_ip="$i"; break; }; done
   head_ip="${head_ip%% *}"
-  port="$(sed -nE 's/^ray_port: *([0-9]+).*/\1/p' "$root/configs/cluster/$cluster.yaml")"
-  timeout="$(sed -nE 's/^ray_join_timeout_s: *([0-9]+).*/\1/p' "$root/configs/cluster/$cluster.yaml")"
-  port="${port:-6379}" timeout="${CODISTILL_RAY_TIMEOUT_S:-${timeout:-600}}" poll="${CODISTILL_RAY_POLL_S:-5}"
+  port="$RAY_PORT" timeout="${CODISTILL_RAY_TIMEOUT_S:-$RAY_JOIN_TIMEOUT_S}" poll="${CODISTILL_RAY_POLL_S:-5}"
+  local srun_extra=()
+  read -r -a srun_extra <<<"$SRUN_EXTRA"
   local cpus="${SLURM_CPUS_PER_TASK:-$(nproc)}"
   export RAY_ADDRESS="$head_ip:$port"
   say "Ray head on $head ($RAY_ADDRESS), workers on: ${hosts[*]:1}"
   trap ray_down EXIT
   trap 'exit 143' TERM INT
-  srun --nodes=1 --ntasks=1 --overlap -w "$head" \
+  srun --nodes=1 --ntasks=1 --overlap "${srun_extra[@]}" -w "$head" \
     "$ray_bin" start --head --node-ip-address="$head_ip" --port="$port" \
     --num-gpus="$gpn" --num-cpus="$cpus" --block &
   ray_pids+=($!) ray_nodes+=("$head")
@@ -272,7 +273,7 @@ ray_up() {  # head on the first node, one worker per other node, wait until all 
     sleep "$poll"
   done
   for node in "${hosts[@]:1}"; do
-    srun --nodes=1 --ntasks=1 --overlap -w "$node" \
+    srun --nodes=1 --ntasks=1 --overlap "${srun_extra[@]}" -w "$node" \
       "$ray_bin" start --address="$RAY_ADDRESS" --num-gpus="$gpn" --num-cpus="$cpus" --block &
     ray_pids+=($!) ray_nodes+=("$node")
   done

@@ -611,6 +611,7 @@ def cmd_check(args) -> None:
 def cmd_info(args) -> None:
     """Shell-readable facts about the run (KEY=VALUE lines)."""
     plan = compose_plan(_settings(args))
+    cluster = load("cluster", args.cluster)
     nodes, gpus, _ = plan.gpu_demand()
     facts = {
         "RUN_DIR": plan.run_dir,
@@ -629,6 +630,9 @@ def cmd_info(args) -> None:
         "SMALL_MODEL": plan.pair_cfg["models"]["small"]["path"],
         "LARGE_MODEL": plan.pair_cfg["models"]["large"]["path"],
         "DATA_FILES": " ".join(plan.data_files),
+        "RAY_PORT": cluster.get("ray_port", 6379),
+        "RAY_JOIN_TIMEOUT_S": cluster.get("ray_join_timeout_s", 600),
+        "SRUN_EXTRA": " ".join(str(x) for x in cluster.get("srun_extra") or []),
         "MAX_RESPONSE_LENGTH": plan.get("data.max_response_length", ""),
     }
     for k, v in facts.items():
