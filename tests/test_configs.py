@@ -4,6 +4,7 @@ of ALGORITHM.md asks for; bad names and bad keys fail with one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -191,3 +192,88 @@ def test_compose_api_matches_the_entry_points_print_config(tmp_path):
     from omegaconf import OmegaConf
 
     assert theirs == OmegaConf.to_container(ours)
+
+
+# ----------------------------------------------------------------------------- where models load from
+
+
+class _FakeHub:
+    """A local HTTP server standing in for the hub's /api/models/<id> (HF_ENDPOINT points at it)."""
+
+    def __init__(self, models: dict[str, dict]):
+        import http.server
+        import threading
+
+        served = models
+        seen = self.auth = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                seen.append(self.headers.get("Authorization"))
+                name = self.path.removeprefix("/api/models/")
+                if name not in served:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = json.dumps(served[name]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path
+
+
+def test_model_found_locally_or_in_the_cache(hub_env, monkeypatch):
+    local = hub_env / "m"
+    local.mkdir()
+    with pytest.raises(compose.PlanError, match=f"generator model directory {local} has no config.json"):
+        compose.check_model(str(local), "generator")
+    (local / "config.json").write_text("{}")
+    assert compose.check_model(str(local), "generator") == "local dir"
+    snap = hub_env / "hf" / "hub" / "models--Qwen--Qwen2.5-Math-7B" / "snapshots" / "0123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert compose.check_model("Qwen/Qwen2.5-Math-7B", "teacher") == "HF cache"
+    with pytest.raises(compose.PlanError, match=r"teacher model Qwen/Qwen2\.5-Math-1\.5B is not a local dir and not in the HF cache .* and HF_HUB_OFFLINE=1"):
+        compose.check_model("Qwen/Qwen2.5-Math-1.5B", "teacher")
+    with pytest.raises(compose.PlanError, match="generator model path ./nowhere does not exist"):
+        compose.check_model("./nowhere", "generator")
+
+
+def test_model_from_the_hub(hub_env, monkeypatch):
+    hub = _FakeHub({"Qwen/Qwen2.5-Math-1.5B": {"id": "Qwen/Qwen2.5-Math-1.5B", "gated": False},
+                    "meta-llama/Llama-3.1-8B-Instruct": {"id": "meta-llama/Llama-3.1-8B-Instruct", "gated": "manual"}})
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert compose.check_model("Qwen/Qwen2.5-Math-1.5B", "generator") == "hub (downloaded at start-up)"
+        with pytest.raises(compose.PlanError, match="Llama-3.1-8B-Instruct is gated on the hub: accept its license"):
+            compose.check_model("meta-llama/Llama-3.1-8B-Instruct", "teacher")
+        monkeypatch.setenv("HF_TOKEN", "hf_secret")
+        assert compose.check_model("meta-llama/Llama-3.1-8B-Instruct", "teacher") == "hub (downloaded at start-up)"
+        assert hub.auth[-1] == "Bearer hf_secret"
+        with pytest.raises(compose.PlanError, match=r"the hub \(http://127\.0\.0\.1:\d+\) answered 404; check the name"):
+            compose.check_model("Qwen/Qwen9-Math", "generator")
+    finally:
+        hub.close()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # closed now: nothing listens
+    with pytest.raises(compose.PlanError, match=r"not in the HF cache .* and the hub \(http://127\.0\.0\.1:\d+\) is unreachable"):
+        compose.check_model("Qwen/Qwen2.5-Math-1.5B", "generator")

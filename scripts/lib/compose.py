@@ -400,16 +400,32 @@ def check_model(path: str, role: str) -> str:
     if _offline():
         raise PlanError(f"{role} model {path} is not a local dir and not in the HF cache ({cache}) and HF_HUB_OFFLINE=1: {hint}")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    token = os.environ.get("HF_TOKEN") or _stored_token()
+    request = urllib.request.Request(f"{endpoint}/api/models/{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{path}", method="HEAD"), timeout=5):
-            return "hub"
+        with urllib.request.urlopen(request, timeout=5) as response:
+            info = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise PlanError(f"{role} model {path}: the hub answered {e.code} (gated model: accept its license and set HF_TOKEN)") from None
-        raise PlanError(f"{role} model {path}: the hub answered {e.code} ({endpoint}); check the name") from None
-    except (urllib.error.URLError, OSError) as e:
+            raise PlanError(f"{role} model {path}: the hub answered {e.code} (private or gated: accept its license and set HF_TOKEN)") from None
+        raise PlanError(f"{role} model {path}: the hub ({endpoint}) answered {e.code}; check the name") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise PlanError(f"{role} model {path} is not a local dir and not in the HF cache ({cache}) and the hub ({endpoint}) is unreachable ({reason}): {hint}") from None
+    if info.get("gated") and not token:
+        raise PlanError(f"{role} model {path} is gated on the hub: accept its license on the model page and set HF_TOKEN (or `hf auth login`)")
+    return "hub (downloaded at start-up)"
+
+
+def _stored_token() -> str | None:
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def check_plan(plan: Plan, available_gpus: int | None = None, available_nodes: int | None = None,
