@@ -232,3 +232,26 @@ def test_frozen_teacher_adds_no_large_training_fields():
     metrics = trainer._codistill_advantages(batch)
     assert "large_is_weights" not in batch.batch.keys() and "large_advantages" not in batch.batch.keys()
     assert "large/is_ess" in metrics
+
+
+def test_modes_kd_only_no_is_and_schedule():
+    """task_reward=false: A_s = beta*d*m; is.mode=none: w = m; linear schedule: beta at 0-based step 2."""
+    trainer = _trainer_stub(
+        {
+            "kd": {"coef": 1.0, "coef_schedule": "linear", "coef_final": 0.0, "decay_steps": 4, "clamp": 10.0},
+            "is": {"mode": "none"},
+            "task_reward": False,
+        }
+    )
+    trainer.global_steps = 3  # 1-based verl step 3 -> 0-based step 2 -> beta = 1 + (0 - 1) * 2/4
+    batch = _batch(seed=5)
+    metrics = trainer._codistill_advantages(batch)
+    b = batch.batch
+    assert metrics["small/kd_coef"] == 0.5
+    bs, T = b["response_mask"].shape
+    for i in range(bs):
+        for t in range(T):
+            m = b["response_mask"][i, t].item()
+            gap = b["large_old_log_probs"][i, t].item() - b["old_log_probs"][i, t].item()
+            assert abs(b["advantages"][i, t].item() - 0.5 * gap * m) < 1e-5
+            assert b["large_is_weights"][i, t].item() == m

@@ -5,8 +5,8 @@ FSDP2 over gloo, the ``hf`` CPU rollout):
 
 * ``codistill``: 3 steps, CoDistill-GRPO, checkpoint every step, batch dumps, rollout weight dumps;
 * ``resumed``: restarts from ``codistill``'s step-2 checkpoint and runs step 3;
-* ``baseline``: 2 steps with ``large.enable=false, kd.coef=0``;
-* ``frozen``: 2 steps with ``large.train=false``.
+* ``baseline``: 2 steps with ``large.enable=false, kd.coef=0``, validation on two eval suites;
+* ``frozen``: 2 steps with ``large.train=false``, the large model on its own resource pool.
 
 Expected values come from independent code in this file (loops over samples and tokens, a plain
 HF forward), never from the recipe.
@@ -173,13 +173,32 @@ def resumed_run(runs_root, codistill_run, tiny_pair, tiny_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def baseline_run(runs_root, tiny_pair, tiny_data) -> Path:
-    return _run(runs_root / "baseline", tiny_pair, tiny_data, steps=2, large=False)
+def second_eval_suite(runs_root) -> str:
+    import pandas as pd
+
+    from recipe.codistill_grpo.cpu.tiny_pair import tiny_math_rows
+
+    path = runs_root / "eval_b.parquet"
+    pd.DataFrame(tiny_math_rows(6, "test", seed=7, data_source="tiny_arith_b")).to_parquet(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(runs_root, tiny_pair, tiny_data, second_eval_suite) -> Path:
+    # also exercises verl's in-loop validation on two eval suites (test_freq=2: at the last step)
+    extra = [f"data.val_files=[{tiny_data['test']},{second_eval_suite}]", "trainer.test_freq=2"]
+    return _run(runs_root / "baseline", tiny_pair, tiny_data, steps=2, large=False, extra=extra)
 
 
 @pytest.fixture(scope="module")
 def frozen_run(runs_root, tiny_pair, tiny_data) -> Path:
-    return _run(runs_root / "frozen", tiny_pair, tiny_data, steps=2, extra=["algorithm.codistill.large.train=false"])
+    # also exercises the separate placement: the large model on its own resource pool (2nd logical GPU)
+    extra = [
+        "algorithm.codistill.large.train=false",
+        "large_actor.placement=separate", "large_actor.n_gpus_per_node=1", "large_actor.nnodes=1",
+        "ray_kwargs.ray_init.num_gpus=2",
+    ]
+    return _run(runs_root / "frozen", tiny_pair, tiny_data, steps=2, extra=extra)
 
 
 # ------------------------------------------------------------------------------------------ CoDistill run
@@ -211,6 +230,14 @@ def test_every_listed_metric_present_and_finite(codistill_run):
         bad = {k: data[k] for k in LISTED_METRICS if not math.isfinite(float(data[k]))}
         assert not bad, f"step {step}: non-finite {bad}"
         assert 0.0 < data["large/is_ess"] <= 1.0
+
+
+def test_large_group_is_a_trainable_actor_on_the_small_pool(codistill_run):
+    log = (codistill_run / "train.log").read_text()
+    assert "codistill: large model worker group (role actor) on resource pool 'global_pool' (colocate)" in log
+    for step in (1, 2, 3):
+        sub = codistill_run / "checkpoints" / f"global_step_{step}" / "large_actor"
+        assert (sub / "optim_world_size_1_rank_0.pt").is_file() and (sub / "codistill_large_meta.json").is_file()
 
 
 def test_small_advantage_is_codistill_of_the_step(codistill_run):
@@ -319,7 +346,17 @@ def test_baseline_is_verls_grpo_and_loads_no_large_model(baseline_run):
     rows = _metrics(baseline_run)
     assert not [k for k in rows[1] if k.startswith("large/")]
     log = (baseline_run / "train.log").read_text()
-    assert "codistill_large" not in log and "ActorRolloutRefWorker pid" not in log
+    assert "codistill: large model worker group" not in log and "ActorRolloutRefWorker pid" not in log
+
+
+def test_in_loop_validation_per_suite(baseline_run):
+    """verl's validation at step 2 on both eval files, one metric set per data_source."""
+    rows = _metrics(baseline_run)
+    assert not [k for k in rows[1] if k.startswith("val-")], "validated at step 1 with test_freq=2"
+    for suite in ("tiny_arith", "tiny_arith_b"):
+        keys = [k for k in rows[2] if k.startswith(f"val-core/{suite}/")]
+        assert keys, f"no val-core metrics for {suite}"
+        assert all(0.0 <= float(rows[2][k]) <= 1.0 for k in keys)
 
 
 # ------------------------------------------------------------------------------------------ frozen teacher
@@ -337,4 +374,5 @@ def test_frozen_teacher_is_not_updated(frozen_run, tiny_pair):
     assert "large_is_weights" not in d and "large_advantages" not in d
     assert not (frozen_run / "checkpoints").exists() or not list((frozen_run / "checkpoints").rglob("large_actor"))
     log = (frozen_run / "train.log").read_text()
-    assert "codistill: frozen large model" in log
+    assert "codistill: frozen large model loaded forward-only on 1 rank(s), optimizer state: none" in log
+    assert "codistill: large model worker group (role ref) on resource pool 'large_pool' (separate)" in log

@@ -276,11 +276,16 @@ class CoDistillTrainer(RayPPOTrainer):
         frozen = not self.cd.large.train
         self._large_role = "ref" if frozen else "actor"
         self.large_config = build_large_worker_config(self.config, frozen=frozen)
-        if self.config.large_actor.get("placement", "colocate") == "separate":
-            pool = self.resource_pool_manager.get_resource_pool(Role.Actor)
+        placement = self.config.large_actor.get("placement", "colocate")
+        if placement == "separate":
+            role_for_pool = Role.Actor
         else:
-            actor_role = Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
-            pool = self.resource_pool_manager.get_resource_pool(actor_role)
+            role_for_pool = Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
+        pool = self.resource_pool_manager.get_resource_pool(role_for_pool)
+        print(
+            f"codistill: large model worker group (role {self._large_role}) on resource pool "
+            f"'{self.resource_pool_manager.mapping[role_for_pool]}' ({placement})"
+        )
         cls = RayClassWithInitArgs(
             cls=ray.remote(ActorRolloutRefWorker), config=self.large_config, role=self._large_role
         )
