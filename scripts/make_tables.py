@@ -41,6 +41,7 @@ METHOD_TITLES = {"base": "Base", "grpo": "GRPO", "codistill": "CoDistill-GRPO"}
 ROLE_ORDER = ["small", "large"]
 DEFAULT_CURVE_KEYS = [
     "critic/score/mean",
+    "small/acc",
     "val-core/*/acc/mean@*",
     "small/kd_reward_mean",
     "small/kd_reverse_kl",
@@ -165,6 +166,7 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     all_keys = sorted({k for series in logs.values() for k in series})
     keys = [k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)]
@@ -178,9 +180,11 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
         for label, series in logs.items():
             if key in series:
                 steps = sorted(series[key])
-                ax.plot(steps, [series[key][s] for s in steps], label=label)
+                ax.plot(steps, [series[key][s] for s in steps], label=label, marker="o" if len(steps) <= 50 else None,
+                        markersize=3)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
