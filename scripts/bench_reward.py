@@ -10,12 +10,15 @@ half right, half wrong). Adversarial ones: 100 nested ``\\frac`` (stopped by the
 guard), a power tower and ``(10^{10})!`` (sympy runs into the timeout), a 10^5-character boxed
 answer (size guard) and a 10^5-character response without a box. Prints responses/second per
 mode, the pool/sequential ratio, worst-case and p50/p99 per-item latency, timeouts, whether
-both modes gave identical scores, and the worst latency per kind of input.
+both modes gave identical scores, the 1-minute load average after each mode (on a shared
+machine the pool can only use the cores other processes leave free) and the worst latency per
+kind of input.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -85,8 +88,9 @@ def run(mode: str, workers: int, solutions, golds, timeout: float) -> dict:
     start = time.perf_counter()
     results = score_batch(solutions, golds, timeout=timeout, num_workers=workers)
     elapsed = time.perf_counter() - start
+    load = os.getloadavg()[0]  # 1-minute load at the end: other processes competing for the cores
     latency = np.array([r["latency_s"] for r in results])
-    return {"mode": mode, "elapsed": elapsed, "rate": len(results) / elapsed, "worst": latency.max(), "latency": latency,
+    return {"mode": mode, "elapsed": elapsed, "load": load, "rate": len(results) / elapsed, "worst": latency.max(), "latency": latency,
             "p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99)),
             "summary": summarize(results), "scores": [r["score"] for r in results]}
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     all_golds = [(golds + adv_golds)[i] for i in order]
     all_kinds = [(["real-looking"] * len(solutions) + adv_kinds)[i] for i in order]
     print(f"items: {args.n} real-looking + {args.adversarial} adversarial "
-          f"({', '.join(sorted(set(adv_kinds)))}); timeout {args.timeout} s; cpus {__import__('os').cpu_count()}")
+          f"({', '.join(sorted(set(adv_kinds)))}); timeout {args.timeout} s; cpus {os.cpu_count()}")
 
     expected = ((args.n + 1) // 2) / len(all_solutions)  # every even-indexed real-looking item is right
     print(f"expected accuracy (by construction): {expected:.3f}")
@@ -123,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
 
     base = rows[0]
     print(f"{'mode':<12}{'resp/s':>9}{'total s':>9}{'ratio':>7}{'worst s':>9}{'p50 ms':>8}{'p99 ms':>9}"
-          f"{'acc':>7}{'t/o':>5}{'err':>5}  same scores")
+          f"{'acc':>7}{'t/o':>5}{'err':>5}{'load':>6}  same scores")
     for r in rows:
         s = r["summary"]
         print(f"{r['mode']:<12}{r['rate']:>9.1f}{r['elapsed']:>9.2f}{r['rate'] / base['rate']:>7.2f}{r['worst']:>9.2f}"
               f"{1000 * r['p50']:>8.1f}{1000 * r['p99']:>9.1f}{s['accuracy']:>7.3f}{s['timeouts']:>5}{s['errors']:>5}"
+              f"{r['load']:>6.1f}"
               f"  {r['scores'] == base['scores']}")
     for w in [int(x) for x in args.workers.split(",")]:
         print(f"pool({w}) workers killed and replaced: {get_pool(w).kills}")
