@@ -351,3 +351,18 @@ def test_no_argument_cpu_smoke_runs_the_real_recipe(tmp_path):
     assert {"actor", "large_actor"} <= set(ckpt.group(2).split())
     assert (Path(ckpt.group(1)) / "actor").is_dir() and (Path(ckpt.group(1)) / "large_actor").is_dir()
     assert re.search(r"^\[codistill\] 2 steps logged; step 2: .*large/is_ess=", proc.stdout, re.M)
+
+
+def test_separate_large_pool_asks_for_its_nodes(tmp_path):
+    """large_actor.placement=separate: the job asks for the trainer's nodes plus the large pool's."""
+    e = Env(tmp_path)
+    assert e.run("--nodes", "2", "--", "large_actor.placement=separate", "large_actor.nnodes=1").returncode == 0
+    text = (e.log / "submitted-1.sbatch").read_text()
+    assert "#SBATCH --nodes=3" in text
+    proc = e.run(script=e.log / "submitted-1.sbatch", extra_env=e.allocation(3))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    starts = sorted(line.split()[1] for line in e.lines("ray.log") if line.startswith("start"))
+    assert starts == ["node=gpu1", "node=gpu2", "node=gpu3"]
+    assert "[codistill] Ray cluster up: 24 GPUs on 3 nodes" in proc.stdout
+    ov = overrides_of(e.entry_calls()[0])
+    assert ov["trainer.nnodes"] == "2" and ov["large_actor.placement"] == "separate"
