@@ -255,3 +255,24 @@ def test_modes_kd_only_no_is_and_schedule():
             gap = b["large_old_log_probs"][i, t].item() - b["old_log_probs"][i, t].item()
             assert abs(b["advantages"][i, t].item() - 0.5 * gap * m) < 1e-5
             assert b["large_is_weights"][i, t].item() == m
+
+
+def test_dry_run_prints_plan_without_models():
+    """A GPU config resolves on any machine: hub names are not read, nothing starts."""
+    args = [
+        "codistill_debug.dry_run=true", "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-1.5B",
+        "large_actor.model.path=Qwen/Qwen2.5-Math-7B", "large_actor.placement=separate",
+        "data.train_files=train.parquet", "data.val_files=test.parquet", "actor_rollout_ref.rollout.name=vllm",
+        "data.train_batch_size=128", "actor_rollout_ref.actor.ppo_mini_batch_size=32",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "codistill dry run (models not read, nothing started):" in out
+    assert "128 prompts x 8 samples = 1024 rows/step, mini-batch 256 rows" in out
+    assert "Qwen/Qwen2.5-Math-7B trained (codistill_teacher loss), pool large_pool: 1 node(s) x 8 GPU(s)" in out
+    assert "ray init kwargs" not in out

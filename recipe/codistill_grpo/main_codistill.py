@@ -6,6 +6,8 @@
 Config: ``recipe/codistill_grpo/config/codistill.yaml`` (extends verl's ``ppo_trainer``).
 Every start-up check (``trainer.validate_codistill_config``) runs here, in the driver, before Ray
 starts or any model loads; a failure exits with one line ``codistill: <message>``.
+``codistill_debug.dry_run=true`` resolves and checks the config (without reading the model folders),
+prints it and the launch plan, and exits without starting anything (for GPU configs on any machine).
 
 ``VERL_USE_EXTERNAL_MODULES`` gets ``verl_ext.codistill`` appended before the first ``import verl``,
 so the ``codistill`` advantage estimator and the ``codistill_teacher`` policy loss are registered
@@ -129,15 +131,22 @@ def main(config):
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from recipe.codistill_grpo.trainer import validate_codistill_config
+    from recipe.codistill_grpo.trainer import launch_plan, validate_codistill_config
 
     auto_set_device(config)
+    dry_run = bool(OmegaConf.select(config, "codistill_debug.dry_run", default=False))
     try:
-        validate_codistill_config(config)
-        resolve_reward_path(config)
+        validate_codistill_config(config, check_models=not dry_run)
+        if not dry_run:
+            resolve_reward_path(config)
         validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     except (ValueError, AssertionError) as exc:
         raise SystemExit(f"codistill: {exc}") from None
+    if dry_run:
+        print(OmegaConf.to_yaml(config, resolve=True))
+        print("codistill dry run (models not read, nothing started):")
+        print("\n".join("  " + line for line in launch_plan(config)))
+        return
     run_ppo(config, task_runner_class=CoDistillTaskRunner)
 
 

@@ -96,11 +96,44 @@ def build_large_worker_config(config: DictConfig, frozen: bool) -> DictConfig:
     return merged
 
 
+def launch_plan(config: DictConfig) -> list[str]:
+    """Human-readable lines: what a run of this config starts (models, pools, batch split). No side effects."""
+    cd = codistill_settings(config)
+    n = int(config.actor_rollout_ref.rollout.n)
+    trainer = config.trainer
+    lines = [
+        f"small model      {config.actor_rollout_ref.model.path} (actor + {config.actor_rollout_ref.rollout.name} rollout), "
+        f"pool global_pool: {trainer.nnodes} node(s) x {trainer.n_gpus_per_node} GPU(s)",
+    ]
+    if cd.large.enable:
+        placement = config.large_actor.get("placement", "colocate")
+        pool = (
+            f"pool large_pool: {config.large_actor.nnodes} node(s) x {config.large_actor.n_gpus_per_node} GPU(s)"
+            if placement == "separate"
+            else "colocated on global_pool"
+        )
+        mode = "trained (codistill_teacher loss)" if cd.large.train else "frozen (forward only, no optimizer)"
+        lines.append(f"large model      {OmegaConf.select(config, 'large_actor.model.path')} {mode}, {pool}")
+    else:
+        lines.append("large model      off (plain GRPO baseline)")
+    lines += [
+        f"batch            {config.data.train_batch_size} prompts x {n} samples = {int(config.data.train_batch_size) * n} rows/step, "
+        f"mini-batch {int(config.actor_rollout_ref.actor.ppo_mini_batch_size) * n} rows",
+        f"steps            {trainer.total_training_steps or 'epochs: ' + str(trainer.total_epochs)}, "
+        f"save every {trainer.save_freq}, validate every {trainer.test_freq}",
+        f"algorithm        kd={dict(OmegaConf.to_container(config.algorithm.codistill.kd))} "
+        f"is={dict(OmegaConf.to_container(config.algorithm.codistill['is']))} task_reward={cd.task_reward}",
+        f"reward           {config.reward.custom_reward_function.path}:{config.reward.custom_reward_function.name}",
+        f"checkpoints      {trainer.default_local_dir}",
+    ]
+    return lines
+
+
 def _dp_size(n_gpus_per_node: int, nnodes: int, sp: int) -> int:
     return max(1, (n_gpus_per_node * nnodes) // max(1, sp))
 
 
-def validate_codistill_config(config: DictConfig) -> None:
+def validate_codistill_config(config: DictConfig, check_models: bool = True) -> None:
     """All start-up checks, before Ray or any model loads. Raises ``ValueError`` with one line.
 
     - ``algorithm.codistill`` (algorithm core's validation);
@@ -109,6 +142,8 @@ def validate_codistill_config(config: DictConfig) -> None:
       modes that need it (``kd.coef > 0``, ``task_reward=false``) require ``large.enable=true``;
     - batch (``data.train_batch_size * n``) and mini-batch (``ppo_mini_batch_size * n``) divisible by
       each model's data-parallel size.
+
+    ``check_models=False`` (dry run) skips the checks that read the model folders (paths, tokenizers).
     """
     cd = codistill_settings(config)
     n = int(config.actor_rollout_ref.rollout.n)
@@ -134,12 +169,13 @@ def validate_codistill_config(config: DictConfig) -> None:
                 "large_actor.model.path is missing: set it, or turn the large model off with "
                 "algorithm.codistill.large.enable=false"
             )
-        _check_model_path("large_actor.model.path", str(large_path))
-        small_path = str(config.actor_rollout_ref.model.path)
-        _check_model_path("actor_rollout_ref.model.path", small_path)
-        from verl_ext.codistill.tokenizer_check import assert_shared_tokenizer
+        if check_models:
+            _check_model_path("large_actor.model.path", str(large_path))
+            small_path = str(config.actor_rollout_ref.model.path)
+            _check_model_path("actor_rollout_ref.model.path", small_path)
+            from verl_ext.codistill.tokenizer_check import assert_shared_tokenizer
 
-        assert_shared_tokenizer(small_path, str(large_path))
+            assert_shared_tokenizer(small_path, str(large_path))
     else:
         if cd.kd.coef != 0.0:
             raise ValueError(
@@ -432,8 +468,12 @@ class CoDistillTrainer(RayPPOTrainer):
             self._timing["timing/codistill_adv"] = time.perf_counter() - start
         self._maybe_dump(batch)
 
+        # the small actor gets every field but the large model's
+        small_view = DataProto(
+            batch=batch.batch.exclude(*LARGE_FIELDS), non_tensor_batch=batch.non_tensor_batch, meta_info=batch.meta_info
+        )
         start = time.perf_counter()
-        actor_output = super()._update_actor(batch)
+        actor_output = super()._update_actor(small_view)
         self._timing["timing/small_update"] = time.perf_counter() - start
 
         if self.cd.large.enable and self.cd.large.train:
