@@ -195,20 +195,20 @@ def _worker_main(conn) -> None:
     # pay the lazy imports and parser construction (antlr, sympy printers) before "ready",
     # so they are not charged to the first graded item's time bound
     _verify_strings(GradeTask("\\boxed{\\frac{1}{2}}", "0.5"))
-    conn.send("ready")
-    while True:
-        try:
+    try:
+        conn.send("ready")
+        while True:
             message = conn.recv()
-        except EOFError:
-            return
-        if message is None:
-            return
-        task, timeout = message
-        try:
-            reply = grade_task(task, timeout)
-        except _SoftTimeout:  # the alarm fired between the grader's return and disarming it
-            reply = ("timeout", 0.0)
-        conn.send(reply)
+            if message is None:
+                return
+            task, timeout = message
+            try:
+                reply = grade_task(task, timeout)
+            except _SoftTimeout:  # the alarm fired between the grader's return and disarming it
+                reply = ("timeout", 0.0)
+            conn.send(reply)
+    except (EOFError, OSError):  # the parent closed the pool or exited
+        return
 
 
 class _Worker:
@@ -268,12 +268,15 @@ class GradingPool:
         worker.kill()
 
         def respawn():
-            if self._closed:
-                return
             for attempt in range(3):
+                if self._closed:
+                    return
                 try:
                     fresh = self._start()
                     self._await_ready(fresh)
+                    if self._closed:
+                        fresh.kill()
+                        return
                     self._idle.put(fresh)
                     return
                 except Exception as error:
