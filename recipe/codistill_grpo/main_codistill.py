@@ -44,6 +44,24 @@ from verl.trainer.main_ppo_v0 import BaseTaskRunner  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# worker-side switches that must reach every Ray worker, also on clusters started with `ray start`
+# (whose workers do not inherit the driver's environment)
+FORWARDED_ENV = ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM", "VERL_ENGINE_DEVICE", "CODISTILL_ROLLOUT_DUMP_DIR")
+
+
+def forward_worker_env(config) -> None:
+    """Copy ``FORWARDED_ENV`` from the driver into ``ray_kwargs.ray_init.runtime_env.env_vars``."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    with open_dict(config):
+        if OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env") is None:
+            config.ray_kwargs.ray_init.runtime_env = {}
+        runtime_env = config.ray_kwargs.ray_init.runtime_env
+        if runtime_env.get("env_vars") is None:
+            runtime_env.env_vars = {}
+        for key, value in env.items():
+            runtime_env.env_vars.setdefault(key, value)
+
+
 def resolve_reward_path(config) -> None:
     """Make ``reward.custom_reward_function.path`` absolute (cwd first, then the repo root)."""
     path = OmegaConf.select(config, "reward.custom_reward_function.path")
@@ -147,6 +165,7 @@ def main(config):
         print("codistill dry run (models not read, nothing started):")
         print("\n".join("  " + line for line in launch_plan(config)))
         return
+    forward_worker_env(config)
     run_ppo(config, task_runner_class=CoDistillTaskRunner)
 
 
