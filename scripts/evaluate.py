@@ -265,6 +265,8 @@ def evaluate_suite(
 
     indices = [int(e["index"]) for e in frame["extra_info"]]
     golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
+    if len(set(indices)) != len(indices):
+        raise EvalError(f"suite '{suite}': extra_info.index is not unique, so items cannot be resumed by index")
     done: dict[int, dict] = {}
     if out_file.exists() and not overwrite:
         previous = json.loads(out_file.read_text())
@@ -281,9 +283,13 @@ def evaluate_suite(
     todo = [i for i, index in enumerate(indices) if index not in done]
     payload = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
 
+    wanted = set(indices)
+
     def flush(complete: bool) -> None:
+        # the file keeps every finished item; the aggregate covers this run's items (the suite, or its --limit)
         items = sorted(done.values(), key=lambda it: it["index"])
-        _write_json(out_file, {**payload, "complete": complete, "aggregate": aggregate(items), "items": items})
+        scored_here = [it for it in items if it["index"] in wanted]
+        _write_json(out_file, {**payload, "complete": complete, "aggregate": aggregate(scored_here), "items": items})
 
     n = sampling["n"]
     batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]

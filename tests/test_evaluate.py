@@ -67,6 +67,12 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
 
     result = json.loads(out_file.read_text())
     assert result["complete"] and result["suite"] == "tiny" and result["meta"]["method"] == "grpo"
+    # a run over fewer items keeps the others in the file but aggregates only its own
+    fewer = evaluate.evaluate_suite(get_generator, frame.iloc[:1], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
+                                    reward_workers=1, show_progress=False)
+    assert fewer == {"generated": 0, "skipped": 1}
+    narrowed = json.loads(out_file.read_text())
+    assert narrowed["aggregate"]["n_items"] == 1 and len(narrowed["items"]) == 3
     assert [it["index"] for it in result["items"]] == [int(e["index"]) for e in frame["extra_info"].iloc[:3]]
     assert [it["ground_truth"] for it in result["items"]] == [r["ground_truth"] for r in frame["reward_model"].iloc[:3]]
     assert all(len(it["responses"]) == 1 and isinstance(it["responses"][0], str) for it in result["items"])
