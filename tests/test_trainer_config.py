@@ -276,3 +276,28 @@ def test_dry_run_prints_plan_without_models():
     assert "128 prompts x 8 samples = 1024 rows/step, mini-batch 256 rows" in out
     assert "Qwen/Qwen2.5-Math-7B trained (codistill_teacher loss), pool large_pool: 1 node(s) x 8 GPU(s)" in out
     assert "ray init kwargs" not in out
+
+
+def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
+    """The large checkpoint records its model's signature; resuming with another large model fails."""
+    import json
+
+    from recipe.codistill_grpo.trainer import LARGE_CKPT_DIR, LARGE_META_FILE, CoDistillTrainer, model_signature
+
+    trainer = CoDistillTrainer.__new__(CoDistillTrainer)
+    trainer.config = OmegaConf.create({"large_actor": {"model": {"path": tiny_pair["large"]}}})
+    trainer.large_config = OmegaConf.create({"model": {"path": tiny_pair["large"]}})
+    folder = tmp_path / "global_step_2"
+    (folder / LARGE_CKPT_DIR).mkdir(parents=True)
+    meta = folder / LARGE_CKPT_DIR / LARGE_META_FILE
+
+    meta.write_text(json.dumps({"model_path": tiny_pair["large"], "signature": model_signature(tiny_pair["large"])}))
+    assert trainer.check_large_checkpoint(str(folder)) == str(folder / LARGE_CKPT_DIR)
+
+    meta.write_text(json.dumps({"model_path": tiny_pair["small"], "signature": model_signature(tiny_pair["small"])}))
+    with pytest.raises(RuntimeError) as err:
+        trainer.check_large_checkpoint(str(folder))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"resume: the large checkpoint at {folder / LARGE_CKPT_DIR} belongs to model {tiny_pair['small']!r}")
+    assert "'hidden_size': 32" in msg and "'hidden_size': 64" in msg
