@@ -61,7 +61,11 @@ def test_default_cpu_config_passes(base_overrides):
 
 def test_recipe_default_reward_is_the_math_reward():
     cfg = compose_config(["actor_rollout_ref.model.path=/x", "large_actor.model.path=/y"])
-    assert cfg.reward.custom_reward_function.path == "verl_ext/reward/math_reward.py"
+    assert cfg.reward.custom_reward_function.path == "pkg://verl_ext.reward.math_reward"
+    from verl.utils.import_utils import load_extern_object
+    from verl_ext.reward.math_reward import compute_score
+
+    assert load_extern_object(cfg.reward.custom_reward_function.path, "compute_score") is compute_score
     assert cfg.reward.custom_reward_function.name == "compute_score"
     assert cfg.trainer.use_v1 is False
 
