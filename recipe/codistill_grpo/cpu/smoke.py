@@ -1,16 +1,21 @@
 """CPU smoke run: build the tiny model pair and data, then run the real entry point with the CPU preset.
 
-    python -m recipe.codistill_grpo.cpu.smoke --out DIR --steps N [--baseline] [-- extra hydra overrides]
+    python -m recipe.codistill_grpo.cpu.smoke --out DIR --steps N [--baseline] [--resume] [-- extra hydra overrides]
 
 Writes ``DIR/tiny/{small,large}`` (models), ``DIR/data/{train,test}.parquet``,
 ``DIR/metrics.jsonl`` (one JSON line per step, verl's file logger), ``DIR/checkpoints/`` and
 ``DIR/train.log``. Exit status is the trainer's. No GPU, no network.
+
+Each run is a fresh run of N steps: the previous run's ``DIR/checkpoints`` and ``DIR/metrics.jsonl``
+are removed first (verl would otherwise resume from them and train past N). ``--resume``
+continues from the latest checkpoint in ``DIR/checkpoints`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="plain GRPO on the small model (no large model)")
     parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (-1: never)")
     parser.add_argument("--test-freq", type=int, default=-1, help="validate every N steps (-1: never)")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints instead of starting fresh")
     ns = parser.parse_args(argv)
     out = Path(ns.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not ns.resume:
+        for stale in (out / "checkpoints", out / "metrics.jsonl"):
+            if stale.exists():
+                print(f"[smoke] fresh run: removing the previous run's {stale} (use --resume to continue it)", flush=True)
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        extra = ["trainer.resume_mode=disable", *extra]
     cmd, env = build_command(out, ns.steps, ns.baseline, extra, save_freq=ns.save_freq, test_freq=ns.test_freq)
     print("+ " + " ".join(cmd), flush=True)
     with open(out / "train.log", "w") as log:
