@@ -36,15 +36,8 @@ usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "[reproduce] $*"; }
 die() { echo "[reproduce] error: $*" >&2; exit 2; }
 
-if [[ -n "${CODISTILL_PYTHON:-}" ]]; then
-  py="$CODISTILL_PYTHON"
-elif [[ -x "$root/.venv/bin/python" ]]; then
-  py="$root/.venv/bin/python"
-else
-  py="$(command -v python3 || true)"
-fi
-[[ -n "$py" ]] || die "no python found: run 'bash scripts/setup.sh' first (or set CODISTILL_PYTHON)"
-compose=("$py" "$root/scripts/lib/compose.py")
+# shellcheck source=scripts/lib/common.sh
+source "$root/scripts/lib/common.sh"
 
 pairs="${CODISTILL_PAIRS:-}"
 ablations=0 stage=all nodes="" dry_run=0

@@ -39,15 +39,8 @@ usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "[codistill] $*"; }
 die() { echo "[codistill] error: $*" >&2; exit 2; }
 
-if [[ -n "${CODISTILL_PYTHON:-}" ]]; then
-  py="$CODISTILL_PYTHON"
-elif [[ -x "$root/.venv/bin/python" ]]; then
-  py="$root/.venv/bin/python"
-else
-  py="$(command -v python3 || true)"
-fi
-[[ -n "$py" ]] || die "no python found: run 'bash scripts/setup.sh' first (or set CODISTILL_PYTHON)"
-compose=("$py" "$root/scripts/lib/compose.py")
+# shellcheck source=scripts/lib/common.sh
+source "$root/scripts/lib/common.sh"
 
 pair="${CODISTILL_PAIR:-qwen2.5-math-1.5b_7b}"
 exp="${CODISTILL_EXP:-codistill}"
