@@ -61,14 +61,8 @@ def compute_teacher_policy_loss(
             "global_batch_info": dict(global_batch_info or {}),
         }
     )
-    return compute_policy_loss_vanilla(
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=is_weights.detach(),
+    return codistill_teacher_policy_loss(
+        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config=config, rollout_is_weights=is_weights
     )
 
 
