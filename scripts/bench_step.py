@@ -87,11 +87,9 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    from recipe.codistill_grpo.cpu.smoke import split_passthrough
+
+    argv, extra = split_passthrough(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", help="small model (default on CPU: the tiny pair)")
     p.add_argument("--large", help="large model (default on CPU: the tiny pair)")

@@ -51,12 +51,17 @@ def build_command(out: Path, steps: int, baseline: bool, extra: list[str], **pre
     return cmd, env
 
 
-def main(argv: list[str] | None = None) -> int:
+def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """``(own args, hydra overrides)``: everything after the first ``--`` goes to hydra."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, extra = split_passthrough(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (models, data, metrics, checkpoints)")
     parser.add_argument("--steps", type=int, default=2, help="training steps")
