@@ -27,3 +27,21 @@ def test_tiny_data_rows_have_boxed_answers(tiny_data):
     expected = int(a) + int(b) if op == "+" else int(a) - int(b)
     assert row["reward_model"]["ground_truth"] == str(expected)
     assert "\\boxed{}" in question
+
+
+def test_tiny_models_sometimes_end_early(tiny_pair):
+    """Sampled responses must have varied lengths, so end-to-end runs exercise real response masks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair["small"])
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    for size in ("small", "large"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_pair[size])
+        torch.manual_seed(0)
+        out = model.generate(prompt.repeat(32, 1), do_sample=True, max_new_tokens=16, eos_token_id=eos, pad_token_id=0)
+        ended = (out[:, prompt.shape[1] :] == eos).any(dim=1)
+        assert 0 < int(ended.sum()) < 32, (size, int(ended.sum()))

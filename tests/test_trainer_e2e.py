@@ -271,6 +271,8 @@ def test_log_probs_are_each_models_own(codistill_run, tiny_pair):
     """Step 1: ls from the initial small model, ll from the initial large model, on the same token ids."""
     d = _dump(codistill_run, 1)
     m = d["response_mask"].bool()
+    lengths = m.sum(-1)
+    assert lengths.min() < lengths.max(), "all responses have one length: the mask alignment is untested"
     for key, model in (("old_log_probs", "small"), ("large_old_log_probs", "large")):
         want = _hf_log_probs(tiny_pair[model], None, d)
         assert (d[key][m] - want[m]).abs().max().item() < 1e-4, key
