@@ -28,15 +28,10 @@ ENTRY = "recipe.codistill_grpo.main_codistill"
 def build_command(out: Path, steps: int, baseline: bool, extra: list[str], **preset) -> tuple[list[str], dict]:
     from recipe.codistill_grpo.cpu.tiny_pair import build_tiny_data, build_tiny_pair
 
-    pair_dir, data_dir = out / "tiny", out / "data"
-    if (pair_dir / "large" / "config.json").exists():
-        pair = {"small": str(pair_dir / "small"), "large": str(pair_dir / "large")}
-    else:
-        pair = build_tiny_pair(pair_dir)
-    if (data_dir / "train.parquet").exists():
-        data = {"train": str(data_dir / "train.parquet"), "test": str(data_dir / "test.parquet")}
-    else:
-        data = build_tiny_data(data_dir)
+    # rebuilt every run (deterministic, a few seconds): a copy left by an older version of
+    # tiny_pair.py would silently run other models
+    pair = build_tiny_pair(out / "tiny")
+    data = build_tiny_data(out / "data")
     args = cpu_overrides(
         small=pair["small"],
         large=None if baseline else pair["large"],
