@@ -16,6 +16,7 @@ seconds of grading CPU time; a worker silent for ``2 * timeout + 0.5`` wall seco
 the thread-safety argument and verl's call path are in ``verl_ext/reward/grading.py``.
 """
 
+from verl_ext.reward import grading
 from verl_ext.reward.grading import (  # noqa: F401
     DEFAULT_MAX_CHARS,
     DEFAULT_TIMEOUT_S,
@@ -33,19 +34,4 @@ from verl_ext.reward.grading import (  # noqa: F401
     summarize,
 )
 
-__all__ = [
-    "DEFAULT_MAX_CHARS",
-    "DEFAULT_TIMEOUT_S",
-    "KILL_GRACE_S",
-    "RESULT_KEYS",
-    "WALL_FACTOR",
-    "GradeTask",
-    "GradingPool",
-    "compute_score",
-    "default_num_workers",
-    "get_pool",
-    "grade_task",
-    "prepare_item",
-    "score_batch",
-    "summarize",
-]
+__all__ = list(grading.__all__)
