@@ -178,6 +178,52 @@ def test_registered_loss_is_ours_and_matches_direct_call_with_actor_config():
     assert expected != pytest.approx(default_clip, rel=1e-3)  # the settings matter for these inputs
 
 
+def test_on_policy_first_step_value_and_gradient():
+    """First update of the large model: log_prob == old_log_prob, so every ratio is 1 and nothing clips.
+
+    Then the registered loss is ``-sum(w * A_l * m) / sum(m)`` under token-mean and
+    ``mean over non-empty i of -sum_t(w A_l m)[i] / sum_t m[i]`` under seq-mean-token-mean,
+    computed here with plain Python sums; the gradient w.r.t. log_prob is ``-w A_l m / sum(m)``.
+    """
+    old, _, adv, mask, w = make_holey_inputs(11)
+    fn = get_policy_loss_fn("codistill_teacher")
+    cfg = _actor_config(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0)
+    a, m, ww = adv.tolist(), mask.tolist(), w.tolist()
+    n, t = len(a), len(a[0])
+    terms = [[-ww[i][j] * a[i][j] * m[i][j] for j in range(t)] for i in range(n)]
+    token_mean = sum(map(sum, terms)) / sum(map(sum, m))
+    seq_means = [sum(terms[i]) / sum(m[i]) for i in range(n) if sum(m[i]) > 0]
+    seq_mean_token_mean = sum(seq_means) / len(seq_means)
+
+    log_prob = old.clone().requires_grad_(True)
+    loss, metrics = fn(old, log_prob, adv, mask, "token-mean", cfg, w)
+    assert loss.item() == pytest.approx(token_mean, rel=1e-9, abs=1e-12)
+    assert metrics == {"actor/pg_clipfrac": 0.0, "actor/ppo_kl": 0.0, "actor/pg_clipfrac_lower": 0.0}
+    loss.backward()
+    expected_grad = torch.tensor(terms, dtype=torch.float64) / sum(map(sum, m))
+    assert torch.allclose(log_prob.grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+    seq_loss, _ = fn(old, old.clone(), adv, mask, "seq-mean-token-mean", cfg, w)
+    assert seq_loss.item() == pytest.approx(seq_mean_token_mean, rel=1e-7, abs=1e-12)
+    assert token_mean != pytest.approx(seq_mean_token_mean, rel=1e-3)  # the two modes differ here
+
+
+def test_on_policy_first_step_hand_worked():
+    # ratio 1 everywhere; A = [[2, -1, 4], [1, 3, -2]], w = [[0.5, 2, 9], [1, 1, 0.25]],
+    # m = [[1, 1, 0], [1, 1, 1]]: -w A m = [[-1, 2, 0], [-1, -3, 0.5]], sum -2.5 over 5 tokens
+    # token-mean = -2.5 / 5 = -0.5; seq-mean-token-mean = ((-1 + 2) / 2 + (-1 - 3 + 0.5) / 3) / 2 = -1 / 3
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.1], [0.9, 0.3, 0.6]]))
+    adv = torch.tensor([[2.0, -1.0, 4.0], [1.0, 3.0, -2.0]])
+    w = torch.tensor([[0.5, 2.0, 9.0], [1.0, 1.0, 0.25]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    fn = get_policy_loss_fn("codistill_teacher")
+    cfg = _actor_config()
+    loss, _ = fn(old, old.clone(), adv, mask, "token-mean", cfg, w)
+    assert loss.item() == pytest.approx(-0.5, abs=1e-6)
+    seq_loss, _ = fn(old, old.clone(), adv, mask, "seq-mean-token-mean", cfg, w)
+    assert seq_loss.item() == pytest.approx(-1 / 3, abs=1e-6)
+
+
 def test_registered_loss_uses_global_batch_info():
     old, new, adv, mask, w = make_inputs(4)
     cfg = _actor_config()
