@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from verl_ext.reward.answer import bracket_depth, find_last_boxed, last_boxed_content, normalize_answer
+from verl_ext.reward.answer import (
+    bracket_depth,
+    find_last_boxed,
+    last_boxed_content,
+    normalize_answer,
+    valid_text,
+)
 from verl_ext.reward.math_reward import (
     KILL_GRACE_S,
     RESULT_KEYS,
@@ -175,9 +181,70 @@ def test_score_batch_rejects_length_mismatch():
         score_batch(["a", "b"], ["1"])
 
 
-@pytest.mark.parametrize("path", [str(REPO / "verl_ext/reward/math_reward.py"), "pkg://verl_ext.reward.math_reward"])
-def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
-    """verl's own loader + NaiveRewardManager.run_single (which calls us from an executor thread)."""
+# A lone surrogate: a code point in U+D800..U+DFFF on its own, which a Python str can hold
+# (surrogateescape decoding, chr()) but which is not Unicode text ("...".encode("utf-8") raises).
+LOW, HIGH = "\udfff", "\ud800"
+FFFD = "\ufffd"
+
+
+def test_valid_text_replaces_exactly_the_surrogates():
+    assert valid_text("x = 1") == ("x = 1", False)
+    assert valid_text("\U0001f600 \u00e9") == ("\U0001f600 \u00e9", False)  # astral and accented text is valid
+    assert valid_text("a" + HIGH + "b" + LOW) == ("a" + FFFD + "b" + FFFD, True)
+    # a surrogate PAIR spelled as two code points is still two lone surrogates in a str
+    assert valid_text("\ud83d\ude00") == (FFFD + FFFD, True)
+
+
+def test_extraction_is_defined_on_surrogates():
+    assert bracket_depth("{" + LOW + "(") == 2
+    assert last_boxed_content("\\boxed{1" + LOW + "}") == "1" + LOW
+    assert find_last_boxed(HIGH + "\\boxed{{" + LOW + "}}") == (8, 11)
+
+
+# (solution, ground truth, format, pred): every case scores 0 and is counted as an error;
+# pred is the extracted answer with the surrogate shown as U+FFFD.
+SURROGATE_CASES = [
+    ("\\boxed{1}" + LOW, "1", 1.0, "1"),  # after the box
+    (HIGH + " so \\boxed{1}", "1", 1.0, "1"),  # before the box (the old code scored this 1.0)
+    ("\\boxed{1" + LOW + "}", "1", 1.0, "1" + FFFD),  # inside the box
+    ("\\boxed{" + HIGH + "}", HIGH, 1.0, FFFD),  # the same lone surrogate in both
+    ("\\boxed{1}", "1" + LOW, 1.0, "1"),  # in the ground truth
+    ("\\boxed{\\frac{1}{2}}", "0.5" + HIGH, 1.0, "\\frac{1}{2}"),  # ground truth, would need math-verify
+    ("no box here " + LOW, "1", 0.0, ""),  # no box at all
+]
+
+
+@pytest.mark.parametrize("solution, gold, fmt, pred", SURROGATE_CASES)
+def test_lone_surrogate_scores_zero_as_an_error(solution, gold, fmt, pred):
+    expected = {"score": 0.0, "acc": 0.0, "format": fmt, "timeout": 0.0, "error": 1.0, "pred": pred}
+    assert compute_score("math", solution, gold) == expected
+    assert compute_score("math", solution, gold, fallback_unboxed=True) == expected
+    pred.encode("utf-8")  # the logged answer is writable text
+
+
+def test_lone_surrogate_in_score_batch_with_a_pool_and_sequentially():
+    cases = SURROGATE_CASES + [
+        ("\\boxed{0.5}", "\\frac12", 1.0, "0.5"),  # graded by math-verify in a worker
+        ("\\boxed{x^2+2x+1}", "(x+1)^2", 1.0, "x^2+2x+1"),  # idem
+        ("\\boxed{3}", "4", 1.0, "3"),
+    ]
+    solutions, golds = [c[0] for c in cases], [c[1] for c in cases]
+    n_bad = len(SURROGATE_CASES)
+    for num_workers in (2, 0):
+        results = score_batch(solutions, golds, timeout=5.0, num_workers=num_workers)
+        assert [r["score"] for r in results] == [0.0] * n_bad + [1.0, 1.0, 0.0]
+        assert [r["error"] for r in results] == [1.0] * n_bad + [0.0, 0.0, 0.0]
+        assert [r["pred"] for r in results] == [c[3] for c in cases]
+        # hand count: 2 correct of 10, 9 boxed (all but "no box here"), no timeout, 7 errors
+        assert summarize(results) == {"n": 10, "accuracy": 0.2, "format_rate": 0.9, "timeouts": 0, "errors": 7}
+
+
+def _naive_manager_results(tiny_pair, path, cases, decode_suffix=""):
+    """``run_single`` of verl's NaiveRewardManager (loaded by verl from ``path``) per ``(response text, ground truth)``.
+
+    ``decode_suffix`` is appended to every decoded response: a tokenizer whose ``decode``
+    yields a lone surrogate (a byte-level vocabulary decoded with ``surrogateescape``).
+    """
     import numpy as np
     import torch
     from omegaconf import OmegaConf
@@ -199,10 +266,13 @@ def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
         }
     )
     tokenizer = AutoTokenizer.from_pretrained(tiny_pair["small"])
+    if decode_suffix:
+        decode = tokenizer.decode
+        tokenizer.decode = lambda *args, **kwargs: decode(*args, **kwargs) + decode_suffix
     manager = load_reward_manager(config, tokenizer)
     prompt = tokenizer("What is 2 + 2?", return_tensors="pt")["input_ids"]
-    scores = []
-    for text in ("so \\boxed{4}", "so \\boxed{5}"):
+    outs = []
+    for text, gold in cases:
         response = tokenizer(text, return_tensors="pt")["input_ids"]
         data = DataProto.from_dict(
             tensors={
@@ -212,14 +282,33 @@ def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
             },
             non_tensors={
                 "data_source": np.array(["tiny_arith"], dtype=object),
-                "reward_model": np.array([{"ground_truth": "4"}], dtype=object),
+                "reward_model": np.array([{"ground_truth": gold}], dtype=object),
                 "extra_info": np.array([{"index": 0}], dtype=object),
             },
         )
         out = manager.loop.run_until_complete(manager.run_single(data))
         assert set(out["reward_extra_info"]) == set(RESULT_KEYS)
-        scores.append(out["reward_score"])
-    assert scores == [1.0, 0.0]
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.parametrize("path", [str(REPO / "verl_ext/reward/math_reward.py"), "pkg://verl_ext.reward.math_reward"])
+def test_verl_reward_manager_calls_compute_score(tiny_pair, path):
+    """verl's own loader + NaiveRewardManager.run_single (which calls us from an executor thread)."""
+    outs = _naive_manager_results(tiny_pair, path, [("so \\boxed{4}", "4"), ("so \\boxed{5}", "4")])
+    assert [out["reward_score"] for out in outs] == [1.0, 0.0]
+
+
+def test_verl_reward_manager_scores_lone_surrogates_as_errors(tiny_pair):
+    """A lone surrogate reaching verl's reward path, in the ground truth or the decoded response."""
+    path = "pkg://verl_ext.reward.math_reward"
+    in_gold = _naive_manager_results(tiny_pair, path, [("so \\boxed{4}", "4" + LOW), ("so \\boxed{4}", "4")])
+    in_response = _naive_manager_results(tiny_pair, path, [("so \\boxed{4}", "4")], decode_suffix=LOW)
+    for out in in_gold[:1] + in_response:
+        assert out["reward_score"] == 0.0
+        assert out["reward_extra_info"]["error"] == 1.0 and out["reward_extra_info"]["pred"] == "4"
+    # the same manager still grades a clean item normally afterwards
+    assert in_gold[1]["reward_score"] == 1.0 and in_gold[1]["reward_extra_info"]["error"] == 0.0
 
 
 def test_compute_score_inside_a_ray_actor_thread():

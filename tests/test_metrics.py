@@ -1,4 +1,4 @@
-"""``small/`` metrics from the one-pass advantage call, and the metric helpers themselves."""
+"""``small/`` metrics from the one-pass advantage call, ``large/`` IS metrics from ``compute_large_is_weights``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from verl_ext.codistill.advantage import compute_codistill_advantage_and_metrics, compute_codistill_outcome_advantage
-from verl_ext.codistill.metrics import SMALL_METRIC_KEYS, compute_is_metrics, compute_small_metrics
+from verl_ext.codistill.importance import compute_large_is_weights
+from verl_ext.codistill.metrics import LARGE_IS_METRIC_KEYS, SMALL_METRIC_KEYS, compute_small_metrics
 
 LS = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
 LL = torch.tensor([[-2.0, -1.0, -3.0], [-1.0, -3.0, 0.0]])
@@ -108,19 +109,40 @@ def test_small_metrics_accepts_per_sequence_parts_and_empty_mask():
     assert all(v == 0.0 for v in empty.values())
 
 
-def test_is_metrics_hand_worked():
-    w = torch.tensor([[0.5, 2.0, 0.0], [1.0, 0.0, 0.0]])
-    changed = torch.tensor([[False, True, False], [False, True, True]])
-    log_w = torch.tensor([[-0.7, 3.0, 0.0], [0.0, -9.0, 0.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
-    metrics = compute_is_metrics(w, changed, log_w, mask)
+# 2x3 batch, second row one token shorter; ratios pi_l / pi_s = exp(ll - ls) chosen by hand:
+# [[0.6, 4, 1], [1.5, 0.25, (8, padding)]] (none on a threshold, where rounding would decide);
+# logprob_gap = ln(0.6 * 4 * 1 * 1.5 * 0.25) / 5 = ln(0.9) / 5
+IS_LS = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -2.0]], dtype=torch.float64)
+IS_RATIOS = torch.tensor([[0.6, 4.0, 1.0], [1.5, 0.25, 8.0]], dtype=torch.float64)
+IS_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "level, mode, threshold, weights, sum_w, sum_w2, w_max, w_min, changed",
+    [
+        # token truncate at 2: 4 -> 2 (changed); the padding 8 is neither a weight nor a change
+        ("token", "truncate", 2.0, [[0.6, 2, 1], [1.5, 0.25, 0]], 5.35, 0.36 + 4 + 1 + 2.25 + 0.0625, 2.0, 0.25, 1),
+        # token mask at 2 (keep 1/2 <= w <= 2): 4 and 0.25 dropped to 0 (two changes)
+        ("token", "mask", 2.0, [[0.6, 0, 1], [1.5, 0, 0]], 3.1, 0.36 + 1 + 2.25, 1.5, 0.0, 2),
+        # sequence truncate at 1.5: row weights 0.6*4*1 = 2.4 -> 1.5 (3 changed tokens), 1.5*0.25 = 0.375
+        ("sequence", "truncate", 1.5, [[1.5, 1.5, 1.5], [0.375, 0.375, 0]], 5.25, 3 * 2.25 + 2 * 0.140625, 1.5, 0.375, 3),
+    ],
+)
+def test_production_is_metrics_hand_worked(level, mode, threshold, weights, sum_w, sum_w2, w_max, w_min, changed):
+    """The large/ metrics the trainer logs, through compute_large_is_weights, on 5 valid tokens."""
+    ll = IS_LS + torch.log(IS_RATIOS)
+    w, metrics = compute_large_is_weights(IS_LS, ll, IS_MASK, level, mode, threshold)
+    assert torch.allclose(w, torch.tensor(weights, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert tuple(metrics) == LARGE_IS_METRIC_KEYS
     assert metrics == pytest.approx(
         {
-            "large/is_weight_mean": 3.5 / 4,
-            "large/is_weight_max": 2.0,
-            "large/is_weight_min": 0.0,
-            "large/is_clip_frac": 2 / 4,  # (0,1) and (1,1); (1,2) is padding
-            "large/is_ess": 3.5**2 / (4 * (0.25 + 4 + 1)),
-            "large/logprob_gap": (-0.7 + 3.0 + 0.0 - 9.0) / 4,
-        }
+            "large/is_weight_mean": sum_w / 5,
+            "large/is_weight_max": w_max,
+            "large/is_weight_min": w_min,
+            "large/is_clip_frac": changed / 5,
+            "large/is_ess": sum_w**2 / (5 * sum_w2),
+            "large/logprob_gap": math.log(0.9) / 5,
+        },
+        rel=1e-12,
+        abs=1e-12,
     )

@@ -21,7 +21,7 @@ from .advantage import (
 )
 from .config import CoDistillConfig, ISConfig, KDConfig, LargeConfig, kd_coef_at
 from .importance import compute_large_advantage, compute_large_is_weights
-from .metrics import compute_is_metrics, compute_small_metrics
+from .metrics import compute_small_metrics
 from .teacher_loss import codistill_teacher_policy_loss, compute_teacher_policy_loss
 from .tokenizer_check import TokenizerMismatchError, assert_shared_tokenizer
 
@@ -41,7 +41,6 @@ __all__ = [
     "compute_codistill_advantage_and_metrics",
     "compute_codistill_advantage_from_config",
     "compute_codistill_outcome_advantage",
-    "compute_is_metrics",
     "compute_kd_reward",
     "compute_large_advantage",
     "compute_large_is_weights",

@@ -11,7 +11,6 @@ import torch
 
 __all__ = [
     "compute_small_metrics",
-    "compute_is_metrics",
     "is_metrics_from_sums",
     "SMALL_METRIC_KEYS",
     "LARGE_IS_METRIC_KEYS",
@@ -106,37 +105,3 @@ def is_metrics_from_sums(
         ]
     )
     return dict(zip(LARGE_IS_METRIC_KEYS, values.tolist()))
-
-
-@torch.no_grad()
-def compute_is_metrics(
-    weights: torch.Tensor,
-    changed: torch.Tensor,
-    log_w: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> dict[str, float]:
-    """Large-model importance-weight metrics over valid tokens, from full tensors.
-
-    ``is_weight_mean|max|min`` of the applied weights ``w``; ``is_clip_frac``: fraction of valid
-    tokens whose weight truncation or masking changed; ``is_ess = (sum w)^2 / (n * sum w^2)``
-    (0 when every weight is 0); ``logprob_gap = mean(ll - ls)``. (``compute_large_is_weights``
-    computes the same sums without materialising these tensors.)
-
-    Args:
-        weights: ``(bs, T)`` applied weights.
-        changed: bool, ``(bs, T)`` or per-sequence ``(bs, 1)``.
-        log_w: ``(bs, T)`` ``ll - ls``.
-        response_mask: ``(bs, T)``.
-    """
-    valid = response_mask.bool()
-    mask = valid.to(weights.dtype)
-    w = weights * mask
-    return is_metrics_from_sums(
-        w.sum(),
-        (w * w).sum(),
-        weights.masked_fill(~valid, -torch.inf).amax() if w.numel() else w.sum(),
-        weights.masked_fill(~valid, torch.inf).amin() if w.numel() else w.sum(),
-        (changed & valid).sum(),
-        (log_w * mask).sum(),
-        mask.sum(),
-    )

@@ -11,9 +11,27 @@ import re
 
 import numpy as np
 
-__all__ = ["bracket_depth", "find_last_boxed", "last_boxed_content", "normalize_answer"]
+__all__ = ["bracket_depth", "find_last_boxed", "last_boxed_content", "normalize_answer", "valid_text"]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> tuple[str, bool]:
+    """``(text with every lone surrogate replaced by U+FFFD, whether there was one)``.
+
+    A Python ``str`` can hold the code points U+D800..U+DFFF (``surrogateescape`` decoding,
+    ``chr(0xDFFF)``), which are not Unicode text: ``text.encode("utf-8")`` raises on them,
+    and so would any later write of the string (a log line, a results JSON). The replacement
+    is one character for one, so a span found in the result is the same span of ``text``.
+    """
+    cleaned, count = _SURROGATES.subn("\ufffd", text)
+    return cleaned, count > 0
+
+
+def _code_points(text: str) -> np.ndarray:
+    """``[ord(c) for c in text]`` as uint32, vectorised; defined for every ``str`` (``surrogatepass``)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 def _balanced_group_end(text: str, open_idx: int) -> int:
@@ -23,7 +41,7 @@ def _balanced_group_end(text: str, open_idx: int) -> int:
     otherwise (escaped ``\\{``/``\\}`` count 0), the group closes at the first ``k`` where
     ``cumsum(delta[open_idx:])[k] == 0``.
     """
-    codes = np.frombuffer(text[open_idx:].encode("utf-32-le"), dtype=np.uint32)
+    codes = _code_points(text[open_idx:])
     delta = (codes == ord("{")).astype(np.int32) - (codes == ord("}")).astype(np.int32)
     escaped = np.zeros_like(delta, dtype=bool)
     escaped[1:] = codes[:-1] == ord("\\")
@@ -41,7 +59,7 @@ def bracket_depth(text: str) -> int:
     """
     if not text:
         return 0
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    codes = _code_points(text)
     opens = (codes == ord("{")) | (codes == ord("[")) | (codes == ord("("))
     closes = (codes == ord("}")) | (codes == ord("]")) | (codes == ord(")"))
     return int(max(0, np.cumsum(opens.astype(np.int32) - closes.astype(np.int32)).max()))

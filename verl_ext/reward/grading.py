@@ -42,6 +42,10 @@ Per item (``solution``, ``ground_truth``)::
            = 0  on no box (unless fallback_unboxed), timeout, parser error, or a pathological
                 answer: over MAX_ANSWER_CHARS (2000) characters or brackets nested deeper
                 than MAX_BRACKET_DEPTH (24); those are not parsed at all (``error`` = 1)
+           = 0  if tail or ground truth is not Unicode text (holds a lone surrogate,
+                U+D800..U+DFFF): not parsed, ``error`` = 1; ``pred`` and ``format`` come
+                from the text with each surrogate replaced by U+FFFD, so ``pred`` is
+                always writable as UTF-8
 
 ``fallback_unboxed=True`` (off by default, so training keeps the boxed format) lets an
 answer without a box be parsed from the last ``FALLBACK_TAIL_CHARS`` characters by
@@ -64,7 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from verl_ext.reward.answer import bracket_depth, last_boxed_content, normalize_answer
+from verl_ext.reward.answer import bracket_depth, last_boxed_content, normalize_answer, valid_text
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
@@ -125,15 +129,26 @@ def prepare_item(
     """
     if not isinstance(solution, str):
         solution = "" if solution is None else str(solution)
-    tail = solution[-max_chars:] if max_chars > 0 else solution
-    gold = normalize_answer(str(ground_truth))
+    # the one place text is made safe: past here no string holds a lone surrogate, so the
+    # extraction, math-verify, and verl's or evaluate.py's writes of ``pred`` cannot fail on one
+    tail, bad_solution = valid_text(solution[-max_chars:] if max_chars > 0 else solution)
+    gold, bad_gold = valid_text(str(ground_truth))
+    invalid = bad_solution or bad_gold
+    gold = normalize_answer(gold)
     boxed = last_boxed_content(tail)
     if boxed is None:
+        if invalid:
+            return _result(0.0, False, "", error=True), None, False, ""
         if not fallback_unboxed:
             return _result(0.0, False, ""), None, False, ""
         return None, GradeTask(tail[-FALLBACK_TAIL_CHARS:], gold[:MAX_ANSWER_CHARS]), False, ""
     pred = normalize_answer(boxed)
-    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS or bracket_depth(pred) > MAX_BRACKET_DEPTH:
+    if (
+        invalid
+        or len(pred) > MAX_ANSWER_CHARS
+        or len(gold) > MAX_ANSWER_CHARS
+        or bracket_depth(pred) > MAX_BRACKET_DEPTH
+    ):
         return _result(0.0, True, pred, error=True), None, True, pred
     if pred and pred == gold:
         return _result(1.0, True, pred), None, True, pred

@@ -10,8 +10,9 @@ Point verl at it with either form (both are verl 0.9.1 ``load_extern_object`` pa
 
 Per item: the last balanced ``\\boxed{}`` of the response (``format`` = 1 iff present) is
 checked against the ground truth with math-verify's ``parse`` + ``verify``, bounded in time
-(default 5 s) in a process pool that kills and replaces a hung worker; a timeout or parser
-error scores 0 and is counted (``timeout``/``error`` keys), never raised. ``timeout`` is
+(default 5 s) in a process pool that kills and replaces a hung worker; a timeout, a parser
+error or text that is not valid Unicode (a lone surrogate in the response or the ground
+truth) scores 0 and is counted (``timeout``/``error`` keys), never raised. ``timeout`` is
 seconds of grading CPU time; a worker silent for ``2 * timeout + 0.5`` wall seconds is killed. The equations,
 the thread-safety argument and verl's call path are in ``verl_ext/reward/grading.py``.
 """
