@@ -1,173 +1,238 @@
 """Hydra entry point of the CoDistill-GRPO recipe (the recipe's counterpart of verl's ``main_ppo``).
 
-    python -m recipe.codistill_grpo.main_codistill actor_rollout_ref.model.path=SMALL \\
-        large_actor.model.path=LARGE data.train_files=TRAIN data.val_files=EVAL ...
+    python -m recipe.codistill_grpo.main_codistill pair=qwen2.5-math-1.5b_7b exp=codistill [platform=cpu] [key=value ...]
 
-Config: ``recipe/codistill_grpo/config/codistill.yaml`` (extends verl's ``ppo_trainer``).
-Every start-up check (``trainer.validate_codistill_config``) runs here, in the driver, before Ray
-starts or any model loads; a failure exits with one line ``codistill: <message>``.
-``codistill_debug.dry_run=true`` resolves and checks the config (without reading the model folders),
-prints it and the launch plan, and exits without starting anything (for GPU configs on any machine).
+Before Ray starts: the groups must be plain names, the config passes every check
+(``configuration.check_config``), the models, tokenizers and data files are checked
+(``preflight``); any failure is one line ``codistill: <message>`` and exit status 1.
+``run.dry_run=true`` prints the resolved config and the launch plan and starts nothing.
 
-``VERL_USE_EXTERNAL_MODULES`` gets ``verl_ext.codistill`` appended before the first ``import verl``,
-so the ``codistill`` advantage estimator and the ``codistill_teacher`` policy loss are registered
-in every Ray worker too (verl imports those modules from its ``__init__``, and Ray workers inherit
-the driver's environment). CPU runs add the CPU shim modules the same way (``cpu/overrides.py``).
+Then the run folder (``run.dir``) is locked, resumed or started (``run.fresh`` moves an old run
+aside), the resolved config is written there, and verl's ``run_ppo`` runs the recipe's task runner.
+The console shows one line per step; every metric goes to ``<run.dir>/metrics.jsonl``.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
-EXTERNAL_MODULES = ("verl_ext.codistill",)
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-
-def _register_external_modules() -> None:
-    mods = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    for m in EXTERNAL_MODULES:
-        if m not in mods:
-            mods.append(m)
-    os.environ["VERL_USE_EXTERNAL_MODULES"] = ",".join(mods)
-
-
-_register_external_modules()
-
-import socket  # noqa: E402
-from pprint import pprint  # noqa: E402
-
-import hydra  # noqa: E402
-import ray  # noqa: E402
-from omegaconf import OmegaConf, open_dict  # noqa: E402
-
-from verl.trainer.main_ppo_v0 import BaseTaskRunner  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recipe.codistill_grpo import configuration, preflight
+from recipe.codistill_grpo.run_folder import RunFolderError, open_run
 
 
-# worker-side switches that must reach every Ray worker, also on clusters started with `ray start`
-# (whose workers do not inherit the driver's environment)
-FORWARDED_ENV = ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM", "VERL_ENGINE_DEVICE", "CODISTILL_ROLLOUT_DUMP_DIR")
+def say(message: str) -> None:
+    print(f"codistill: {message}", flush=True)
 
 
-def forward_worker_env(config) -> None:
-    """Copy ``FORWARDED_ENV`` from the driver into ``ray_kwargs.ray_init.runtime_env.env_vars``."""
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    with open_dict(config):
-        if OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env") is None:
-            config.ray_kwargs.ray_init.runtime_env = {}
-        runtime_env = config.ray_kwargs.ray_init.runtime_env
-        if runtime_env.get("env_vars") is None:
-            runtime_env.env_vars = {}
-        for key, value in env.items():
-            runtime_env.env_vars.setdefault(key, value)
+def _step_printer(config: DictConfig):
+    keys = list(config.run.console_metrics)
+    total = config.trainer.total_training_steps or "?"
+    start = time.monotonic()
+
+    def on_row(row: dict) -> None:
+        data = row.get("data", {})
+        shown = "  ".join(f"{k}={data[k]:.4g}" for k in keys if isinstance(data.get(k), (int, float)))
+        print(f"codistill: step {row.get('step')}/{total}  {shown}  ({time.monotonic() - start:.0f}s elapsed)", flush=True)
+
+    return on_row
 
 
-def resolve_reward_path(config) -> None:
-    """Make ``reward.custom_reward_function.path`` absolute (cwd first, then the repo root)."""
-    path = OmegaConf.select(config, "reward.custom_reward_function.path")
-    if not path or os.path.isabs(path):
-        return
-    for base in (os.getcwd(), REPO_ROOT):
-        candidate = os.path.join(base, path)
-        if os.path.isfile(candidate):
-            with open_dict(config):
-                config.reward.custom_reward_function.path = candidate
-            return
-    raise ValueError(f"reward.custom_reward_function.path={path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
+def _needed_models(plan: configuration.RunPlan) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([plan.config.exp.generator, *(["large"] if plan.large is not None else [])]))
 
 
-class CoDistillTaskRunnerImpl(BaseTaskRunner):
-    """verl's v0 task runner, building ``CoDistillTrainer`` (verl's builds ``RayPPOTrainer`` by name)."""
+def _check_files(plan: configuration.RunPlan, strict: bool) -> list[str]:
+    """Models, tokenizers and data (``strict=False``: a dry run, problems become 'warning:' lines)."""
+    cfg = plan.config
+    lines: list[str] = []
+    generator = str(cfg.exp.generator)
+    models = {generator: str(cfg.actor_rollout_ref.model.path)}
+    if plan.large is not None:
+        models["large"] = str(plan.large.model.path)
+    readable = {}
+    for role, path in models.items():
+        try:
+            where = preflight.check_model(path, role)
+            lines.append(f"{role} {path}: {where}")
+            readable[role] = where != "hub (downloaded at start-up)"
+        except preflight.PreflightError as e:
+            if strict:
+                raise
+            lines.append(f"warning: {e}")
+            readable[role] = False
+    tokenizer = None
+    if readable.get(generator):
+        from transformers import AutoTokenizer
 
-    def init_resource_pool_mgr(self, config):
-        from verl.trainer.ppo.utils import Role
+        tokenizer = AutoTokenizer.from_pretrained(models[generator])
+    if tokenizer is not None and readable.get("large"):
+        from transformers import AutoTokenizer
 
-        from recipe.codistill_grpo.trainer import codistill_settings
+        from verl_ext.codistill.tokenizer_check import TokenizerMismatchError, assert_shared_tokenizer
 
-        cd = codistill_settings(config)
-        if cd.large.enable and config.large_actor.get("placement", "colocate") == "separate":
-            self.mapping[Role.Actor] = "large_pool"
-            manager = super().init_resource_pool_mgr(config)
-            manager.resource_pool_spec["large_pool"] = [int(config.large_actor.n_gpus_per_node)] * int(
-                config.large_actor.nnodes
+        large_tok = AutoTokenizer.from_pretrained(models["large"])
+        try:
+            assert_shared_tokenizer(tokenizer, large_tok)
+        except TokenizerMismatchError as e:
+            raise preflight.PreflightError(str(e)) from None
+        probe = [{"role": "user", "content": "What is 1 + 1?"}]
+        diff = preflight.template_difference(tokenizer, large_tok, probe)
+        if diff:
+            lines.append(
+                "warning: the two models' chat templates render the same prompt differently (the large model "
+                f"scores prompts in the small model's rendering): {diff}"
             )
-            return manager
-        return super().init_resource_pool_mgr(config)
-
-    def run(self, config):
-        from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
-        from verl.utils.config import omega_conf_to_dataclass, validate_config
-        from verl.utils.dataset.rl_dataset import collate_fn
-        from verl.workers.config import HFModelConfig
-
-        from recipe.codistill_grpo.trainer import CoDistillTrainer
-
-        print(f"CoDistill TaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
-        pprint(OmegaConf.to_container(config, resolve=True))
-        OmegaConf.resolve(config)
-
-        _, ray_worker_group_cls = self.add_actor_rollout_worker(config)
-        self.add_critic_worker(config)
-        self.add_reward_model_resource_pool(config)
-        self.add_teacher_model_resource_pool(config)
-        validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-
-        model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
-        tokenizer, processor = model_config.tokenizer, model_config.processor
-        resource_pool_manager = self.init_resource_pool_mgr(config)
-        train_dataset = create_rl_dataset(
-            config.data.train_files, config.data, tokenizer, processor, is_train=True,
-            max_samples=config.data.get("train_max_samples", -1),
-        )
-        val_dataset = create_rl_dataset(
-            config.data.val_files, config.data, tokenizer, processor, is_train=False,
-            max_samples=config.data.get("val_max_samples", -1),
-        )
-        trainer = CoDistillTrainer(
-            config=config,
-            tokenizer=tokenizer,
-            processor=processor,
-            role_worker_mapping=self.role_worker_mapping,
-            resource_pool_manager=resource_pool_manager,
-            ray_worker_group_cls=ray_worker_group_cls,
-            train_dataset=train_dataset,
-            val_dataset=val_dataset,
-            collate_fn=collate_fn,
-            train_sampler=create_rl_sampler(config.data, train_dataset),
-        )
-        trainer.init_workers()
-        trainer.fit()
+    try:
+        report = preflight.check_data(cfg, tokenizer)
+        lines += report.lines
+        plan.data_report = report
+    except preflight.PreflightError as e:
+        if strict:
+            raise
+        lines.append(f"warning: {e}")
+    return lines
 
 
-CoDistillTaskRunner = ray.remote(num_cpus=1)(CoDistillTaskRunnerImpl)
+class _Tee:
+    """A text stream that also appends to the run's ``train.log`` (the console output, every attempt)."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text):
+        self._log.write(text)
+        return self._stream.write(text)
+
+    def flush(self):
+        self._log.flush()
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _teed(path: str):
+    with open(path, "a") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], list[str]]:
+    """Everything before the run folder is touched; raises ``SystemExit`` with one line."""
+    choices = HydraConfig.get().runtime.choices
+    try:
+        for group in configuration.GROUPS:
+            configuration.check_choice(group, choices.get(group))
+        env = {k: str(v) for k, v in (OmegaConf.to_container(config.run.env, resolve=True) or {}).items()}
+        os.environ.update(env)
+        warnings.filterwarnings("ignore", category=UserWarning, module="verl.workers.engine")
+        from recipe.codistill_grpo import plugin  # registration (and the CPU shim) in this process
+
+        plugin.load_platform_shim()
+        plan = configuration.check_config(config)
+        configuration.check_allocation(plan, os.environ)
+        dry_run = bool(plan.config.run.dry_run)
+        lines = []
+        if not dry_run and plan.config.run.get("cpu_pair"):
+            from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
+
+            cpu_pair = plan.config.run.cpu_pair
+            lines.append(ensure_cpu_pair(cpu_pair.kind, cpu_pair.dir, _needed_models(plan)))
+        lines += _check_files(plan, strict=not dry_run)
+    except (configuration.ConfigError, preflight.PreflightError) as e:
+        raise SystemExit(f"codistill: {e}") from None
+    return plan, env, lines
+
+
+def _summary(plan: configuration.RunPlan, first: int, last: int, rows: list[dict]) -> None:
+    folder = plan.config.run.dir
+    say(f"done: steps {max(first, 0) + 1}..{last} of {plan.config.trainer.total_training_steps} in {folder} "
+        f"(host {socket.gethostname()})")
+    if rows:
+        data = rows[-1].get("data", {})
+        shown = ", ".join(f"{k}={data[k]:.4g}" for k in plan.config.run.console_metrics if isinstance(data.get(k), (int, float)))
+        say(f"step {rows[-1].get('step')}: {shown}")
+    say(f"metrics (one JSON line per step): {folder}/metrics.jsonl")
+    ckpt = Path(folder) / "checkpoints" / f"global_step_{last}"
+    if ckpt.is_dir():
+        say(f"checkpoint: {ckpt} (contains: {' '.join(sorted(p.name for p in ckpt.iterdir()))})")
+
+
+def run(config: DictConfig) -> None:
+    plan, env, lines = _check(config)
+    if plan.config.run.dry_run:
+        print(OmegaConf.to_yaml(plan.config))
+        say("dry run (nothing started); the launch plan:")
+        for line in configuration.launch_plan(plan) + lines:
+            print(f"  {line}")
+        return
+
+    folder = plan.config.run.dir
+    subs = []
+    if plan.config.run.get("cpu_pair"):
+        gpu = configuration.compose_config(overrides=[*HydraConfig.get().overrides.task, "platform=gpu"])
+        subs = configuration.substitutions(plan.config, configuration.resolved(gpu))
+    try:
+        notes: list[str] = []
+        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config)) as metrics, \
+                _teed(os.path.join(folder, "train.log")):
+            for line in notes + lines:
+                say(line)
+            if subs:
+                Path(folder, "cpu_substitutions.txt").write_text("\n".join(subs) + "\n")
+                say(f"CPU substitutions (configs/platform/cpu.yaml): {len(subs)} keys differ from platform=gpu, "
+                    f"listed in {folder}/cpu_substitutions.txt")
+            with open_dict(config):
+                if plan.data_report is not None and plan.data_report.drops:
+                    preflight.write_filtered(plan.data_report, Path(folder) / "data", config)
+                config.ray_kwargs.ray_init.runtime_env.env_vars = env
+            OmegaConf.save(configuration.resolved(config), os.path.join(folder, "config.yaml"))
+            say("\n  ".join(["launch plan:"] + configuration.launch_plan(plan)))
+            first = metrics.last_step
+            _run_ppo(config)
+    except RunFolderError as e:
+        raise SystemExit(f"codistill: {e}") from None
+    _summary(plan, first, metrics.last_step, metrics.rows_since(first))
+
+
+def _run_ppo(config: DictConfig) -> None:
+    import ray
+
+    from verl.trainer.main_ppo import run_ppo
+
+    from recipe.codistill_grpo.task_runner import CoDistillTaskRunner
+    from recipe.codistill_grpo.trainer import CoDistillRunError
+
+    try:
+        run_ppo(config, task_runner_class=CoDistillTaskRunner)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
+        if isinstance(cause, CoDistillRunError) or isinstance(getattr(e, "cause", None), CoDistillRunError):
+            raise SystemExit(f"codistill: {getattr(e, 'cause', None) or cause}") from None
+        raise
 
 
 @hydra.main(config_path="config", config_name="codistill", version_base=None)
-def main(config):
-    from verl.trainer.main_ppo import run_ppo
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-    from verl.utils.device import auto_set_device
-
-    from recipe.codistill_grpo.trainer import launch_plan, validate_codistill_config
-
-    auto_set_device(config)
-    dry_run = bool(OmegaConf.select(config, "codistill_debug.dry_run", default=False))
-    try:
-        validate_codistill_config(config, check_models=not dry_run)
-        if not dry_run:
-            resolve_reward_path(config)
-        validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    except (ValueError, AssertionError) as exc:
-        raise SystemExit(f"codistill: {exc}") from None
-    if dry_run:
-        print(OmegaConf.to_yaml(config, resolve=True))
-        print("codistill dry run (models not read, nothing started):")
-        print("\n".join("  " + line for line in launch_plan(config)))
-        return
-    forward_worker_env(config)
-    run_ppo(config, task_runner_class=CoDistillTaskRunner)
+def main(config: DictConfig) -> None:
+    run(config)
 
 
 if __name__ == "__main__":
+    for var, default in (("CODISTILL_OUTPUT_DIR", "outputs"), ("CODISTILL_DATA_DIR", "data")):
+        os.environ[var] = os.path.abspath(os.environ.get(var, default))
     main()

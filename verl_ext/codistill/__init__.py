@@ -1,10 +1,10 @@
 """CoDistill-GRPO algorithm core: pure torch functions registered into verl.
 
 Importing this package registers the ``codistill`` advantage estimator and the
-``codistill_teacher`` policy loss in verl's registries. Registration is idempotent: importing
-again, reloading the modules, or importing inside a Ray worker through
-``VERL_USE_EXTERNAL_MODULES=verl_ext.codistill`` does not raise; a *different* function already
-registered under one of these names does.
+``codistill_teacher`` policy loss in verl's registries. The recipe's ``verl.plugins`` entry point
+(pyproject.toml) imports it in every process that imports verl, Ray workers included.
+Registration is idempotent: importing again or reloading the modules does not raise; a
+*different* function already registered under one of these names does.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any, Callable
 from verl.trainer.ppo import core_algos
 
 from .advantage import (
-    compute_codistill_advantage_and_metrics,
+    add_kd_advantage,
     compute_codistill_advantage_from_config,
     compute_codistill_outcome_advantage,
     compute_kd_reward,
 )
 from .config import CoDistillConfig, ISConfig, KDConfig, LargeConfig, kd_coef_at
 from .importance import compute_large_advantage, compute_large_is_weights
-from .metrics import compute_small_metrics
+from .metrics import compute_small_metrics, rollout_mismatch_metrics
 from .teacher_loss import codistill_teacher_policy_loss, compute_teacher_policy_loss
 from .tokenizer_check import TokenizerMismatchError, assert_shared_tokenizer
 
@@ -36,9 +36,9 @@ __all__ = [
     "KDConfig",
     "LargeConfig",
     "TokenizerMismatchError",
+    "add_kd_advantage",
     "assert_shared_tokenizer",
     "codistill_teacher_policy_loss",
-    "compute_codistill_advantage_and_metrics",
     "compute_codistill_advantage_from_config",
     "compute_codistill_outcome_advantage",
     "compute_kd_reward",
@@ -46,6 +46,7 @@ __all__ = [
     "compute_large_is_weights",
     "compute_small_metrics",
     "compute_teacher_policy_loss",
+    "rollout_mismatch_metrics",
     "kd_coef_at",
     "register",
 ]

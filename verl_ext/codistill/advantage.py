@@ -20,8 +20,8 @@ from .metrics import compute_small_metrics
 __all__ = [
     "compute_kd_reward",
     "compute_codistill_outcome_advantage",
-    "compute_codistill_advantage_and_metrics",
     "compute_codistill_advantage_from_config",
+    "add_kd_advantage",
     "compute_outcome_advantage_scalar",
     "group_ids",
     "group_mean_std",
@@ -219,33 +219,6 @@ def compute_codistill_outcome_advantage(
     return adv, adv
 
 
-def compute_codistill_advantage_and_metrics(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray,
-    small_log_probs: torch.Tensor,
-    large_log_probs: torch.Tensor,
-    kd_coef: float = 1.0,
-    kd_credit: str = "token",
-    kd_clamp: float = 10.0,
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-    task_reward: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """``compute_codistill_outcome_advantage`` plus the ``small/`` metrics from the same pass.
-
-    Returns:
-        advantages, returns: ``(bs, T)``.
-        metrics: ``small/kd_reward_mean``, ``small/kd_reverse_kl``, ``small/adv_reward_part_abs``,
-            ``small/adv_kd_part_abs`` as python floats (see ``metrics.compute_small_metrics``).
-    """
-    adv, d, a_r, k = _small_advantage_parts(
-        token_level_rewards, response_mask, index, small_log_probs, large_log_probs,
-        kd_coef, kd_credit, kd_clamp, epsilon, norm_adv_by_std_in_grpo, task_reward,
-    )  # fmt: skip
-    return adv, adv, compute_small_metrics(d, a_r, k, response_mask, kd_coef=kd_coef)
-
-
 def _codistill_from(config: Any) -> CoDistillConfig:
     if isinstance(config, CoDistillConfig):
         return config
@@ -254,7 +227,7 @@ def _codistill_from(config: Any) -> CoDistillConfig:
         block = config.get("codistill", None) if hasattr(config, "get") else getattr(config, "codistill", None)
     if block is None:
         raise ValueError("adv estimator 'codistill' needs algorithm.codistill in the algorithm config (got none)")
-    return block if isinstance(block, CoDistillConfig) else CoDistillConfig.from_dict(block)
+    return CoDistillConfig.from_dict(block)
 
 
 def compute_codistill_advantage_from_config(
@@ -269,21 +242,41 @@ def compute_codistill_advantage_from_config(
     step: int = 0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl adv estimator ``codistill``: ``compute_codistill_outcome_advantage`` with settings from config.
+    """verl adv estimator ``codistill`` (``algorithm.adv_estimator=codistill``), settings from ``config``.
 
-    ``config`` is the algorithm config (``DictConfig``/``AlgoConfig``/dict holding ``codistill``, or a
-    ``CoDistillConfig``); ``beta = kd_coef_at(step, codistill.kd)``. The trainer passes
-    ``small_log_probs=batch['old_log_probs']`` and ``large_log_probs=batch['large_old_log_probs']``.
+    ``config`` is the algorithm config (``DictConfig``/dict holding ``codistill``, or a
+    ``CoDistillConfig``).
+
+    verl's own advantage pass (``compute_advantage`` in ``RayPPOTrainer.fit``) calls this with
+    rewards, mask, ``uid`` and config only, so without log-probs it returns the outcome part
+    ``A_R[i] * m[i,t]`` (0 with ``task_reward=false``); the recipe trainer adds the KD part
+    ``beta * K * m`` with ``add_kd_advantage`` once both models' log-probs are known. With
+    ``small_log_probs`` and ``large_log_probs`` it returns the whole mixed advantage
+    ``compute_codistill_outcome_advantage`` with ``beta = kd_coef_at(step, codistill.kd)``.
 
     Returns:
         advantages, returns: ``(bs, T)``.
     """
-    if small_log_probs is None or large_log_probs is None:
-        raise ValueError(
-            "adv estimator 'codistill' needs keyword tensors small_log_probs (batch 'old_log_probs') "
-            "and large_log_probs (batch 'large_old_log_probs')"
-        )
     cfg = _codistill_from(config)
+    if (small_log_probs is None) != (large_log_probs is None):
+        raise ValueError(
+            "adv estimator 'codistill' needs both keyword tensors small_log_probs (batch 'old_log_probs') "
+            "and large_log_probs (batch 'large_old_log_probs'), or neither (outcome part only)"
+        )
+    if small_log_probs is None:
+        shape = token_level_rewards.shape
+        _check_2d("response_mask", response_mask, shape)
+        dtype = _result_dtype(token_level_rewards)
+        mask = response_mask.to(dtype)
+        if not cfg.task_reward:
+            adv = torch.zeros_like(mask)
+            return adv, adv
+        gidx, num_groups = group_ids(index, shape[0], token_level_rewards.device)
+        a_r = compute_outcome_advantage_scalar(
+            token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
+        )
+        adv = a_r.to(dtype).unsqueeze(-1) * mask
+        return adv, adv
     return compute_codistill_outcome_advantage(
         token_level_rewards,
         response_mask,
@@ -297,3 +290,58 @@ def compute_codistill_advantage_from_config(
         norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
         task_reward=cfg.task_reward,
     )
+
+
+@torch.no_grad()
+def add_kd_advantage(
+    outcome_advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    small_log_probs: torch.Tensor,
+    large_log_probs: torch.Tensor,
+    kd_coef: float = 1.0,
+    kd_credit: str = "token",
+    kd_clamp: float = 10.0,
+    epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The KD part of the small-model advantage, added to verl's outcome part.
+
+    ``A_s[i,t] = A_R[i] * m[i,t] + beta * K[i,t] * m[i,t]`` with ``K`` by ``kd_credit`` as in
+    ``compute_codistill_outcome_advantage`` (same result up to float rounding).
+
+    Args:
+        outcome_advantages: ``(bs, T)`` ``A_R * m``, what the registered estimator returned in
+            verl's advantage pass.
+        response_mask: ``(bs, T)``.
+        index: ``(bs,)`` group labels (``uid``).
+        small_log_probs, large_log_probs: ``(bs, T)`` ``ls`` and ``ll``.
+        kd_coef: ``beta >= 0``; kd_credit, kd_clamp, epsilon: as in the full function.
+
+    Returns:
+        advantages: ``(bs, T)`` ``A_s``.
+        metrics: the ``small/`` metrics of ``metrics.compute_small_metrics`` (``A_R`` read from
+            ``outcome_advantages``).
+    """
+    if kd_credit not in KD_CREDITS:
+        raise ValueError(f"kd_credit={kd_credit!r} not in {list(KD_CREDITS)}")
+    if not kd_clamp > 0:
+        raise ValueError(f"kd clamp={kd_clamp!r} must be > 0")
+    shape = small_log_probs.shape
+    _check_2d("outcome_advantages", outcome_advantages, shape)
+    _check_2d("large_log_probs", large_log_probs, shape)
+    _check_2d("response_mask", response_mask, shape)
+    dtype = _result_dtype(outcome_advantages, small_log_probs, large_log_probs)
+    mask = response_mask.to(dtype)
+    d = _kd_reward(small_log_probs, large_log_probs, mask, kd_clamp, dtype)
+    if kd_credit == "sequence":
+        gidx, num_groups = group_ids(index, shape[0], small_log_probs.device)
+        seq_d = d.sum(-1) / mask.sum(-1).clamp_min(1.0)
+        mean, std = group_mean_std(seq_d, gidx, num_groups)
+        k = ((seq_d.to(torch.float64) - mean) / (std + epsilon)).to(dtype)
+        kd_part = k.unsqueeze(-1) * mask
+    else:
+        k = d if kd_credit == "token" else d.flip(-1).cumsum(-1).flip(-1).mul_(mask)
+        kd_part = k
+    outcome = outcome_advantages.to(dtype)
+    adv = torch.add(outcome, kd_part, alpha=kd_coef)
+    return adv, compute_small_metrics(d, outcome, k, response_mask, kd_coef=kd_coef)

@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "compute_small_metrics",
     "is_metrics_from_sums",
+    "rollout_mismatch_metrics",
     "SMALL_METRIC_KEYS",
     "LARGE_IS_METRIC_KEYS",
 ]
@@ -105,3 +106,25 @@ def is_metrics_from_sums(
         ]
     )
     return dict(zip(LARGE_IS_METRIC_KEYS, values.tolist()))
+
+
+@torch.no_grad()
+def rollout_mismatch_metrics(
+    rollout_log_probs: torch.Tensor, small_log_probs: torch.Tensor, response_mask: torch.Tensor
+) -> dict[str, float]:
+    """Mismatch between the rollout engine's log-probs and the small actor's recomputed ones.
+
+    ``small/rollout_logprob_diff_mean`` and ``_max``: mean and max of ``|rollout_log_probs - ls|``
+    over valid tokens (0.0 without valid tokens); one host sync.
+
+    Args:
+        rollout_log_probs: ``(bs, T)`` the sampler's own log-probs (vLLM, or the CPU rollout).
+        small_log_probs: ``(bs, T)`` ``ls``, the FSDP actor's recomputation.
+        response_mask: ``(bs, T)``.
+    """
+    valid = response_mask.bool()
+    diff = (rollout_log_probs.double() - small_log_probs.double()).abs().masked_fill(~valid, 0.0)
+    n = valid.sum()
+    values = torch.stack([diff.sum() / n.clamp_min(1), diff.amax() if diff.numel() else diff.sum()])
+    mean, mx = values.tolist()
+    return {"small/rollout_logprob_diff_mean": mean, "small/rollout_logprob_diff_max": mx}

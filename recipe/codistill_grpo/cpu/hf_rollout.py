@@ -15,8 +15,8 @@ three pieces verl's hybrid-engine path talks to:
   server, so the rollout always samples from the current small actor.
 
 Registration touches verl's two rollout registries (``_ROLLOUT_REGISTRY`` has no register
-function in 0.9.1, so the entry is added to the dict). The module is loaded in every process
-through ``VERL_USE_EXTERNAL_MODULES`` and is never used on the GPU path.
+function in 0.9.1, so the entry is added to the dict). The recipe's verl plugin loads the module
+in every process when ``VERL_PLATFORM=cpu``; it is never used on the GPU path.
 
 Test hook: when ``CODISTILL_ROLLOUT_DUMP_DIR`` is set, every weight update writes
 ``rollout_weights_step_{N}.pt`` (the server's full state dict after the update) there, so a test can

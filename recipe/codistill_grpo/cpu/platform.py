@@ -1,11 +1,11 @@
 """CPU platform for verl 0.9.1: lets verl's real GPU trainer run on a machine with no accelerator.
 
-Used only by CPU runs (tests, the smoke run, ``scripts/bench_step.py``); never imported on the GPU
-path. It is loaded in every process (driver and Ray workers) through verl's own hook
-``VERL_USE_EXTERNAL_MODULES=recipe.codistill_grpo.cpu.platform,...`` and selected with
-``VERL_PLATFORM=cpu`` (see ``recipe/codistill_grpo/cpu/overrides.py``).
+Used only by CPU runs (``platform=cpu``: tests, the CPU smoke run, ``scripts/bench_step.py``); never
+imported on the GPU path. The recipe's verl plugin (``recipe/codistill_grpo/plugin.py``) imports it
+in every process (driver and Ray workers) when ``VERL_PLATFORM=cpu``, which ``configs/platform/cpu.yaml``
+sets through ``run.env``.
 
-What it does, and why (the obstacles are listed in /work/shared/CPU_NOTES.md):
+What it does, and why (docs/design.md, "The CPU shim", lists the obstacles it gets past):
 
 * registers ``PlatformCPU`` in ``verl.plugin.platform.PlatformRegistry`` under the name ``cpu``:
   device ``cpu``, collective backend ``gloo``, Ray resource ``GPU`` (the driver gives Ray one

@@ -6,7 +6,7 @@ and the tests: two randomly initialised Qwen2-architecture causal LMs of differe
 BPE tokenizer with a Qwen-style chat template, and arithmetic prompts with boxed answers
 written as the same verl parquet that ``scripts/prepare_data.py`` writes.
 
-    python scripts/make_tiny_pair.py --out /tmp/tiny
+    python -m recipe.codistill_grpo.cpu.stand_in --kind tiny --out /tmp/tiny
 """
 
 from __future__ import annotations

@@ -1,0 +1,224 @@
+"""The run folder: one run at a time, nothing of a previous run deleted, metrics appended.
+
+    <run.dir>/
+      .lock                     held (flock) by the running driver; names its pid and host
+      checkpoints/              verl's global_step_N/{actor,large_actor,data.pt} + tracker file
+      metrics.jsonl             one JSON line per step ({"step": N, "data": {...}}), every step once
+      metrics.superseded.jsonl  steps a crashed attempt logged after its last checkpoint
+      .metrics.attempt.jsonl    what verl's file logger writes during the current attempt
+      config.yaml               the resolved config of the latest attempt
+      train.log                 the console output, appended by scripts/run_qwen_math.sh
+
+A run into a folder with checkpoints resumes (verl's ``resume_mode=auto``); ``fresh`` first moves
+the folder's content to ``<run.dir>.old-<time>`` (renamed, never deleted).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+LOCK_FILE = ".lock"
+METRICS_FILE = "metrics.jsonl"
+SUPERSEDED_FILE = "metrics.superseded.jsonl"
+ATTEMPT_FILE = ".metrics.attempt.jsonl"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used; the message is one line naming it."""
+
+
+def _os_error(action: str, path: Path, e: OSError) -> RunFolderError:
+    reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return RunFolderError(f"cannot {action} {path}: {reason}")
+
+
+def latest_checkpoint_step(checkpoint_dir: Path) -> Optional[int]:
+    """The step verl's tracker file names (None: no checkpoint to resume from)."""
+    tracker = checkpoint_dir / TRACKER_FILE
+    try:
+        return int(tracker.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    if rows:
+        with open(path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+
+
+class MetricsAppender:
+    """Appends the steps verl's file logger writes (``.metrics.attempt.jsonl``) to ``metrics.jsonl``.
+
+    Only rows with a step above the last one in ``metrics.jsonl`` are appended, so a step is
+    never written twice; ``on_row`` sees each appended row (the console line of the step).
+    """
+
+    def __init__(self, folder: Path, on_row: Optional[Callable[[dict], None]] = None, poll_s: float = 1.0):
+        self.attempt = folder / ATTEMPT_FILE
+        self.metrics = folder / METRICS_FILE
+        self.on_row = on_row
+        self.poll_s = poll_s
+        rows = _read_rows(self.metrics)
+        self.last_step = max((int(r.get("step", -1)) for r in rows), default=-1)
+        self._offset = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def sync(self) -> None:
+        """Append the complete new lines of the attempt file."""
+        try:
+            with open(self.attempt, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        new = []
+        for line in complete.decode().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if int(row.get("step", -1)) > self.last_step:
+                new.append(row)
+                self.last_step = int(row["step"])
+        _append(self.metrics, new)
+        if self.on_row:
+            for row in new:
+                self.on_row(row)
+
+    def rows_since(self, step: int) -> list[dict]:
+        """The rows of ``metrics.jsonl`` with a step above ``step``."""
+        return [r for r in _read_rows(self.metrics) if int(r.get("step", -1)) > step]
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.sync()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="codistill-metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sync()
+
+
+def _take_lock(folder: Path):
+    lock_path = folder / LOCK_FILE
+    try:
+        handle = open(lock_path, "a+")
+    except OSError as e:
+        raise _os_error("write to the run folder", folder, e) from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "an unknown process"
+        handle.close()
+        raise RunFolderError(f"run folder {folder} is in use by {holder} (lock: {lock_path}); wait for it or pick another run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _move_aside(folder: Path) -> Optional[Path]:
+    """Move everything but the lock to ``<folder>.old-<time>``; None if there was nothing."""
+    entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
+    if not entries:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.old-{stamp}")
+    suffix = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}.old-{stamp}-{suffix}")
+        suffix += 1
+    target.mkdir(parents=True)
+    for entry in entries:
+        entry.rename(target / entry.name)
+    return target
+
+
+def _supersede_after(folder: Path, step: int) -> int:
+    """Move ``metrics.jsonl`` rows with a step above ``step`` to ``metrics.superseded.jsonl``."""
+    metrics = folder / METRICS_FILE
+    rows = _read_rows(metrics)
+    later = [r for r in rows if int(r.get("step", -1)) > step]
+    if not later:
+        return 0
+    _append(folder / SUPERSEDED_FILE, later)
+    kept = [r for r in rows if int(r.get("step", -1)) <= step]
+    tmp = metrics.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, metrics)
+    return len(later)
+
+
+@contextmanager
+def open_run(folder: str | os.PathLike, fresh: bool, say: Callable[[str], None] = print,
+             on_row: Optional[Callable[[dict], None]] = None) -> Iterator[MetricsAppender]:
+    """Lock the run folder, decide new / resume / fresh (and say which), keep metrics.jsonl appended.
+
+    Yields the ``MetricsAppender`` (started); on exit its last rows are appended and the lock released.
+    """
+    folder = Path(folder).resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise _os_error("write to the run folder", folder, e) from None
+    lock = _take_lock(folder)
+    try:
+        if fresh:
+            moved = _move_aside(folder)
+            say(f"fresh run in {folder}" + (f": the previous run was moved to {moved} (nothing deleted)" if moved else ""))
+        MetricsAppender(folder).sync()  # steps a killed attempt left behind
+        step = latest_checkpoint_step(folder / "checkpoints")
+        superseded = _supersede_after(folder, step or 0)
+        if step:
+            say(f"resuming run {folder} from step {step} (checkpoints/global_step_{step})")
+        elif not fresh:
+            say(f"new run in {folder}")
+        if superseded:
+            say(f"{superseded} metrics row(s) logged after the last checkpoint moved to {SUPERSEDED_FILE}")
+        (folder / ATTEMPT_FILE).unlink(missing_ok=True)
+        appender = MetricsAppender(folder, on_row=on_row)
+        appender.start()
+        try:
+            yield appender
+        finally:
+            appender.stop()
+            (folder / ATTEMPT_FILE).unlink(missing_ok=True)
+    finally:
+        lock.close()
