@@ -259,25 +259,34 @@ def test_bad_arguments_raise():
 # ---------------------------------------------------------------- registration
 
 
-def test_registered_estimator_is_ours_and_matches_direct_call():
+@pytest.mark.parametrize("credit", ["token", "reward_to_go", "sequence"])
+@pytest.mark.parametrize("task_reward", [True, False])
+def test_verls_pass_then_kd_part_equals_the_loop_reference(credit, task_reward):
+    """The production path: verl's own compute_advantage with adv_estimator=codistill (rewards only),
+    then add_kd_advantage with both log-probs, against the slow reference of the whole A_s."""
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from verl_ext.codistill.advantage import add_kd_advantage
+
     assert get_adv_estimator_fn("codistill") is compute_codistill_advantage_from_config
     rewards, mask, labels, ls, ll = make_batch(5)
     algo = OmegaConf.create(
-        {
-            "adv_estimator": "grpo",
-            "norm_adv_by_std_in_grpo": True,
-            "codistill": {"kd": {"coef": 0.3, "credit": "reward_to_go", "clamp": 4.0}, "is": {"level": "token"}},
-        }
+        {"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": True,
+         "codistill": {"kd": {"coef": 0.3, "credit": credit, "clamp": 4.0}, "task_reward": task_reward}}
     )
-    fn = get_adv_estimator_fn("codistill")
-    adv, ret = fn(
-        token_level_rewards=rewards, response_mask=mask, index=labels, epsilon=1e-6,
-        norm_adv_by_std_in_grpo=True, config=algo, small_log_probs=ls, large_log_probs=ll,
-    )  # fmt: skip
-    direct, _ = compute_codistill_outcome_advantage(
-        rewards, mask, labels, ls, ll, kd_coef=0.3, kd_credit="reward_to_go", kd_clamp=4.0
+    batch = DataProto.from_dict(
+        tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels}
     )
-    assert torch.equal(adv, direct) and torch.equal(ret, direct)
+    batch = compute_advantage(batch, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo)
+    outcome = batch.batch["advantages"]
+    a_r = ref_grpo_scalar(rewards, labels, 1e-6, True) if task_reward else [0.0] * len(labels)
+    want_outcome = torch.tensor(a_r, dtype=torch.float64)[:, None] * mask.double()
+    assert (outcome.double() - want_outcome).abs().max().item() < 1e-5
+    adv, _ = add_kd_advantage(outcome, mask, labels, ls, ll, kd_coef=0.3, kd_credit=credit, kd_clamp=4.0)
+    want = ref_advantage(rewards, mask, labels, ls, ll, 0.3, credit, 4.0, 1e-6, True, task_reward)
+    assert (adv.double() - want).abs().max().item() < 1e-4
+    assert want.abs().max().item() > 0.1
 
 
 def test_registered_estimator_applies_schedule_and_task_reward():
@@ -297,28 +306,30 @@ def test_registered_estimator_applies_schedule_and_task_reward():
 def test_registered_estimator_errors_name_what_is_missing():
     rewards, mask, labels, ls, ll = make_batch(0)
     fn = get_adv_estimator_fn("codistill")
-    with pytest.raises(ValueError, match="needs keyword tensors small_log_probs"):
-        fn(rewards, mask, labels, config={"codistill": {}})
+    with pytest.raises(ValueError, match="needs both keyword tensors small_log_probs"):
+        fn(rewards, mask, labels, config={"codistill": {}}, small_log_probs=ls)
     with pytest.raises(ValueError, match=r"needs algorithm.codistill in the algorithm config"):
         fn(rewards, mask, labels, config={"adv_estimator": "grpo"}, small_log_probs=ls, large_log_probs=ll)
 
 
-def test_registration_idempotent_via_verl_external_modules_and_reload():
-    # a subprocess: importing through VERL_USE_EXTERNAL_MODULES, then importing and reloading again
+def test_registration_by_plugin_entry_point_and_idempotent_reload():
+    """A fresh process: `import verl` alone loads the recipe's verl.plugins entry point (pyproject.toml),
+    which registers both names; importing and reloading the modules again does not raise."""
     code = (
         "import importlib, verl\n"
-        "from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn\n"
+        "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY\n"
+        "assert 'codistill' in ADV_ESTIMATOR_REGISTRY and 'codistill_teacher' in POLICY_LOSS_REGISTRY\n"
+        "import sys; assert 'recipe.codistill_grpo.plugin' in sys.modules\n"
         "import verl_ext.codistill as c\n"
-        "importlib.reload(c)\n"
         "importlib.reload(importlib.import_module('verl_ext.codistill.advantage'))\n"
         "importlib.reload(c)\n"
         "import verl_ext.codistill.advantage as a\n"
-        "assert get_adv_estimator_fn('codistill') is a.compute_codistill_advantage_from_config\n"
-        "assert get_adv_estimator_fn('codistill') is c.compute_codistill_advantage_from_config\n"
-        "assert get_policy_loss_fn('codistill_teacher') is c.codistill_teacher_policy_loss\n"
+        "assert ADV_ESTIMATOR_REGISTRY['codistill'] is a.compute_codistill_advantage_from_config\n"
+        "assert POLICY_LOSS_REGISTRY['codistill_teacher'] is c.codistill_teacher_policy_loss\n"
+        "assert 'recipe.codistill_grpo.cpu.platform' not in sys.modules  # the CPU shim only with VERL_PLATFORM=cpu\n"
         "print('registered')\n"
     )
-    env = dict(os.environ, VERL_USE_EXTERNAL_MODULES="verl_ext.codistill")
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "registered" in out.stdout

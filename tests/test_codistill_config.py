@@ -16,8 +16,10 @@ def test_defaults_follow_algorithm_md():
     assert cfg.kd == KDConfig(
         coef=1.0, credit="token", clamp=10.0, coef_schedule="constant", coef_final=0.0, decay_steps=0
     )
-    assert cfg.is_ == ISConfig(level="token", mode="truncate", threshold=2.0, self_normalize=False)
-    assert cfg.large == LargeConfig(enable=True, train=True, advantage="grpo")
+    assert cfg.is_ == ISConfig(level="token", mode="truncate", threshold=2.0, self_normalize=False, behavior="fsdp")
+    assert cfg.large == LargeConfig(
+        enable=True, train=True, advantage="grpo", placement="colocate", nnodes=1, n_gpus_per_node=8, skip_zero_grad=True
+    )
     assert cfg.task_reward is True
     assert CoDistillConfig.from_dict(None) == cfg
 
@@ -25,16 +27,19 @@ def test_defaults_follow_algorithm_md():
 def test_contract_yaml_block_from_dictconfig():
     yaml = """
     kd: {coef: 0.5, credit: sequence, clamp: 5.0, coef_schedule: linear, coef_final: 0.1, decay_steps: 10}
-    is: {level: geo_mean, mode: mask, threshold: 3, self_normalize: true}
-    large: {enable: true, train: false, advantage: is_baseline}
+    is: {level: geo_mean, mode: mask, threshold: 3, self_normalize: true, behavior: rollout}
+    large: {enable: true, train: false, advantage: is_baseline, placement: separate, nnodes: 2, n_gpus_per_node: 4}
     task_reward: false
     """
     cfg = CoDistillConfig.from_dict(OmegaConf.create(yaml))
-    assert cfg.kd == KDConfig(0.5, "sequence", 5.0, "linear", 0.1, 10)
-    assert cfg.is_ == ISConfig("geo_mean", "mask", 3.0, True)
-    assert cfg.large == LargeConfig(True, False, "is_baseline")
+    assert cfg.kd == KDConfig(coef=0.5, credit="sequence", clamp=5.0, coef_schedule="linear", coef_final=0.1, decay_steps=10)
+    assert cfg.is_ == ISConfig(level="geo_mean", mode="mask", threshold=3.0, self_normalize=True, behavior="rollout")
+    assert cfg.large == LargeConfig(enable=True, train=False, advantage="is_baseline", placement="separate", nnodes=2,
+                                    n_gpus_per_node=4)
     assert cfg.task_reward is False
-    assert cfg.to_dict()["is"] == {"level": "geo_mean", "mode": "mask", "threshold": 3.0, "self_normalize": True}
+    assert cfg.to_dict()["is"] == {
+        "level": "geo_mean", "mode": "mask", "threshold": 3.0, "self_normalize": True, "behavior": "rollout"
+    }
     assert CoDistillConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -52,7 +57,8 @@ ERRORS = [
     ({"is": {"mode": "mask", "threshold": 0.5}}, f"{P}.is.threshold=0.5 must be >= 1 when {P}.is.mode='mask'"),
     ({"is": {"threshold": "2"}}, f"{P}.is.threshold='2' must be a number"),
     ({"is": {"self_normalize": "yes"}}, f"{P}.is.self_normalize='yes' must be a bool (true or false)"),
-    ({"is": {"lvl": "token"}}, f"{P}.is.lvl is not a known key; allowed keys: ['level', 'mode', 'self_normalize', 'threshold']"),
+    ({"is": {"lvl": "token"}}, f"{P}.is.lvl is not a known key; allowed keys: ['behavior', 'level', 'mode', 'self_normalize', 'threshold']"),
+    ({"is": {"behavior": "vllm"}}, f"{P}.is.behavior='vllm' not in ['fsdp', 'rollout']"),
     ({"kd": {"clamp": 0.0}}, f"{P}.kd.clamp=0.0 must be a finite number > 0"),
     ({"kd": {"clamp": -3}}, f"{P}.kd.clamp=-3.0 must be a finite number > 0"),
     ({"kd": {"clamp": float("inf")}}, f"{P}.kd.clamp=inf must be a finite number > 0"),
@@ -69,7 +75,11 @@ ERRORS = [
     ({"large": {"advantage": "gae"}}, f"{P}.large.advantage='gae' not in ['grpo', 'is_baseline']"),
     ({"large": {"enable": 1}}, f"{P}.large.enable=1 must be a bool (true or false)"),
     ({"large": {"train": None}}, f"{P}.large.train=None must be a bool (true or false)"),
-    ({"large": {"path": "x"}}, f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'train']"),
+    ({"large": {"path": "x"}}, f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'n_gpus_per_node', 'nnodes', 'placement', 'skip_zero_grad', 'train']"),
+    ({"large": {"placement": "remote"}}, f"{P}.large.placement='remote' not in ['colocate', 'separate']"),
+    ({"large": {"nnodes": 0}}, f"{P}.large.nnodes=0 must be an int >= 1"),
+    ({"large": {"n_gpus_per_node": 2.5}}, f"{P}.large.n_gpus_per_node=2.5 must be an int >= 1"),
+    ({"large": {"skip_zero_grad": "yes"}}, f"{P}.large.skip_zero_grad='yes' must be a bool (true or false)"),
     ({"task_reward": "false"}, f"{P}.task_reward='false' must be a bool (true or false)"),
     ({"kd_coef": 1.0}, f"{P}.kd_coef is not a known key; allowed keys: ['is', 'kd', 'large', 'task_reward']"),
     ({"is": "token"}, f"{P}.is='token' must be a mapping"),
@@ -122,3 +132,25 @@ def test_kd_coef_at_rejects_bad_step_and_bad_mapping():
         kd_coef_at(1.5, KDConfig())
     with pytest.raises(ValueError, match=re.escape(f"{P}.kd.coef_schedule='step' not in ['constant', 'linear']")):
         kd_coef_at(0, {"coef_schedule": "step"})
+
+
+def test_schema_is_the_recipe_configs_node():
+    """The composed config's algorithm.codistill holds every schema key with its default (written once)."""
+    from recipe.codistill_grpo.configuration import compose_config
+
+    node = OmegaConf.to_container(compose_config("qwen2.5-math-1.5b_7b", "codistill").algorithm.codistill)
+    assert node == {
+        "kd": {"coef": 1.0, "credit": "token", "clamp": 10.0, "coef_schedule": "constant", "coef_final": 0.0, "decay_steps": 0},
+        "is": {"level": "token", "mode": "truncate", "threshold": 2.0, "self_normalize": False, "behavior": "fsdp"},
+        "large": {"enable": True, "train": True, "advantage": "grpo", "placement": "colocate", "nnodes": 1,
+                  "n_gpus_per_node": 8, "skip_zero_grad": True},
+        "task_reward": True,
+    }
+
+
+def test_config_objects_are_frozen_like_verls():
+    from dataclasses import FrozenInstanceError
+
+    cfg = CoDistillConfig.from_dict({})
+    with pytest.raises(FrozenInstanceError):
+        cfg.kd.coef = 2.0
