@@ -122,7 +122,8 @@ def _nearest(values: Iterable[float], target: float) -> float:
 
 
 def _rows(phases: Phases, model: str, phase: str) -> list[dict]:
-    return [r for r in phases.rows if r.get("model") == model and r.get("phase") == phase and not r.get("skipped")]
+    return [r for r in phases.rows if r.get("model") == model and r.get("phase") == phase
+            and not r.get("skipped") and not r.get("error")]  # bench_gpu_phases.py's skipped / OOM rows
 
 
 def _missing(phases: Phases, model: str, what: str) -> ValueError:
@@ -539,6 +540,8 @@ def format_report(phases: Phases, s: Settings, lines: list[Line], baseline: Sett
 
 def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
     """The project's resolved config (imported here only: the rest of this module needs no config module)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
