@@ -518,8 +518,12 @@ def format_report(phases: Phases, s: Settings, lines: list[Line], baseline: Sett
     per_model = {r: sum(v for (_, role), v in cost.items() if role == r) for r in ROLE_ORDER}
     out.append("per model: " + ", ".join(f"{r} {v:.1f} GPU-s ({v / tot:.1%})" for r, v in per_model.items() if v))
     share = large_share(cost)
-    note = "; it also generates here" if s.generator == "large" else ""
-    out.append(f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = {share / tot:.1%} of the step")
+    if any(role == "large" for _, role in cost):
+        note = "; it also generates here" if s.generator == "large" else ""
+        out.append(f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = "
+                   f"{share / tot:.1%} of the step")
+    else:
+        out.append("large model: not loaded in this experiment")
     if baseline_lines is not None:
         btot = sum(ln.seconds for ln in baseline_lines)
         out.append(f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: "
