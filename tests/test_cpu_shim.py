@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recipe.codistill_grpo.cpu.platform import PlatformCPU, normalize_backend
-from recipe.codistill_grpo.cpu.toy_reward import compute_score
+from tests.toy_reward import compute_score
 
 
 def test_cpu_platform_registered():

@@ -1,174 +1,257 @@
-"""Start-up checks, config plumbing and the trainer's advantage pass: fast, no Ray, no model training.
+"""Start-up checks, the large worker's config and the trainer's advantage pass: fast, no Ray, no training.
 
-Bad configs must fail before Ray starts or a model loads, with one clear line. Expected values are
-computed here independently (loops), or are verl's own GRPO function for the baseline equivalence.
+Bad configs must fail before Ray starts or a model loads, with one line naming the key and the
+values. Expected values are computed here independently (loops), or are verl's own GRPO function
+for the baseline equivalence.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recipe.codistill_grpo.cpu.overrides import cpu_env, cpu_overrides
-from recipe.codistill_grpo.trainer import build_large_worker_config, validate_codistill_config
+from recipe.codistill_grpo.configuration import (
+    ConfigError,
+    build_large_worker_config,
+    check_allocation,
+    check_config,
+    compose_config,
+    resolved,
+    skip_small_zero_grad,
+)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipe" / "codistill_grpo" / "config"
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="codistill", overrides=overrides)
-
-
-@pytest.fixture()
-def base_overrides(tiny_pair, tiny_data, tmp_path) -> list[str]:
-    return cpu_overrides(
-        small=tiny_pair["small"], large=tiny_pair["large"], train=tiny_data["train"], val=tiny_data["test"],
-        out_dir=str(tmp_path), steps=2,
-    )
+PAIR = "qwen2.5-math-1.5b_7b"
 
 
-def _error(overrides: list[str]) -> str:
-    cfg = compose_config(overrides)
-    with pytest.raises(ValueError) as err:
-        validate_codistill_config(cfg)
+def cpu_config(overrides=(), exp="codistill", pair=PAIR):
+    """The pair x experiment with the CPU substitutions (the tiny pair), as the CPU smoke run composes it."""
+    return compose_config(pair, exp, list(overrides), platform="cpu")
+
+
+def _error(overrides, exp="codistill") -> str:
+    with pytest.raises(ConfigError) as err:
+        check_config(cpu_config(overrides, exp=exp))
     msg = str(err.value)
     assert "\n" not in msg, f"not one line: {msg!r}"
     return msg
 
 
-# ------------------------------------------------------------------------------------------ good config
+# ------------------------------------------------------------------------------------------ good configs
 
 
-def test_default_cpu_config_passes(base_overrides):
-    cfg = compose_config(base_overrides)
-    validate_codistill_config(cfg)  # no exception
-    assert cfg.algorithm.adv_estimator == "grpo"
-    assert cfg.algorithm.codistill.kd.coef == 1.0 and cfg.algorithm.codistill["is"].level == "token"
-    assert cfg.reward.custom_reward_function.path.endswith("cpu/toy_reward.py")
-
-
-def test_recipe_default_reward_is_the_math_reward():
-    cfg = compose_config(["actor_rollout_ref.model.path=/x", "large_actor.model.path=/y"])
+def test_cpu_config_passes_and_keeps_the_real_reward():
+    plan = check_config(cpu_config())
+    cfg = plan.config
+    assert cfg.algorithm.adv_estimator == "codistill"
+    assert plan.codistill.kd.coef == 1.0 and plan.codistill.is_.level == "token"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_ext.reward.math_reward"
     from verl.utils.import_utils import load_extern_object
     from verl_ext.reward.math_reward import compute_score
 
     assert load_extern_object(cfg.reward.custom_reward_function.path, "compute_score") is compute_score
-    assert cfg.reward.custom_reward_function.name == "compute_score"
-    assert cfg.trainer.use_v1 is False
+    assert cfg.trainer.use_v1 is False and "file" in cfg.trainer.logger
 
 
 # ------------------------------------------------------------------------------------------ bad configs
 
 
-def test_tokenizer_mismatch(base_overrides, tiny_pair, tmp_path):
-    from transformers import AutoTokenizer
-
-    other = tmp_path / "large_other_tok"
-    shutil.copytree(tiny_pair["large"], other)
-    tok = AutoTokenizer.from_pretrained(other)
-    tok.add_tokens(["<|not_in_small|>"])
-    tok.save_pretrained(other)
-    msg = _error(base_overrides + [f"large_actor.model.path={other}"])
-    assert "tokenizers differ" in msg and str(other) in msg and "<|not_in_small|>" in msg
+def test_group_size_one():
+    assert _error(["actor_rollout_ref.rollout.n=1"]).startswith("actor_rollout_ref.rollout.n=1 must be >= 2")
 
 
-def test_missing_large_model_path(base_overrides):
-    msg = _error(base_overrides + ["large_actor.model.path=???"])
-    assert msg.startswith("large_actor.model.path is missing")
-    msg = _error(base_overrides + ["large_actor.model.path=/nonexistent/large_model"])
-    assert msg == "large_actor.model.path='/nonexistent/large_model' does not exist"
+def test_verls_grpo_estimator_is_refused_with_the_recipe_alternative():
+    msg = _error(["algorithm.adv_estimator=grpo"])
+    assert msg.startswith("algorithm.adv_estimator='grpo' must be 'codistill'") and "exp=grpo_small" in msg
 
 
-def test_rollout_n_one(base_overrides):
-    msg = _error(base_overrides + ["actor_rollout_ref.rollout.n=1"])
-    assert msg.startswith("actor_rollout_ref.rollout.n=1 must be >= 2")
+def test_logger_without_file_is_refused():
+    assert _error(["trainer.logger=[console]"]) == (
+        "trainer.logger=['console'] must include 'file' (it writes the run's metrics.jsonl)"
+    )
 
 
-def test_batch_not_divisible_by_dp(base_overrides):
-    # 4 prompts x 4 samples = 16 rows over 3 data-parallel ranks
-    msg = _error(base_overrides + ["trainer.n_gpus_per_node=3"])
-    assert msg == "data.train_batch_size * rollout.n = 16 is not divisible by the small actor's data-parallel size 3"
+def test_unknown_is_level():
+    assert _error(["algorithm.codistill.is.level=foo"]) == "algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+
+
+def test_kd_without_large_model():
+    msg = _error(["algorithm.codistill.large.enable=false"])
+    assert msg.startswith("algorithm.codistill.kd.coef=1.0 must be 0 when algorithm.codistill.large.enable=false")
+
+
+def test_batch_not_divisible_by_the_data_parallel_size():
+    # 4 prompts x 4 samples = 16 responses over 3 ranks
+    assert _error(["trainer.n_gpus_per_node=3"]) == (
+        "data.train_batch_size * rollout.n = 4 * 4 = 16 responses is not divisible by the small actor's "
+        "data-parallel size 3 (3 GPU(s) / sequence-parallel 1)"
+    )
     # the large model on its own pool of 3 ranks
-    msg = _error(base_overrides + ["large_actor.placement=separate", "large_actor.n_gpus_per_node=3"])
-    assert msg == "data.train_batch_size * rollout.n = 16 is not divisible by the large actor's data-parallel size 3"
+    msg = _error(["algorithm.codistill.large.placement=separate", "algorithm.codistill.large.n_gpus_per_node=3"])
+    assert msg == (
+        "data.train_batch_size * rollout.n = 4 * 4 = 16 responses is not divisible by the large actor's "
+        "data-parallel size 3 (3 GPU(s) / sequence-parallel 1)"
+    )
 
 
-def test_unknown_is_level(base_overrides):
-    msg = _error(base_overrides + ["algorithm.codistill.is.level=foo"])
-    assert msg == "algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+def test_train_batch_not_a_multiple_of_the_mini_batch():
+    assert _error(["data.train_batch_size=6"]) == (
+        "data.train_batch_size=6 is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size=4 "
+        "(both count prompts; each prompt has actor_rollout_ref.rollout.n=4 responses)"
+    )
+    assert _error(["actor_rollout_ref.actor.ppo_mini_batch_size=8"]).startswith(
+        "data.train_batch_size=4 is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size=8"
+    )
 
 
-def test_kd_without_large_model(base_overrides):
-    msg = _error(base_overrides + ["algorithm.codistill.large.enable=false"])
-    assert msg.startswith("algorithm.codistill.kd.coef=1.0") and "large" in msg
+def test_mini_batch_not_divisible_by_the_data_parallel_size():
+    # 4 prompts, mini-batch 2 prompts x 3 samples = 6 responses over 4 ranks; the batch (12) divides
+    msg = _error(["trainer.n_gpus_per_node=4", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                  "actor_rollout_ref.rollout.n=3"])
+    assert msg == (
+        "actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n = 2 * 3 = 6 responses is not divisible by the "
+        "small actor's data-parallel size 4 (4 GPU(s) / sequence-parallel 1)"
+    )
 
 
-def test_entry_point_fails_before_ray(base_overrides):
-    """Through the real entry point: one line on stderr, exit status 1, Ray never started."""
-    start = time.perf_counter()
+def test_the_large_models_own_values_are_checked():
+    """Mini-batch and sequence-parallel size of the large model, not the small model's."""
+    assert _error(["+large_actor.actor.ppo_mini_batch_size=3"]) == (
+        "data.train_batch_size=4 is not a multiple of large_actor.actor.ppo_mini_batch_size=3 "
+        "(both count prompts; each prompt has actor_rollout_ref.rollout.n=4 responses)"
+    )
+    assert _error(["trainer.n_gpus_per_node=4", "+large_actor.actor.ulysses_sequence_parallel_size=3"]) == (
+        "large_actor.actor.ulysses_sequence_parallel_size=3: the large actor's 4 GPU(s) are not divisible by its "
+        "sequence-parallel size"
+    )
+    # the same values on the small model are fine: the checks read each model's own
+    check_config(cpu_config(["+large_actor.actor.ppo_mini_batch_size=2"]))
+
+
+def test_large_kl_loss_is_refused_not_switched_off():
+    assert _error(["+large_actor.actor.use_kl_loss=true"]) == (
+        "large_actor.actor.use_kl_loss=true is not supported: the large model trains without a KL-to-reference "
+        "loss (no reference copy of it is loaded); set it to false"
+    )
+
+
+def test_zero_grad_skip_refused_where_it_cannot_be_exact():
+    msg = _error(["+large_actor.actor.entropy_coeff=0.01"])
+    assert msg.startswith("algorithm.codistill.large.skip_zero_grad=true cannot be exact with "
+                          "large_actor.actor.entropy_coeff=0.01")
+    assert msg.endswith("set algorithm.codistill.large.skip_zero_grad=false")
+    assert "loss_agg_mode='seq-mean-token-sum-norm'" in _error(["+large_actor.actor.loss_agg_mode=seq-mean-token-sum-norm"])
+    # without the skip the same configs run
+    check_config(cpu_config(["+large_actor.actor.entropy_coeff=0.01", "algorithm.codistill.large.skip_zero_grad=false"]))
+    # the small actor skips only where exact: the GRPO baselines (no KD term), no entropy bonus or KL loss
+    assert skip_small_zero_grad(check_config(cpu_config(exp="grpo_small"))) is True
+    assert skip_small_zero_grad(check_config(cpu_config())) is False
+    assert skip_small_zero_grad(check_config(cpu_config(["actor_rollout_ref.actor.entropy_coeff=0.01"], exp="grpo_small"))) is False
+
+
+def test_rollout_behavior_needs_the_rollouts_log_probs():
+    assert _error(["algorithm.codistill.is.behavior=rollout", "actor_rollout_ref.rollout.calculate_log_probs=false"]) == (
+        "algorithm.codistill.is.behavior='rollout' needs the rollout's log-probs: set "
+        "actor_rollout_ref.rollout.calculate_log_probs=true"
+    )
+
+
+def test_allocation_must_fit():
+    plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2"]))
+    check_allocation(plan, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "h100:2"})
+    with pytest.raises(ConfigError, match=r"^the run needs 2 node\(s\) \(trainer.nnodes=2\) but the allocation has 1$"):
+        check_allocation(plan, {"SLURM_JOB_NUM_NODES": "1"})
+    with pytest.raises(ConfigError, match=r"^trainer.n_gpus_per_node=2 but the allocation has 1 GPU\(s\) per node$"):
+        check_allocation(plan, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "1"})
+    separate = check_config(cpu_config(["algorithm.codistill.large.placement=separate", "algorithm.codistill.large.nnodes=1",
+                                        "algorithm.codistill.large.n_gpus_per_node=1"]))
+    with pytest.raises(ConfigError, match=r"needs 2 node\(s\) \(trainer.nnodes=1 \+ algorithm.codistill.large.nnodes=1"):
+        check_allocation(separate, {"SLURM_JOB_NUM_NODES": "1"})
+    check_allocation(plan, {})  # not in an allocation: nothing to check
+
+
+def test_entry_point_fails_before_ray_with_one_line():
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *base_overrides, "algorithm.codistill.is.level=foo"],
-        env={**os.environ, **cpu_env()}, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", "algorithm.codistill.is.level=foo"],
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == "codistill: algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+    assert proc.stderr.strip().splitlines()[-1] == "codistill: algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
     assert "ray init kwargs" not in proc.stdout + proc.stderr
-    print(f"bad-config exit after {time.perf_counter() - start:.1f}s")
 
 
-# ------------------------------------------------------------------------------------------ large worker config
+def test_group_options_are_names_not_paths():
+    """hydra would load exp=../pair/<file> from outside configs/exp; the entry point refuses it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"exp=../pair/{PAIR}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"codistill: unknown exp '../pair/{PAIR}'; available: codistill, frozen_teacher, grpo_large, grpo_small, kd_only, no_is"
+    )
+    with pytest.raises(ConfigError, match="unknown pair 'gpt'; available: llama-3.2-1b_3.1-8b, qwen2.5-math-1.5b_7b"):
+        compose_config("gpt", "codistill")
 
 
-def test_large_worker_config_merge(base_overrides, tiny_pair):
-    cfg = compose_config(base_overrides + ["large_actor.actor.optim.lr=3e-5", "large_actor.log_prob_micro_batch_size_per_gpu=2"])
-    OmegaConf.resolve(cfg)
-    merged = build_large_worker_config(cfg, frozen=False)
-    assert merged.model.path == tiny_pair["large"]
-    assert merged.actor.optim.lr == 3e-5
+# ------------------------------------------------------------------------------------------ the large worker's config
+
+
+def test_large_worker_config_merge():
+    cfg = cpu_config(["large_actor.actor.optim.lr=3e-5", "pair.large.log_prob_micro_batch_size_per_gpu=2"])
+    merged = build_large_worker_config(cfg)
+    small = resolved(cfg).actor_rollout_ref
+    assert merged.model.path.endswith("tiny/models/large") and small.model.path.endswith("tiny/models/small")
+    assert merged.actor.optim.lr == 3e-5 and small.actor.optim.lr == resolved(cfg).pair.small.actor.optim.lr
     assert merged.rollout.log_prob_micro_batch_size_per_gpu == 2
     assert merged.actor.policy_loss.loss_mode == "codistill_teacher"
-    assert merged.actor.use_kl_loss is False
-    assert "placement" not in merged and "n_gpus_per_node" not in merged
-    # the small model's config is untouched
-    assert cfg.actor_rollout_ref.model.path == tiny_pair["small"]
-    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "vanilla"
+    assert small.actor.policy_loss.loss_mode == "vanilla"
+    # the frozen teacher's forward-only engine uses the large model's own strategy and micro-batch
+    frozen = build_large_worker_config(cfg, frozen=True)
+    assert frozen.ref.strategy == "fsdp2" and frozen.ref.log_prob_micro_batch_size_per_gpu == 2
+
+
+def test_large_worker_config_rederives_verls_derived_keys():
+    """Dynamic batch sizes and a token budget on the large model only reach its log-prob pass."""
+    cfg = cpu_config(["+large_actor.actor.use_dynamic_bsz=true", "+large_actor.actor.ppo_max_token_len_per_gpu=12345"])
+    merged = build_large_worker_config(cfg)
+    assert merged.actor.use_dynamic_bsz is True
+    assert merged.rollout.log_prob_use_dynamic_bsz is True  # verl's init_model asserts these are equal
+    assert merged.rollout.log_prob_max_token_len_per_gpu == 12345
+    assert merged.ref.log_prob_use_dynamic_bsz is True
+    small = resolved(cfg).actor_rollout_ref
+    assert small.rollout.log_prob_use_dynamic_bsz is False and small.rollout.log_prob_max_token_len_per_gpu == 16384
+    check_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------ advantage pass
 
 
-def _trainer_stub(codistill: dict, norm: bool = True):
-    from verl_ext.codistill.config import CoDistillConfig
-
+def _trainer_stub(codistill: dict, norm: bool = True, step: int = 1):
     from recipe.codistill_grpo.trainer import CoDistillTrainer
+    from verl_ext.codistill.config import CoDistillConfig
 
     trainer = CoDistillTrainer.__new__(CoDistillTrainer)
     trainer.cd = CoDistillConfig.from_dict(codistill)
-    trainer.config = OmegaConf.create({"algorithm": {"norm_adv_by_std_in_grpo": norm}})
-    trainer.global_steps = 1
+    trainer.config = OmegaConf.create({"algorithm": {"norm_adv_by_std_in_grpo": norm, "codistill": codistill}})
+    trainer.global_steps = step
     return trainer
 
 
-def _batch(seed: int = 0, groups: int = 3, g: int = 4, T: int = 7):
+def _batch(codistill: dict, seed: int = 0, groups: int = 3, g: int = 4, T: int = 7):
+    """A shuffled batch after verl's own advantage pass (adv_estimator=codistill: the outcome part)."""
     from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
 
     gen = torch.Generator().manual_seed(seed)
     bs = groups * g
-    mask = torch.ones(bs, T)
     lengths = torch.randint(1, T + 1, (bs,), generator=gen)
     mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
     rewards = torch.zeros(bs, T)
@@ -176,80 +259,86 @@ def _batch(seed: int = 0, groups: int = 3, g: int = 4, T: int = 7):
     rewards[torch.arange(bs), lengths - 1] = scores
     ls = -torch.rand(bs, T, generator=gen) * 3
     ll = -torch.rand(bs, T, generator=gen) * 3
+    rollout = ls + 0.05 * torch.randn(bs, T, generator=gen)
     uid = np.array([f"p{i // g}" for i in range(bs)], dtype=object)
     perm = torch.randperm(bs, generator=gen)
     data = DataProto.from_dict(
         tensors={
-            "token_level_rewards": rewards[perm], "response_mask": mask[perm],
-            "old_log_probs": ls[perm] * mask[perm], "large_old_log_probs": ll[perm] * mask[perm],
-            "advantages": torch.zeros(bs, T),
+            "token_level_rewards": rewards[perm], "response_mask": mask[perm], "old_log_probs": ls[perm] * mask[perm],
+            "large_old_log_probs": ll[perm] * mask[perm], "rollout_log_probs": rollout[perm] * mask[perm],
         },
         non_tensors={"uid": uid[perm.numpy()]},
     )
-    return data
+    algo = OmegaConf.create({"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": True, "codistill": codistill})
+    return compute_advantage(data, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo)
+
+
+def _loop_grpo(batch) -> list[float]:
+    scores = batch.batch["token_level_rewards"].sum(-1).tolist()
+    uids = list(batch.non_tensor_batch["uid"])
+    out = []
+    for i, u in enumerate(uids):
+        grp = [scores[j] for j in range(len(uids)) if uids[j] == u]
+        mean = sum(grp) / len(grp)
+        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (len(grp) - 1))
+        out.append((scores[i] - mean) / (std + 1e-6))
+    return out
 
 
 def test_kd_coef_zero_reproduces_verls_grpo():
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-    trainer = _trainer_stub({"kd": {"coef": 0.0}})
-    batch = _batch()
+    cd = {"kd": {"coef": 0.0}}
+    batch = _batch(cd)
     ref, _ = compute_grpo_outcome_advantage(
         batch.batch["token_level_rewards"], batch.batch["response_mask"], batch.non_tensor_batch["uid"],
         norm_adv_by_std_in_grpo=True,
     )
-    trainer._codistill_advantages(batch)
+    _trainer_stub(cd)._codistill_advantages(batch)
     assert (batch.batch["advantages"] - ref).abs().max().item() <= 1e-6
     assert ref.abs().max().item() > 0.1  # not a degenerate batch
 
 
-def test_advantage_pass_fields_against_loops():
-    """A_s, w (token/truncate/C=2) and A_l (grpo) against per-sample, per-token loops."""
-    trainer = _trainer_stub({"kd": {"coef": 0.5, "clamp": 1.0}})
-    batch = _batch(seed=3)
-    metrics = trainer._codistill_advantages(batch)
+@pytest.mark.parametrize("behavior", ["fsdp", "rollout"])
+def test_advantage_pass_fields_against_loops(behavior):
+    """A_s, w (token/truncate/C=2, sampler by is.behavior) and A_l (grpo) against per-sample, per-token loops."""
+    cd = {"kd": {"coef": 0.5, "clamp": 1.0}, "is": {"behavior": behavior}}
+    batch = _batch(cd, seed=3)
+    metrics = _trainer_stub(cd)._codistill_advantages(batch)
     b = batch.batch
-    scores = b["token_level_rewards"].sum(-1).tolist()
-    uids = list(batch.non_tensor_batch["uid"])
-    a_r = []
-    for i, u in enumerate(uids):
-        grp = [scores[j] for j in range(len(uids)) if uids[j] == u]
-        mean = sum(grp) / len(grp)
-        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (len(grp) - 1))
-        a_r.append((scores[i] - mean) / (std + 1e-6))
+    a_r = _loop_grpo(batch)
+    sampler = b["rollout_log_probs"] if behavior == "rollout" else b["old_log_probs"]
     bs, T = b["response_mask"].shape
     for i in range(bs):
         for t in range(T):
             m = b["response_mask"][i, t].item()
             gap = b["large_old_log_probs"][i, t].item() - b["old_log_probs"][i, t].item()
-            want = (a_r[i] + 0.5 * min(max(gap, -1.0), 1.0)) * m
+            want = (a_r[i] + 0.5 * min(max(gap, -1.0), 1.0)) * m  # the KD reward always uses ls
             assert abs(b["advantages"][i, t].item() - want) < 1e-5
-            assert abs(b["large_is_weights"][i, t].item() - min(math.exp(gap), 2.0) * m) < 1e-5
+            log_w = b["large_old_log_probs"][i, t].item() - sampler[i, t].item()
+            assert abs(b["large_is_weights"][i, t].item() - min(math.exp(log_w), 2.0) * m) < 1e-5
             assert abs(b["large_advantages"][i, t].item() - a_r[i] * m) < 1e-5
     assert metrics["small/kd_coef"] == 0.5
     assert 0.0 < metrics["large/is_ess"] <= 1.0
 
 
 def test_frozen_teacher_adds_no_large_training_fields():
-    trainer = _trainer_stub({"large": {"train": False}})
-    batch = _batch()
-    metrics = trainer._codistill_advantages(batch)
+    cd = {"large": {"train": False}}
+    batch = _batch(cd)
+    metrics = _trainer_stub(cd)._codistill_advantages(batch)
     assert "large_is_weights" not in batch.batch.keys() and "large_advantages" not in batch.batch.keys()
     assert "large/is_ess" in metrics
 
 
 def test_modes_kd_only_no_is_and_schedule():
     """task_reward=false: A_s = beta*d*m; is.mode=none: w = m; linear schedule: beta at 0-based step 2."""
-    trainer = _trainer_stub(
-        {
-            "kd": {"coef": 1.0, "coef_schedule": "linear", "coef_final": 0.0, "decay_steps": 4, "clamp": 10.0},
-            "is": {"mode": "none"},
-            "task_reward": False,
-        }
-    )
-    trainer.global_steps = 3  # 1-based verl step 3 -> 0-based step 2 -> beta = 1 + (0 - 1) * 2/4
-    batch = _batch(seed=5)
-    metrics = trainer._codistill_advantages(batch)
+    cd = {
+        "kd": {"coef": 1.0, "coef_schedule": "linear", "coef_final": 0.0, "decay_steps": 4, "clamp": 10.0},
+        "is": {"mode": "none"},
+        "task_reward": False,
+    }
+    batch = _batch(cd, seed=5)
+    metrics = _trainer_stub(cd, step=3)._codistill_advantages(batch)  # 1-based step 3 -> beta = 1 - 2/4
     b = batch.batch
     assert metrics["small/kd_coef"] == 0.5
     bs, T = b["response_mask"].shape
@@ -261,35 +350,51 @@ def test_modes_kd_only_no_is_and_schedule():
             assert b["large_is_weights"][i, t].item() == m
 
 
+def test_non_finite_log_probs_stop_the_step_with_one_line(monkeypatch):
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    from recipe.codistill_grpo.trainer import CoDistillRunError
+
+    mask = torch.ones(2, 3)
+    lp = torch.tensor([[-1.0, float("nan"), -2.0], [float("-inf"), -1.0, -1.0]])
+    monkeypatch.setattr(
+        RayPPOTrainer, "_compute_old_log_prob",
+        lambda self, batch: (DataProto.from_dict(tensors={"old_log_probs": lp}), 0.0),
+    )
+    trainer = _trainer_stub({"kd": {"coef": 0.0}, "large": {"enable": False}}, step=7)
+    batch = DataProto.from_dict(tensors={"response_mask": mask})
+    with pytest.raises(CoDistillRunError) as err:
+        trainer._compute_old_log_prob(batch)
+    assert str(err.value).startswith("step 7: 2 non-finite log-probs from the small model (of 6 response tokens)")
+
+
+# ------------------------------------------------------------------------------------------ dry run, resume
+
+
 def test_dry_run_prints_plan_without_models():
     """A GPU config resolves on any machine: hub names are not read, nothing starts."""
-    args = [
-        "codistill_debug.dry_run=true", "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-1.5B",
-        "large_actor.model.path=Qwen/Qwen2.5-Math-7B", "large_actor.placement=separate",
-        "data.train_files=train.parquet", "data.val_files=test.parquet", "actor_rollout_ref.rollout.name=vllm",
-        "data.train_batch_size=128", "actor_rollout_ref.actor.ppo_mini_batch_size=32",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", f"pair={PAIR}", "exp=codistill",
+         "run.dry_run=true", "algorithm.codistill.large.placement=separate"],
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "codistill dry run (models not read, nothing started):" in out
-    assert "128 prompts x 8 samples = 1024 rows/step, mini-batch 256 rows" in out
+    assert "codistill: dry run (nothing started); the launch plan:" in out
+    assert "128 prompts x 8 samples = 1024 responses/step, mini-batch 512" in out
     assert "Qwen/Qwen2.5-Math-7B trained (codistill_teacher loss), pool large_pool: 1 node(s) x 8 GPU(s)" in out
+    assert "warning: small model Qwen/Qwen2.5-Math-1.5B is not a local dir and not in the HF cache" in out
     assert "ray init kwargs" not in out
 
 
 def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
     """The large checkpoint records its model's signature; resuming with another large model fails."""
-    import json
-
-    from recipe.codistill_grpo.trainer import LARGE_CKPT_DIR, LARGE_META_FILE, CoDistillTrainer, model_signature
+    from recipe.codistill_grpo.trainer import (
+        LARGE_CKPT_DIR, LARGE_META_FILE, CoDistillRunError, CoDistillTrainer, model_signature,
+    )
 
     trainer = CoDistillTrainer.__new__(CoDistillTrainer)
-    trainer.config = OmegaConf.create({"large_actor": {"model": {"path": tiny_pair["large"]}}})
     trainer.large_config = OmegaConf.create({"model": {"path": tiny_pair["large"]}})
     folder = tmp_path / "global_step_2"
     (folder / LARGE_CKPT_DIR).mkdir(parents=True)
@@ -299,7 +404,7 @@ def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
     assert trainer.check_large_checkpoint(str(folder)) == str(folder / LARGE_CKPT_DIR)
 
     meta.write_text(json.dumps({"model_path": tiny_pair["small"], "signature": model_signature(tiny_pair["small"])}))
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(CoDistillRunError) as err:
         trainer.check_large_checkpoint(str(folder))
     msg = str(err.value)
     assert "\n" not in msg

@@ -161,7 +161,7 @@ def _dp(gpus: int, sp: int, who: str, key: str) -> int:
 
 
 def _check_batches(config: DictConfig, actor_cfg: DictConfig, gpus: int, who: str, prefix: str) -> None:
-    """Batch, mini-batch and data-parallel size of one model, with the keys and values named."""
+    """Batch, mini-batch, sequence-parallel and data-parallel size of one model, keys and values named."""
     n = int(config.actor_rollout_ref.rollout.n)
     prompts = int(config.data.train_batch_size)
     mini = int(actor_cfg.ppo_mini_batch_size)
@@ -181,12 +181,6 @@ def _check_batches(config: DictConfig, actor_cfg: DictConfig, gpus: int, who: st
         raise ConfigError(
             f"{prefix}.ppo_mini_batch_size * rollout.n = {mini} * {n} = {mini * n} responses is not divisible by "
             f"the {who}'s data-parallel size {dp} ({gpus} GPU(s) / sequence-parallel {sp})"
-        )
-    micro = actor_cfg.get("ppo_micro_batch_size_per_gpu")
-    if not actor_cfg.get("use_dynamic_bsz", False) and micro and (mini * n // dp) % int(micro):
-        raise ConfigError(
-            f"{prefix}.ppo_micro_batch_size_per_gpu={micro} does not divide the {who}'s mini-batch per GPU "
-            f"{mini * n // dp} (ppo_mini_batch_size {mini} * rollout.n {n} / data-parallel {dp})"
         )
 
 
