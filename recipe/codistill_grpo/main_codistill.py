@@ -138,6 +138,11 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
     try:
         for group in configuration.GROUPS:
             configuration.check_choice(group, choices.get(group))
+        for group in ("pair", "exp"):
+            if config[group].name != choices[group]:
+                raise configuration.ConfigError(
+                    f"configs/{group}/{choices[group]}.yaml sets {group}.name={config[group].name!r}; it must be its file name"
+                )
         env = {k: str(v) for k, v in (OmegaConf.to_container(config.run.env, resolve=True) or {}).items()}
         os.environ.update(env)
         warnings.filterwarnings("ignore", category=UserWarning, module="verl.workers.engine")
@@ -185,29 +190,36 @@ def run(config: DictConfig) -> None:
     folder = plan.config.run.dir
     subs = []
     if plan.config.run.get("cpu_pair"):
-        gpu = configuration.compose_config(overrides=[*HydraConfig.get().overrides.task, "platform=gpu"])
-        subs = configuration.substitutions(plan.config, configuration.resolved(gpu))
+        # what configs/platform/cpu.yaml changes in this pair x experiment (the user's overrides aside)
+        pair, exp = plan.config.pair.name, plan.config.exp.name
+        subs = configuration.substitutions(
+            configuration.resolved(configuration.compose_config(pair, exp, platform="cpu")),
+            configuration.resolved(configuration.compose_config(pair, exp, platform="gpu")),
+        )
     try:
         notes: list[str] = []
-        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config)) as metrics, \
-                _teed(os.path.join(folder, "train.log")):
-            for line in notes + lines:
-                say(line)
-            if subs:
-                Path(folder, "cpu_substitutions.txt").write_text("\n".join(subs) + "\n")
-                say(f"CPU substitutions (configs/platform/cpu.yaml): {len(subs)} keys differ from platform=gpu, "
-                    f"listed in {folder}/cpu_substitutions.txt")
-            with open_dict(config):
-                if plan.data_report is not None and plan.data_report.drops:
-                    preflight.write_filtered(plan.data_report, Path(folder) / "data", config)
-                config.ray_kwargs.ray_init.runtime_env.env_vars = env
-            OmegaConf.save(configuration.resolved(config), os.path.join(folder, "config.yaml"))
-            say("\n  ".join(["launch plan:"] + configuration.launch_plan(plan)))
-            first = metrics.last_step
-            _run_ppo(config)
+        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config)) as metrics:
+            with _teed(os.path.join(folder, "train.log")):
+                for line in notes + lines:
+                    say(line)
+                if subs:
+                    Path(folder, "cpu_substitutions.txt").write_text("\n".join(subs) + "\n")
+                    say(f"CPU substitutions (configs/platform/cpu.yaml): {len(subs)} keys differ from platform=gpu, "
+                        f"listed in {folder}/cpu_substitutions.txt")
+                with open_dict(config):
+                    if plan.data_report is not None and plan.data_report.drops:
+                        preflight.write_filtered(plan.data_report, Path(folder) / "data", config)
+                    config.ray_kwargs.ray_init.runtime_env.env_vars = env
+                OmegaConf.save(configuration.resolved(config), os.path.join(folder, "config.yaml"))
+                say("\n  ".join(["launch plan:"] + configuration.launch_plan(plan)))
+                first = metrics.last_step
+                try:
+                    _run_ppo(config)
+                finally:
+                    metrics.stop()  # the last steps' lines go to train.log too
+                _summary(plan, first, metrics.last_step, metrics.rows_since(first))
     except RunFolderError as e:
         raise SystemExit(f"codistill: {e}") from None
-    _summary(plan, first, metrics.last_step, metrics.rows_since(first))
 
 
 def _run_ppo(config: DictConfig) -> None:

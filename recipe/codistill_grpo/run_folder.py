@@ -125,9 +125,11 @@ class MetricsAppender:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling and append what is left (idempotent)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
         self.sync()
 
 
