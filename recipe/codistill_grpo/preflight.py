@@ -172,10 +172,10 @@ def check_data(config: DictConfig, tokenizer=None) -> DataReport:
             report.drops[path] = missing
             report.lines.append(f"data {path}: dropping {len(missing)} of {len(frame)} rows without a ground truth")
         if tokenizer is not None:
-            lengths = [
-                len(tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True))
-                for p in frame[prompt_key]
-            ]
+            ids = tokenizer.apply_chat_template(
+                [list(p) for p in frame[prompt_key]], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            lengths = [len(x) for x in ids]
             over = sum(n > max_len for n in lengths)
             if over:
                 where = f"data file {path} ({split}): {over} of {len(frame)} prompts are longer than data.max_prompt_length={max_len}"
