@@ -538,6 +538,21 @@ def format_report(phases: Phases, s: Settings, lines: list[Line], baseline: Sett
     return "\n".join(out)
 
 
+def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | None = None) -> str:
+    """The estimate in one line (what the launcher's dry run prints)."""
+    by_phase: dict[str, float] = {}
+    for ln in lines:
+        by_phase[ln.phase] = by_phase.get(ln.phase, 0.0) + ln.seconds
+    tot = sum(by_phase.values())
+    gh = gpu_hours(s, tot)
+    parts = ", ".join(f"{phase.replace('_', '-')} {v:.1f}" for phase, v in by_phase.items())
+    out = (f"estimated cost: {tot:.1f} GPU-s/step ({parts}); {s.steps} steps = {gh:.1f} GPU-hours, "
+           f"{gh / s.gpus:.1f} h on {s.gpus} GPUs")
+    if baseline_lines is not None:
+        out += f"; {s.exp}/{BASELINE_EXP} = {tot / sum(ln.seconds for ln in baseline_lines):.3f}"
+    return out + " (scripts/cost_model.py, the shipped H200 figures; assumptions: run it without --line)"
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 
@@ -596,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"zero-advantage fraction for the {BASELINE_EXP} baseline (default: the experiment's)")
     ap.add_argument("--decode-batch", type=int, help=f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})")
     ap.add_argument("--steps", type=int, help="training steps (default trainer.total_training_steps)")
+    ap.add_argument("--line", action="store_true", help="print the estimate in one line")
     args = ap.parse_args(argv)
 
     if args.configs and overrides:
@@ -618,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise SystemExit(f"cost_model: {msg}") from None
-    print(format_report(phases, s, lines, baseline, baseline_lines))
+    print(format_line(s, lines, baseline_lines) if args.line else format_report(phases, s, lines, baseline, baseline_lines))
     return 0
 
 

@@ -95,7 +95,10 @@ sbatch_cmd=(sbatch --parsable --chdir="$root" --nodes="$nodes" --gpus-per-node="
 
 if [[ $dry_run -eq 1 ]]; then
   "${entry[@]}" run.dry_run=true
-  if [[ "$mode" != cpu-smoke ]]; then say "would submit: ${sbatch_cmd[*]}"; fi
+  if [[ "$mode" != cpu-smoke ]]; then
+    "$py" scripts/cost_model.py --pair "$pair" --exp "$exp" --line -- "${args[@]:2}" | sed 's/^/codistill: /' || true
+    say "would submit: ${sbatch_cmd[*]}"
+  fi
   say "dry run: nothing was run or submitted"
   exit 0
 fi

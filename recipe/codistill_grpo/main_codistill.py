@@ -51,58 +51,6 @@ def _needed_models(plan: configuration.RunPlan) -> tuple[str, ...]:
     return tuple(dict.fromkeys([plan.config.exp.generator, *(["large"] if plan.large is not None else [])]))
 
 
-def _check_files(plan: configuration.RunPlan, strict: bool) -> list[str]:
-    """Models, tokenizers and data (``strict=False``: a dry run, problems become 'warning:' lines)."""
-    cfg = plan.config
-    lines: list[str] = []
-    generator = str(cfg.exp.generator)
-    models = {generator: str(cfg.actor_rollout_ref.model.path)}
-    if plan.large is not None:
-        models["large"] = str(plan.large.model.path)
-    readable = {}
-    for role, path in models.items():
-        try:
-            where = preflight.check_model(path, role)
-            lines.append(f"{role} {path}: {where}")
-            readable[role] = where != "hub (downloaded at start-up)"
-        except preflight.PreflightError as e:
-            if strict:
-                raise
-            lines.append(f"warning: {e}")
-            readable[role] = False
-    tokenizer = None
-    if readable.get(generator):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(models[generator])
-    if tokenizer is not None and readable.get("large"):
-        from transformers import AutoTokenizer
-
-        from verl_ext.codistill.tokenizer_check import TokenizerMismatchError, assert_shared_tokenizer
-
-        large_tok = AutoTokenizer.from_pretrained(models["large"])
-        try:
-            assert_shared_tokenizer(tokenizer, large_tok)
-        except TokenizerMismatchError as e:
-            raise preflight.PreflightError(str(e)) from None
-        probe = [{"role": "user", "content": "What is 1 + 1?"}]
-        diff = preflight.template_difference(tokenizer, large_tok, probe)
-        if diff:
-            lines.append(
-                "warning: the two models' chat templates render the same prompt differently (the large model "
-                f"scores prompts in the small model's rendering): {diff}"
-            )
-    try:
-        report = preflight.check_data(cfg, tokenizer)
-        lines += report.lines
-        plan.data_report = report
-    except preflight.PreflightError as e:
-        if strict:
-            raise
-        lines.append(f"warning: {e}")
-    return lines
-
-
 class _Tee:
     """A text stream that also appends to the run's ``train.log`` (the console output, every attempt)."""
 
@@ -158,7 +106,9 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
 
             cpu_pair = plan.config.run.cpu_pair
             lines.append(ensure_cpu_pair(cpu_pair.kind, cpu_pair.dir, _needed_models(plan)))
-        lines += _check_files(plan, strict=not dry_run)
+        large_path = str(plan.large.model.path) if plan.large is not None else None
+        more, plan.data_report = preflight.check_files(plan.config, large_path, strict=not dry_run)
+        lines += more
     except (configuration.ConfigError, preflight.PreflightError) as e:
         raise SystemExit(f"codistill: {e}") from None
     return plan, env, lines
@@ -239,6 +189,26 @@ def _run_ppo(config: DictConfig) -> None:
         raise
 
 
+def check_group_arguments(argv: list[str]) -> None:
+    """``pair=``, ``exp=``, ``platform=`` on the command line must be names of configs/<group>/ files.
+
+    Checked before hydra composes (hydra would load ``exp=../pair/x`` from outside the folder, and
+    report an unknown option with a traceback hint); parsed with hydra's own override parser.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:
+        return  # not an override hydra accepts: hydra reports it
+    try:
+        for override in overrides:
+            if override.get_key_element() in configuration.GROUPS:
+                configuration.check_choice(override.get_key_element(), override.value())
+    except configuration.ConfigError as e:
+        raise SystemExit(f"codistill: {e}") from None
+
+
 @hydra.main(config_path="config", config_name="codistill", version_base=None)
 def main(config: DictConfig) -> None:
     run(config)
@@ -247,4 +217,5 @@ def main(config: DictConfig) -> None:
 if __name__ == "__main__":
     for var, default in (("CODISTILL_OUTPUT_DIR", "outputs"), ("CODISTILL_DATA_DIR", "data")):
         os.environ[var] = os.path.abspath(os.environ.get(var, default))
+    check_group_arguments(sys.argv[1:])
     main()

@@ -110,6 +110,63 @@ def template_difference(small_tok, large_tok, messages: list[dict]) -> Optional[
     return f"first difference at character {i}: small {a[max(0, i - 20):i + 30]!r} vs large {b[max(0, i - 20):i + 30]!r}"
 
 
+def check_files(cfg: DictConfig, large_path: Optional[str], strict: bool) -> tuple[list[str], Optional[DataReport]]:
+    """Models, tokenizers and data of a resolved config (``strict=False``: a dry run, problems become
+    'warning:' lines). Returns the lines to show and the data report (None if the data check failed)."""
+    lines: list[str] = []
+    generator = str(cfg.exp.generator)
+    models = {generator: str(cfg.actor_rollout_ref.model.path)}
+    if large_path is not None:
+        models["large"] = large_path
+    readable = {}
+    for role, path in models.items():
+        try:
+            where = check_model(path, role)
+            lines.append(f"{role} {path}: {where}")
+            readable[role] = where != "hub (downloaded at start-up)"
+        except PreflightError as e:
+            if strict:
+                raise
+            lines.append(f"warning: {e}")
+            readable[role] = False
+    from transformers import AutoTokenizer
+
+    tokenizers = {}
+    for role, path in models.items():
+        if not readable[role]:
+            continue
+        try:
+            tokenizers[role] = AutoTokenizer.from_pretrained(path)
+        except Exception as e:
+            problem = f"cannot load the tokenizer of the {role} model {path}: {' '.join(str(e).split())[:300]}"
+            if strict:
+                raise PreflightError(problem) from None
+            lines.append(f"warning: {problem}")
+    tokenizer = tokenizers.get(generator)
+    if tokenizer is not None and "large" in tokenizers and generator != "large":
+        from verl_ext.codistill.tokenizer_check import TokenizerMismatchError, assert_shared_tokenizer
+
+        try:
+            assert_shared_tokenizer(tokenizer, tokenizers["large"])
+        except TokenizerMismatchError as e:
+            raise PreflightError(str(e)) from None
+        diff = template_difference(tokenizer, tokenizers["large"], [{"role": "user", "content": "What is 1 + 1?"}])
+        if diff:
+            lines.append(
+                "warning: the two models' chat templates render the same prompt differently (the large model "
+                f"scores prompts in the small model's rendering): {diff}"
+            )
+    report = None
+    try:
+        report = check_data(cfg, tokenizer)
+        lines += report.lines
+    except PreflightError as e:
+        if strict:
+            raise
+        lines.append(f"warning: {e}")
+    return lines, report
+
+
 # ----------------------------------------------------------------------------------------------
 # data files
 # ----------------------------------------------------------------------------------------------
