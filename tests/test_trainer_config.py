@@ -410,3 +410,74 @@ def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
     assert "\n" not in msg
     assert msg.startswith(f"resume: the large checkpoint at {folder / LARGE_CKPT_DIR} belongs to model {tiny_pair['small']!r}")
     assert "'hidden_size': 32" in msg and "'hidden_size': 64" in msg
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+class _Group:
+    """A worker group stand-in: save_checkpoint writes a file and records the keep count it was given."""
+
+    def __init__(self, fail_at=None, error=None):
+        self.keeps, self.fail_at, self.error = [], fail_at, error
+
+    def save_checkpoint(self, path, hdfs_path, step, max_ckpt_to_keep=None):
+        self.keeps.append(max_ckpt_to_keep)
+        if step == self.fail_at:
+            raise self.error
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "model.pt"), "w") as f:
+            f.write(str(step))
+
+
+def _saving_trainer(tmp_path, tiny_pair, keep=1, small=None, large=None):
+    from recipe.codistill_grpo.trainer import CoDistillTrainer
+    from verl_ext.codistill.config import CoDistillConfig
+
+    trainer = CoDistillTrainer.__new__(CoDistillTrainer)
+    trainer.cd = CoDistillConfig.from_dict({})
+    trainer.config = OmegaConf.create({
+        "trainer": {"default_local_dir": str(tmp_path / "checkpoints"), "max_actor_ckpt_to_keep": keep,
+                    "default_hdfs_dir": None},
+        "actor_rollout_ref": {"actor": {"checkpoint": {"async_save": False}}},
+    })
+    trainer.large_config = OmegaConf.create({"model": {"path": tiny_pair["large"]}})
+    trainer.actor_rollout_wg, trainer.large_wg = small or _Group(), large or _Group()
+    trainer.use_critic = False
+    trainer.train_dataloader = type("Loader", (), {"state_dict": lambda self: {"epoch": 0}})()
+    return trainer
+
+
+def test_old_checkpoints_go_only_after_the_tracker_names_the_new_step(tmp_path, tiny_pair):
+    """trainer.max_actor_ckpt_to_keep=1: the workers keep everything, old steps are deleted after the tracker."""
+    trainer = _saving_trainer(tmp_path, tiny_pair, keep=1)
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        trainer.global_steps = step
+        trainer._save_checkpoint()
+    assert sorted(p.name for p in root.iterdir()) == ["global_step_2", "latest_checkpointed_iteration.txt"]
+    assert (root / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert trainer.actor_rollout_wg.keeps == [None, None] and trainer.large_wg.keeps == [None, None]
+    assert trainer.config.trainer.max_actor_ckpt_to_keep == 1  # restored after verl's save
+
+    # a crash in step 3's save (the small actor's, after the large one's) leaves step 2 whole and named
+    crashing = _saving_trainer(tmp_path, tiny_pair, keep=1, small=_Group(fail_at=3, error=RuntimeError("killed")))
+    crashing.global_steps = 3
+    with pytest.raises(RuntimeError, match="killed"):
+        crashing._save_checkpoint()
+    assert (root / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert (root / "global_step_2" / "actor" / "model.pt").read_text() == "2"
+    assert (root / "global_step_2" / "large_actor" / "model.pt").read_text() == "2"
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_naming_the_folder(tmp_path, tiny_pair):
+    import errno
+
+    from recipe.codistill_grpo.trainer import CoDistillRunError
+
+    full = _Group(fail_at=4, error=OSError(errno.ENOSPC, "No space left on device"))
+    trainer = _saving_trainer(tmp_path, tiny_pair, large=full)
+    trainer.global_steps = 4
+    with pytest.raises(CoDistillRunError) as err:
+        trainer._save_checkpoint()
+    assert str(err.value) == f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints/global_step_4: disk full"

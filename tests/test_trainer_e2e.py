@@ -396,3 +396,38 @@ def test_frozen_teacher_is_not_updated(frozen_run, tiny_pair):
     log = Path(str(frozen_run) + ".console.log").read_text()
     assert "codistill: frozen large model loaded forward-only on 1 rank(s), optimizer state: none" in log
     assert "codistill: large model worker group (role ref) on resource pool 'large_pool' (separate)" in log
+
+
+# ------------------------------------------------------------------------------------------ other IS settings
+
+
+@pytest.fixture(scope="module")
+def sequence_run(runs_root, tiny_dir) -> Path:
+    extra = ["algorithm.codistill.is.level=sequence", "algorithm.codistill.large.advantage=is_baseline"]
+    run_recipe(runs_root / "sequence", "codistill", steps=1, extra=extra)
+    return runs_root / "sequence"
+
+
+def test_sequence_weights_and_is_baseline_end_to_end(sequence_run):
+    """is.level=sequence: w_i = min(exp(clamp(sum_t (ll - ls), -20, 20)), 2) on every valid token;
+    large.advantage=is_baseline: A_l = (r_i - b_g) / (std_g r + eps), b_g = sum W r / sum W with
+    W = exp(clamp(sum_t (ll - ls), -20, 20)); the large loss is -sum(w A_l m) / sum(m) on step 1."""
+    d = dump(sequence_run, 1)
+    ls, ll, m = d["old_log_probs"].double(), d["large_old_log_probs"].double(), d["response_mask"].double()
+    scores = d["token_level_rewards"].sum(-1).tolist()
+    uids = d["uid"]
+    n = len(uids)
+    log_w = [sum((ll[i, t] - ls[i, t]).item() for t in range(m.shape[1]) if m[i, t] > 0) for i in range(n)]
+    big_w = [math.exp(min(max(x, -20.0), 20.0)) for x in log_w]
+    for i in range(n):
+        group = [j for j in range(n) if uids[j] == uids[i]]
+        base = sum(big_w[j] * scores[j] for j in group) / sum(big_w[j] for j in group)
+        mean = sum(scores[j] for j in group) / len(group)
+        std = math.sqrt(sum((scores[j] - mean) ** 2 for j in group) / (len(group) - 1))
+        want_adv = (scores[i] - base) / (std + 1e-6)
+        for t in range(m.shape[1]):
+            assert abs(d["large_is_weights"][i, t].item() - min(big_w[i], 2.0) * m[i, t].item()) < 1e-5
+            assert abs(d["large_advantages"][i, t].item() - want_adv * m[i, t].item()) < 1e-4
+    want_loss = -(d["large_is_weights"].double() * d["large_advantages"].double() * m).sum().item() / m.sum().item()
+    assert abs(want_loss) > 1e-3
+    assert metrics(sequence_run)[1]["large/pg_loss"] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
