@@ -37,7 +37,10 @@ import torch
 
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig
-from verl_ext.codistill.advantage import compute_codistill_advantage_and_metrics
+from verl_ext.codistill.advantage import add_kd_advantage, compute_codistill_advantage_from_config
+from verl_ext.codistill.config import CoDistillConfig
+
+CODISTILL = CoDistillConfig()
 from verl_ext.codistill.importance import compute_large_advantage, compute_large_is_weights
 from verl_ext.codistill.teacher_loss import codistill_teacher_policy_loss
 
@@ -93,9 +96,9 @@ class Runner:
         b = self.b
 
         def small_adv(s):
-            s["adv_s"], _, s["m_s"] = compute_codistill_advantage_and_metrics(
-                b["rewards"], b["mask"], b["uid"], b["ls"], b["ll"]
-            )
+            # what a step runs: the registered estimator in verl's pass, then the KD part
+            outcome, _ = compute_codistill_advantage_from_config(b["rewards"], b["mask"], b["uid"], config=CODISTILL)
+            s["adv_s"], s["m_s"] = add_kd_advantage(outcome, b["mask"], b["uid"], b["ls"], b["ll"])
 
         def is_weights(s):
             s["w"], s["m_l"] = compute_large_is_weights(b["ls"], b["ll"], b["mask"])

@@ -114,7 +114,7 @@ def test_train_batch_not_a_multiple_of_the_mini_batch():
 def test_mini_batch_not_divisible_by_the_data_parallel_size():
     # 4 prompts, mini-batch 2 prompts x 3 samples = 6 responses over 4 ranks; the batch (12) divides
     msg = _error(["trainer.n_gpus_per_node=4", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-                  "actor_rollout_ref.rollout.n=3"])
+                  "actor_rollout_ref.rollout.n=3", "pair.small.log_prob_micro_batch_size_per_gpu=3"])
     assert msg == (
         "actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n = 2 * 3 = 6 responses is not divisible by the "
         "small actor's data-parallel size 4 (4 GPU(s) / sequence-parallel 1)"
@@ -127,12 +127,24 @@ def test_the_large_models_own_values_are_checked():
         "data.train_batch_size=4 is not a multiple of large_actor.actor.ppo_mini_batch_size=3 "
         "(both count prompts; each prompt has actor_rollout_ref.rollout.n=4 responses)"
     )
-    assert _error(["trainer.n_gpus_per_node=4", "+large_actor.actor.ulysses_sequence_parallel_size=3"]) == (
+    four = ["trainer.n_gpus_per_node=4", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
+            "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
+            "pair.large.log_prob_micro_batch_size_per_gpu=4"]
+    assert _error([*four, "+large_actor.actor.ulysses_sequence_parallel_size=3"]) == (
         "large_actor.actor.ulysses_sequence_parallel_size=3: the large actor's 4 GPU(s) are not divisible by its "
         "sequence-parallel size"
     )
+    assert _error(["pair.large.actor.ppo_micro_batch_size_per_gpu=5"]) == (
+        "large_actor.actor.ppo_micro_batch_size_per_gpu=5 does not divide the large actor's mini-batch per GPU 16 "
+        "(ppo_mini_batch_size 4 * rollout.n 4 / data-parallel 1)"
+    )
+    assert _error(["pair.large.log_prob_micro_batch_size_per_gpu=5"]) == (
+        "large_actor.rollout.log_prob_micro_batch_size_per_gpu=5 does not divide the large actor's share of the "
+        "batch per GPU 16 (train_batch_size 4 * rollout.n 4 / data-parallel 1)"
+    )
     # the same values on the small model are fine: the checks read each model's own
-    check_config(cpu_config(["+large_actor.actor.ppo_mini_batch_size=2"]))
+    check_config(cpu_config(["+large_actor.actor.ppo_mini_batch_size=2", "pair.large.actor.ppo_micro_batch_size_per_gpu=8"]))
+    check_config(cpu_config([*four, "+large_actor.actor.ulysses_sequence_parallel_size=2"]))
 
 
 def test_large_kl_loss_is_refused_not_switched_off():
@@ -151,9 +163,13 @@ def test_zero_grad_skip_refused_where_it_cannot_be_exact():
     # without the skip the same configs run
     check_config(cpu_config(["+large_actor.actor.entropy_coeff=0.01", "algorithm.codistill.large.skip_zero_grad=false"]))
     # the small actor skips only where exact: the GRPO baselines (no KD term), no entropy bonus or KL loss
-    assert skip_small_zero_grad(check_config(cpu_config(exp="grpo_small"))) is True
-    assert skip_small_zero_grad(check_config(cpu_config())) is False
-    assert skip_small_zero_grad(check_config(cpu_config(["actor_rollout_ref.actor.entropy_coeff=0.01"], exp="grpo_small"))) is False
+    def small_skips(overrides=(), exp="codistill"):
+        plan = check_config(cpu_config(list(overrides), exp=exp))
+        return skip_small_zero_grad(plan.codistill, plan.config.actor_rollout_ref.actor)
+
+    assert small_skips(exp="grpo_small") is True
+    assert small_skips() is False
+    assert small_skips(["actor_rollout_ref.actor.entropy_coeff=0.01"], exp="grpo_small") is False
 
 
 def test_rollout_behavior_needs_the_rollouts_log_probs():
@@ -164,7 +180,9 @@ def test_rollout_behavior_needs_the_rollouts_log_probs():
 
 
 def test_allocation_must_fit():
-    plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2"]))
+    plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
+                                    "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
+                                    "pair.large.log_prob_micro_batch_size_per_gpu=4"]))
     check_allocation(plan, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "h100:2"})
     with pytest.raises(ConfigError, match=r"^the run needs 2 node\(s\) \(trainer.nnodes=2\) but the allocation has 1$"):
         check_allocation(plan, {"SLURM_JOB_NUM_NODES": "1"})

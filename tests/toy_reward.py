@@ -22,3 +22,11 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None) -> f
     present = sum(1 for ch in wanted if ch in solution_str)
     exact = 1.0 if f"\\boxed{{{gt}}}" in solution_str else 0.0
     return 0.5 * present / len(wanted) + 0.5 * exact
+
+
+def compute_score_half_constant(data_source, solution_str, ground_truth, extra_info=None) -> float:
+    """``compute_score`` for odd answers, a constant 0.5 for even ones: every group of an even answer has
+    equal rewards (a zero GRPO advantage), the others have spread (the zero-gradient skip tests)."""
+    if int(str(ground_truth).strip()) % 2 == 0:
+        return 0.5
+    return compute_score(data_source, solution_str, ground_truth, extra_info)

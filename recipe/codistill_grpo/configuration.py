@@ -160,16 +160,18 @@ def _dp(gpus: int, sp: int, who: str, key: str) -> int:
     return gpus // sp
 
 
-def _check_batches(config: DictConfig, actor_cfg: DictConfig, gpus: int, who: str, prefix: str) -> None:
-    """Batch, mini-batch, sequence-parallel and data-parallel size of one model, keys and values named."""
+def _check_batches(config: DictConfig, model_cfg: DictConfig, gpus: int, who: str, prefix: str) -> None:
+    """Batch, mini-batch, micro-batch and parallel sizes of one model (an ``actor_rollout_ref``-shaped
+    block), the keys and values named."""
+    actor_cfg = model_cfg.actor
     n = int(config.actor_rollout_ref.rollout.n)
     prompts = int(config.data.train_batch_size)
     mini = int(actor_cfg.ppo_mini_batch_size)
     sp = int(actor_cfg.get("ulysses_sequence_parallel_size", 1) or 1)
-    dp = _dp(gpus, sp, who, f"{prefix}.ulysses_sequence_parallel_size")
+    dp = _dp(gpus, sp, who, f"{prefix}.actor.ulysses_sequence_parallel_size")
     if mini < 1 or prompts < mini or prompts % mini:
         raise ConfigError(
-            f"data.train_batch_size={prompts} is not a multiple of {prefix}.ppo_mini_batch_size={mini} "
+            f"data.train_batch_size={prompts} is not a multiple of {prefix}.actor.ppo_mini_batch_size={mini} "
             f"(both count prompts; each prompt has actor_rollout_ref.rollout.n={n} responses)"
         )
     if (prompts * n) % dp:
@@ -179,8 +181,23 @@ def _check_batches(config: DictConfig, actor_cfg: DictConfig, gpus: int, who: st
         )
     if (mini * n) % dp:
         raise ConfigError(
-            f"{prefix}.ppo_mini_batch_size * rollout.n = {mini} * {n} = {mini * n} responses is not divisible by "
-            f"the {who}'s data-parallel size {dp} ({gpus} GPU(s) / sequence-parallel {sp})"
+            f"{prefix}.actor.ppo_mini_batch_size * rollout.n = {mini} * {n} = {mini * n} responses is not divisible "
+            f"by the {who}'s data-parallel size {dp} ({gpus} GPU(s) / sequence-parallel {sp})"
+        )
+    if actor_cfg.get("use_dynamic_bsz", False):
+        return
+    # without dynamic batch sizes verl cuts each rank's share into micro-batches of exactly these sizes
+    micro = int(actor_cfg.ppo_micro_batch_size_per_gpu)
+    if (mini * n // dp) % micro:
+        raise ConfigError(
+            f"{prefix}.actor.ppo_micro_batch_size_per_gpu={micro} does not divide the {who}'s mini-batch per GPU "
+            f"{mini * n // dp} (ppo_mini_batch_size {mini} * rollout.n {n} / data-parallel {dp})"
+        )
+    log_prob_micro = model_cfg.rollout.get("log_prob_micro_batch_size_per_gpu")
+    if log_prob_micro and (prompts * n // dp) % int(log_prob_micro):
+        raise ConfigError(
+            f"{prefix}.rollout.log_prob_micro_batch_size_per_gpu={log_prob_micro} does not divide the {who}'s share "
+            f"of the batch per GPU {prompts * n // dp} (train_batch_size {prompts} * rollout.n {n} / data-parallel {dp})"
         )
 
 
@@ -228,7 +245,7 @@ def check_config(config: DictConfig) -> RunPlan:
         raise ConfigError(f"trainer.logger={loggers} must include 'file' (it writes the run's metrics.jsonl)")
 
     gpus = int(cfg.trainer.nnodes) * int(cfg.trainer.n_gpus_per_node)
-    _check_batches(cfg, cfg.actor_rollout_ref.actor, gpus, "small actor", "actor_rollout_ref.actor")
+    _check_batches(cfg, cfg.actor_rollout_ref, gpus, "small actor", "actor_rollout_ref")
 
     large = None
     if cd.large.enable:
@@ -256,7 +273,7 @@ def check_config(config: DictConfig) -> RunPlan:
         large = build_large_worker_config(config, frozen=not cd.large.train)
         large_gpus = gpus if cd.large.placement == "colocate" else cd.large.nnodes * cd.large.n_gpus_per_node
         if cd.large.train:
-            _check_batches(cfg, large.actor, large_gpus, "large actor", "large_actor.actor")
+            _check_batches(cfg, large, large_gpus, "large actor", "large_actor")
             if cd.large.skip_zero_grad:
                 why = _check_skip_exact(large.actor, "large_actor.actor")
                 if why:
@@ -264,20 +281,24 @@ def check_config(config: DictConfig) -> RunPlan:
                         f"algorithm.codistill.large.skip_zero_grad=true cannot be exact with {why}; "
                         "set algorithm.codistill.large.skip_zero_grad=false"
                     )
-        elif (int(cfg.data.train_batch_size) * n) % large_gpus:
-            raise ConfigError(
-                f"data.train_batch_size * rollout.n = {int(cfg.data.train_batch_size) * n} responses is not divisible "
-                f"by the frozen large model's data-parallel size {large_gpus}"
-            )
+        else:
+            share, rem = divmod(int(cfg.data.train_batch_size) * n, large_gpus)
+            micro = large.ref.get("log_prob_micro_batch_size_per_gpu")
+            if rem or (micro and not large.ref.get("log_prob_use_dynamic_bsz", False) and share % int(micro)):
+                raise ConfigError(
+                    f"data.train_batch_size * rollout.n = {int(cfg.data.train_batch_size) * n} responses do not split "
+                    f"into the frozen large model's {large_gpus} rank(s) and its log-prob micro-batches "
+                    f"(large_actor.ref.log_prob_micro_batch_size_per_gpu={micro})"
+                )
     return RunPlan(config=cfg, codistill=cd, large=large)
 
 
-def skip_small_zero_grad(plan: RunPlan) -> bool:
-    """The small actor drops zero-gradient sequences where that is exact: no KD term, no entropy bonus or KL loss."""
-    kd = plan.codistill.kd
+def skip_small_zero_grad(codistill: CoDistillConfig, actor_cfg: DictConfig) -> bool:
+    """The small actor drops zero-gradient sequences where that is exact: the GRPO baselines (no KD
+    term: kd.coef = 0 at every step), no entropy bonus, no KL loss, a skip-safe loss aggregation."""
+    kd = codistill.kd
     no_kd = kd.coef == 0.0 and (kd.coef_schedule == "constant" or kd.coef_final == 0.0)
-    return bool(plan.codistill.large.skip_zero_grad and no_kd
-                and _check_skip_exact(plan.config.actor_rollout_ref.actor, "actor_rollout_ref.actor") is None)
+    return bool(codistill.large.skip_zero_grad and no_kd and _check_skip_exact(actor_cfg, "actor_rollout_ref.actor") is None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,16 @@ from verl_ext.codistill.config import CoDistillConfig
 class CoDistillTaskRunnerImpl(BaseTaskRunner):
     """Builds ``run.trainer_class`` (default ``CoDistillTrainer``) with the large worker group's config."""
 
+    def add_actor_rollout_worker(self, config):
+        """verl's actor/rollout worker with the zero-gradient skip (``workers.CoDistillActorWorker``)."""
+        from recipe.codistill_grpo.workers import CoDistillActorWorker
+
+        _, group_cls = super().add_actor_rollout_worker(config)
+        for role in list(self.role_worker_mapping):
+            if role in (Role.ActorRollout, Role.ActorRolloutRef):
+                self.role_worker_mapping[role] = ray.remote(CoDistillActorWorker)
+        return CoDistillActorWorker, group_cls
+
     def init_resource_pool_mgr(self, config, codistill: CoDistillConfig = None):
         if codistill is not None and codistill.large.enable and codistill.large.placement == "separate":
             self.mapping[Role.Actor] = "large_pool"

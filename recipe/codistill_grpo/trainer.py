@@ -39,7 +39,10 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.profiler import marked_timer
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
+from recipe.codistill_grpo.configuration import skip_small_zero_grad
+from recipe.codistill_grpo.workers import SKIP_FIELD, CoDistillActorWorker
 from verl_ext.codistill.config import CoDistillConfig
+from verl_ext.codistill.zero_grad import zero_gradient_rows
 
 LARGE_CKPT_DIR = "large_actor"
 LARGE_META_FILE = "codistill_large_meta.json"
@@ -94,6 +97,9 @@ class CoDistillTrainer(RayPPOTrainer):
         self._metrics: dict[str, float] = {}
         # the generating model's verl metrics (actor/*) go under its own prefix, like the large model's
         self._actor_prefix = f"{self.config.exp.generator}/"
+        # sequences with an identically zero loss term skip the forward/backward (workers.py)
+        self._skip_large = self.cd.large.enable and self.cd.large.train and self.cd.large.skip_zero_grad
+        self._skip_small = skip_small_zero_grad(self.cd, self.config.actor_rollout_ref.actor)
 
     # ------------------------------------------------------------------ workers
     def init_workers(self):
@@ -103,7 +109,6 @@ class CoDistillTrainer(RayPPOTrainer):
 
     def _init_large_workers(self):
         from verl.utils.config import omega_conf_to_dataclass
-        from verl.workers.engine_workers import ActorRolloutRefWorker
 
         if self.cd.large.placement == "separate":
             role_for_pool = Role.Actor
@@ -114,7 +119,7 @@ class CoDistillTrainer(RayPPOTrainer):
             f"codistill: large model worker group (role {self._large_role}) on resource pool "
             f"'{self.resource_pool_manager.mapping[role_for_pool]}' ({self.cd.large.placement})"
         )
-        cls = RayClassWithInitArgs(cls=ray.remote(ActorRolloutRefWorker), config=self.large_config, role=self._large_role)
+        cls = RayClassWithInitArgs(cls=ray.remote(CoDistillActorWorker), config=self.large_config, role=self._large_role)
         self.large_wg = self.ray_worker_group_cls(
             resource_pool=pool, ray_cls_with_init=cls, name_prefix="codistill_large", device_name=self.device_name
         )
@@ -237,6 +242,10 @@ class CoDistillTrainer(RayPPOTrainer):
         small_view = DataProto(
             batch=batch.batch.exclude(*LARGE_FIELDS), non_tensor_batch=batch.non_tensor_batch, meta_info=batch.meta_info
         )
+        if self._skip_small:
+            skip = zero_gradient_rows(batch.batch["advantages"], batch.batch["response_mask"])
+            small_view.batch[SKIP_FIELD] = skip
+            metrics[f"{self._actor_prefix}skipped_frac"] = float(skip.float().mean())
         with marked_timer("small_update", self._timing):
             actor_output = super()._update_actor(small_view)
         if self.cd.large.enable and self.cd.large.train:
@@ -257,10 +266,13 @@ class CoDistillTrainer(RayPPOTrainer):
 
     def _update_large_actor(self, batch: DataProto) -> dict[str, float]:
         """One PPO update of the large model on the small model's samples (its own fields only)."""
-        view = DataProto.from_dict(
-            tensors={k: batch.batch[k] for k in batch.batch.keys() if k not in SMALL_ONLY_FIELDS},
-            meta_info=dict(batch.meta_info),
-        )
+        tensors = {k: batch.batch[k] for k in batch.batch.keys() if k not in SMALL_ONLY_FIELDS}
+        skipped = {}
+        if self._skip_large:
+            skip = zero_gradient_rows(tensors["large_advantages"], tensors["large_response_mask"], tensors["large_is_weights"])
+            tensors[SKIP_FIELD] = skip
+            skipped["large/skipped_frac"] = float(skip.float().mean())
+        view = DataProto.from_dict(tensors=tensors, meta_info=dict(batch.meta_info))
         view.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch_td = left_right_2_no_padding(view.to_tensordict())
         actor_cfg = self.large_config.actor
@@ -282,7 +294,7 @@ class CoDistillTrainer(RayPPOTrainer):
         for key, value in out.items():
             name = "perf/mfu/large_actor" if key == "mfu" else "large/" + key.removeprefix("actor/")
             renamed[name] = float(np.mean(value)) if isinstance(value, (list, tuple)) else value
-        return renamed
+        return {**renamed, **skipped}
 
     # ------------------------------------------------------------------ checkpoints
     def _large_trainable(self) -> bool:
