@@ -32,23 +32,22 @@ RESULTS = {
 }
 
 
+def _write(root: Path, name: str, suite: str, value: float, pair: str, role: str, method: str, seed=None,
+           complete: bool = True) -> None:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"pair": pair, "role": role, "method": method, **({"seed": seed} if seed is not None else {})}
+    (folder / f"{suite}.json").write_text(json.dumps({
+        "model": name, "suite": suite, "complete": complete, "meta": meta,
+        "aggregate": {"mean@k": value, "pass@k": 1.0, "n_items": 30}, "items": [],
+    }))
+
+
 def _write_results(root: Path) -> None:
     for (pair, role, method), values in RESULTS.items():
         for suite, value in zip(SUITES, values):
-            folder = root / f"{pair}-{role}-{method}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{suite}.json").write_text(json.dumps({
-                "model": folder.name, "suite": suite, "complete": True,
-                "meta": {"pair": pair, "role": role, "method": method},
-                "aggregate": {"mean@k": value, "pass@k": 1.0, "n_items": 30}, "items": [],
-            }))
-    partial = root / "llama-small-base"
-    partial.mkdir()
-    (partial / "math500.json").write_text(json.dumps({
-        "model": "llama", "suite": "math500", "complete": False,
-        "meta": {"pair": "llama-3.2-1b_3.1-8b", "role": "small", "method": "base"},
-        "aggregate": {"mean@k": 0.3}, "items": [],
-    }))
+            _write(root, f"{pair}-{role}-{method}", suite, value, pair, role, method)
+    _write(root, "llama-small-base", "math500", 0.3, "llama-3.2-1b_3.1-8b", "small", "base", complete=False)
 
 
 def test_main_table_markdown_and_csv_by_hand(tmp_path, capsys):
@@ -58,33 +57,56 @@ def test_main_table_markdown_and_csv_by_hand(tmp_path, capsys):
     # averages by hand: (50+10+20+3.333+30)/5 = 22.667; (60+15+25+10+40)/5 = 30; (65+20+30+13.333+45)/5 = 34.667;
     # (80+40+45+20+60)/5 = 49
     assert md[:7] == [
-        "| Model pair | Model | Method | MATH500 | Minerva | OlympiadBench | AIME24 | AMC23 | Avg |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        "| llama-3.2-1b_3.1-8b | small | Base | 30.0* | – | – | – | – | – |",
-        f"| {QWEN} | small | Base | 50.0 | 10.0 | 20.0 | 3.3 | 30.0 | 22.7 |",
-        f"| {QWEN} | small | GRPO | 60.0 | 15.0 | 25.0 | 10.0 | 40.0 | 30.0 |",
-        f"| {QWEN} | small | CoDistill-GRPO | 65.0 | 20.0 | 30.0 | 13.3 | 45.0 | 34.7 |",
-        f"| {QWEN} | large | CoDistill-GRPO | 80.0 | 40.0 | 45.0 | 20.0 | 60.0 | 49.0 |",
+        "| Model pair | Model | Method | MATH500 | Minerva | OlympiadBench | AIME24 | AMC23 | Avg | Train time (min) | Seeds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| llama-3.2-1b_3.1-8b | small | Base | 30.0* | – | – | – | – | – | – | 1 |",
+        f"| {QWEN} | small | Base | 50.0 | 10.0 | 20.0 | 3.3 | 30.0 | 22.7 | – | 1 |",
+        f"| {QWEN} | small | GRPO | 60.0 | 15.0 | 25.0 | 10.0 | 40.0 | 30.0 | – | 1 |",
+        f"| {QWEN} | small | CoDistill-GRPO | 65.0 | 20.0 | 30.0 | 13.3 | 45.0 | 34.7 | – | 1 |",
+        f"| {QWEN} | large | CoDistill-GRPO | 80.0 | 40.0 | 45.0 | 20.0 | 60.0 | 49.0 | – | 1 |",
     ]
     assert md[-1] == "\\* unfinished evaluation (not all items scored yet)"
     with (tmp_path / "t" / "main_table.csv").open() as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["pair", "model", "method", *SUITES, "avg"]
-    assert rows[1] == ["llama-3.2-1b_3.1-8b", "small", "Base", "30.00", "", "", "", "", ""]
-    assert rows[2] == [QWEN, "small", "Base", "50.00", "10.00", "20.00", "3.33", "30.00", "22.67"]
-    assert rows[4] == [QWEN, "small", "CoDistill-GRPO", "65.00", "20.00", "30.00", "13.33", "45.00", "34.67"]
+    assert rows[0] == ["pair", "model", "method"] + [f"{s}{p}" for s in SUITES for p in ("", "_std")] + [
+        "avg", "train_min", "train_min_std", "seeds"]
+    assert rows[2] == [QWEN, "small", "Base", "50.00", "", "10.00", "", "20.00", "", "3.33", "", "30.00", "", "22.67",
+                       "", "", "1"]
     assert "CoDistill-GRPO" in capsys.readouterr().out
+
+
+def test_seeds_give_mean_and_std_and_the_runs_time(tmp_path):
+    """Three seeds of GRPO and CoDistill on one suite; times from the runs' timing_s/step, by hand."""
+    res = tmp_path / "res"
+    _write(res, "base-small", "test", 0.25, "toy", "small", "base")
+    for seed, (grpo, cod, cod_large) in enumerate([(0.30, 0.40, 0.70), (0.34, 0.44, 0.66), (0.32, 0.45, 0.68)], 1):
+        _write(res, f"grpo-{seed}", "test", grpo, "toy", "small", "grpo", seed)
+        _write(res, f"cod-{seed}", "test", cod, "toy", "small", "codistill", seed)
+        _write(res, f"codl-{seed}", "test", cod_large, "toy", "large", "codistill", seed)
+    logs = []
+    for exp, seconds in (("grpo_small", [[60, 60], [90, 90], [75, 75]]), ("codistill", [[120, 120], [120, 120], [180, 180]])):
+        for seed, steps in enumerate(seconds, 1):
+            f = tmp_path / f"{exp}{seed}.jsonl"
+            f.write_text("".join(json.dumps({"step": i + 1, "data": {"timing_s/step": s}}) + "\n" for i, s in enumerate(steps)))
+            logs += ["--log", f"{exp}/{seed}={f}"]
+    assert make_tables.main(["--results", str(res), "--out", str(tmp_path / "t"), "--suites", "test", *logs]) == 0
+    md = (tmp_path / "t" / "main_table.md").read_text().splitlines()
+    # GRPO: mean(30, 34, 32) = 32.0, sample std = 2.0; time 2, 3, 2.5 min -> 2.5 +- 0.5
+    # CoDistill small: mean(40, 44, 45) = 43.0, std = sqrt(((-3)^2 + 1 + 4) / 2) = 2.6458; time 4, 4, 6 -> 4.667 +- 1.155
+    # CoDistill large: mean(70, 66, 68) = 68.0, std = 2.0
+    assert md[2:] == [
+        "| toy | small | Base | 25.0 | – | 1 |",
+        "| toy | small | GRPO | 32.0 ± 2.0 | 2.5 ± 0.5 | 3 |",
+        "| toy | small | CoDistill-GRPO | 43.0 ± 2.6 | 4.7 ± 1.2 | 3 |",
+        "| toy | large | CoDistill-GRPO | 68.0 ± 2.0 | 4.7 ± 1.2 | 3 |",
+    ]
 
 
 def test_duplicate_results_are_an_error(tmp_path, capsys):
     _write_results(tmp_path / "res")
-    dup = tmp_path / "res" / "again"
-    dup.mkdir()
-    (dup / "minerva.json").write_text(json.dumps({
-        "suite": "minerva", "meta": {"pair": QWEN, "role": "small", "method": "grpo"}, "aggregate": {"mean@k": 0.9},
-    }))
+    _write(tmp_path / "res", "again", "minerva", 0.9, QWEN, "small", "grpo")
     assert make_tables.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "t")]) == 2
-    assert "two results for pair='qwen2.5-math-1.5b_7b' role='small' method='grpo' suite='minerva'" in capsys.readouterr().err
+    assert "two results for pair='qwen2.5-math-1.5b_7b' role='small' method='grpo' seed=None suite='minerva'" in capsys.readouterr().err
 
 
 def test_read_log_verl_file_logger_format(tmp_path):
@@ -103,20 +125,32 @@ def test_read_log_verl_file_logger_format(tmp_path):
     assert "note" not in series
 
 
-def test_curves_png_from_two_logs(tmp_path, capsys):
-    for name, scale in (("codistill", 1.0), ("grpo", 0.5)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"step": s, "data": {"critic/score/mean": scale * s / 10, "small/kd_reward_mean": -1 / s,
-                                             "large/is_ess": 0.9, "val-core/math500/acc/mean@1": 0.1 * s}}) + "\n"
-            for s in range(1, 6)
-        ))
-    args = ["--out", str(tmp_path / "t"), "--log", f"codistill={tmp_path / 'codistill.jsonl'}",
-            "--log", f"grpo={tmp_path / 'grpo.jsonl'}"]
+def test_curves_png_from_seeded_logs(tmp_path, capsys, monkeypatch):
+    args = ["--out", str(tmp_path / "t")]
+    for name, scale in (("codistill", 1.0), ("grpo_small", 0.5)):
+        for seed in (1, 2):
+            f = tmp_path / f"{name}{seed}.jsonl"
+            f.write_text("".join(
+                json.dumps({"step": s, "data": {"critic/score/mean": scale * s / 10 + seed, "small/kd_reward_mean": -1 / s,
+                                                 "large/is_ess": 0.9, "val-core/toy/acc/mean@1": 0.1 * s}}) + "\n"
+                for s in range(1, 6)
+            ))
+            args += ["--log", f"{name}/{seed}={f}"]
+    drawn = {}
+    real = make_tables.plot_curves
+
+    def spy(logs, patterns, path):
+        drawn.update(logs)
+        return real(logs, patterns, path)
+
+    monkeypatch.setattr(make_tables, "plot_curves", spy)
     assert make_tables.main(args) == 0
     png = tmp_path / "t" / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
-    assert "4 panels: critic/score/mean, val-core/math500/acc/mean@1, small/kd_reward_mean, large/is_ess" in out
+    assert "3 panels: val-core/toy/acc/mean@1, critic/score/mean, small/kd_reward_mean" not in out
+    assert "4 panels: val-core/toy/acc/mean@1, critic/score/mean, small/kd_reward_mean, large/is_ess" in out
+    assert sorted(drawn) == ["codistill/1", "codistill/2", "grpo_small/1", "grpo_small/2"]
 
 
 def test_bad_inputs_are_named(tmp_path, capsys):

@@ -1,0 +1,333 @@
+#!/usr/bin/env python
+"""Reproduce the paper's table: train every method for every seed, evaluate base and trained
+models, write the table and the curves. Resumable: a re-run skips finished runs and evaluations.
+
+    bash scripts/reproduce_paper.sh [--pairs a,b] [--seeds 1,2,3] [--steps N] [--ablations]
+                                    [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run] [-- overrides]
+
+Methods: grpo_small, codistill, grpo_large (with --ablations also frozen_teacher, no_is, kd_only).
+Where it runs (detected like scripts/run_qwen_math.sh):
+  cpu         every stage here, in order; only the toy pair (platform=cpu), the default
+  gpu node / inside an allocation   every stage here, in order (vLLM evaluation)
+  login node  the training runs are submitted as SLURM jobs (run_qwen_math.sh) and the
+              evaluation + tables as one more job that starts after them (--dependency=afterany)
+Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
+  reproduce/runs/<pair>/<exp>/seed<k>/   each run's folder (checkpoints, metrics.jsonl, train.log)
+  reproduce/results/<pair>/...           evaluate.py's per-item JSONs
+  reproduce/tables/                      main_table.md, main_table.csv, curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["grpo_small", "codistill", "grpo_large"]
+ABLATIONS = ["frozen_teacher", "no_is", "kd_only"]
+GPU_PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
+STAGES = ("all", "train", "eval", "tables", "after-train")
+
+
+def say(message: str) -> None:
+    print(f"[reproduce] {message}", flush=True)
+
+
+def situation() -> str:
+    if os.environ.get("SLURM_JOB_ID"):
+        return "allocation"
+    if shutil.which("sbatch"):
+        return "login"
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return "gpu" if any(line.startswith("GPU") for line in out.splitlines()) else "cpu"
+
+
+@dataclass
+class Run:
+    pair: str
+    exp: str
+    seed: int
+    folder: Path
+    steps: int
+    hydra: list[str]  # the entry point's arguments
+
+    @property
+    def label(self) -> str:
+        return f"{self.pair}/{self.exp} seed {self.seed}"
+
+    def finished(self) -> bool:
+        tracker = self.folder / "checkpoints" / "latest_checkpointed_iteration.txt"
+        try:
+            step = int(tracker.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return step >= self.steps and (self.folder / "checkpoints" / f"global_step_{step}" / "actor").is_dir()
+
+    def checkpoint(self, model: str) -> Path:
+        step = int((self.folder / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip())
+        return self.folder / "checkpoints" / f"global_step_{step}" / model
+
+
+class Plan:
+    """What the stages do for the pairs, seeds and methods asked for; facts come from the recipe's config."""
+
+    def __init__(self, args, where: str):
+        sys.path.insert(0, str(REPO))
+        from recipe.codistill_grpo.configuration import compose_config, resolved
+
+        self.args, self.where = args, where
+        self.platform = "cpu" if where == "cpu" else "gpu"
+        self.out = Path(os.environ["CODISTILL_OUTPUT_DIR"]) / "reproduce"
+        self.exps = METHODS + (ABLATIONS if args.ablations else [])
+        self.runs: list[Run] = []
+        self.pairs: dict[str, dict] = {}
+        for pair in args.pairs:
+            base = resolved(compose_config(pair, "codistill", self._common(), platform=self.platform))
+            val = [Path(v) for v in base.data.val_files]
+            self.pairs[pair] = {
+                "small": str(base.pair.small.model.path), "large": str(base.pair.large.model.path),
+                "data_dir": str(val[0].parent), "suites": [v.stem for v in val],
+                "max_tokens": int(base.data.max_response_length), "steps": int(base.trainer.total_training_steps),
+            }
+            for seed in args.seeds:
+                for exp in self.exps:
+                    folder = self.out / "runs" / pair / exp / f"seed{seed}"
+                    hydra = [f"pair={pair}", f"exp={exp}", f"platform={self.platform}", f"run.seed={seed}",
+                             f"run.dir={folder}", *self._common()]
+                    self.runs.append(Run(pair, exp, seed, folder, self.pairs[pair]["steps"], hydra))
+
+    def _common(self) -> list[str]:
+        steps = [f"trainer.total_training_steps={self.args.steps}"] if self.args.steps else []
+        return steps + list(self.args.overrides)
+
+
+def act(args, cmd: list[str], stream=None) -> int:
+    if args.dry_run:
+        print("would run: " + shlex.join(cmd), flush=True)
+        return 0
+    if stream is None:
+        say("+ " + shlex.join(cmd))
+        return subprocess.run(cmd, cwd=REPO).returncode
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        stream(line)
+    rc = proc.wait()
+    if rc:
+        sys.stdout.write("".join(tail))
+    return rc
+
+
+def python() -> str:
+    return os.environ.get("CODISTILL_PYTHON") or sys.executable
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+
+def stage_train(plan: Plan) -> list[str]:
+    """Run (or submit) every unfinished run; returns the submitted SLURM job ids (login node)."""
+    args, todo = plan.args, [r for r in plan.runs if not r.finished()]
+    for run in plan.runs:
+        if run.finished():
+            say(f"skip run {run.label}: finished ({run.folder})")
+    jobs: list[str] = []
+    if plan.where == "login":
+        for run in list(todo):
+            job = _pending_job(run)
+            if job:
+                say(f"skip run {run.label}: SLURM job {job} is still queued or running")
+                jobs.append(job)
+                todo.remove(run)
+        for run in todo:
+            cmd = ["bash", "scripts/run_qwen_math.sh", "--pair", run.pair, "--exp", run.exp]
+            cmd += (["--nodes", str(args.nodes)] if args.nodes else []) + ["--", *run.hydra[3:]]
+            if args.dry_run:
+                act(args, cmd)
+                continue
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            sys.stdout.write(out.stdout)
+            if out.returncode:
+                raise SystemExit(f"[reproduce] error: submitting {run.label} failed:\n{out.stderr[-2000:]}")
+            job = [w for line in out.stdout.splitlines() if "submitted job" in line for w in line.split()][3].rstrip(":")
+            run.folder.mkdir(parents=True, exist_ok=True)
+            (run.folder / "slurm_job_id").write_text(job + "\n")
+            jobs.append(job)
+        return jobs
+    total_steps = sum(r.steps for r in todo)
+    done_steps, start = 0, time.monotonic()
+    for i, run in enumerate(todo, 1):
+        def progress(line: str, run=run, i=i) -> None:
+            nonlocal done_steps
+            if not line.startswith("codistill: step "):
+                return
+            step = int(line.split()[2].split("/")[0])
+            elapsed = time.monotonic() - start
+            left = total_steps - (done_steps + step)
+            rate = elapsed / max(done_steps + step, 1)
+            say(f"run {i}/{len(todo)} {run.label}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, "
+                f"about {left * rate / 60:.0f} min left")
+
+        say(f"run {i}/{len(todo)} {run.label}: training in {run.folder}")
+        rc = act(args, [python(), "-m", "recipe.codistill_grpo.main_codistill", *run.hydra], stream=progress)
+        if rc:
+            raise SystemExit(f"[reproduce] error: {run.label} failed (exit {rc}); see {run.folder}/train.log")
+        done_steps += run.steps
+    return jobs
+
+
+def _pending_job(run: Run) -> str | None:
+    """The SLURM job of this run if it is still queued or running."""
+    try:
+        job = (run.folder / "slurm_job_id").read_text().strip()
+    except OSError:
+        return None
+    out = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+    return job if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _complete(folder: Path, suites: list[str]) -> bool:
+    for suite in suites:
+        try:
+            if not json.loads((folder / f"{suite}.json").read_text()).get("complete"):
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None) -> None:
+    facts = plan.pairs[pair]
+    results = plan.out / "results" / pair
+    if _complete(results / name, facts["suites"]):
+        say(f"skip evaluation {pair}/{name}: results complete")
+        return
+    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir", facts["data_dir"],
+           "--suites", ",".join(facts["suites"]), "--out", str(results), "--backend", "hf" if plan.where == "cpu" else "vllm",
+           "--pair", pair, "--method", method, "--role", role, "--max-tokens", str(facts["max_tokens"]),
+           "--merged-root", str(plan.out / "merged"), "--no-progress"]
+    if seed is not None:
+        cmd += ["--run-seed", str(seed)]
+    if {"aime24", "amc23"} & set(facts["suites"]):
+        cmd += ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
+    if act(plan.args, cmd):
+        raise SystemExit(f"[reproduce] error: evaluating {pair}/{name} failed")
+
+
+def stage_eval(plan: Plan) -> None:
+    for pair, facts in plan.pairs.items():
+        if plan.where == "cpu" and not plan.args.dry_run:
+            from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
+
+            say(ensure_cpu_pair("toy", Path(facts["small"]).parents[1]))
+        for role in ("small", "large"):
+            _evaluate(plan, pair, f"base_{role}", facts[role], "base", role, None)
+    for run in plan.runs:
+        if not run.finished():
+            say(f"skip evaluation {run.label}: no final checkpoint yet ({run.folder})")
+            continue
+        method = "grpo" if run.exp.startswith("grpo_") else run.exp
+        roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(run.exp, ["small", "large"])
+        for role in roles:
+            model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
+            _evaluate(plan, run.pair, f"{run.exp}-seed{run.seed}-{role}", str(run.checkpoint(model)), method, role, run.seed)
+
+
+def stage_tables(plan: Plan) -> None:
+    logs = [f"{r.exp}/{r.seed}={r.folder / 'metrics.jsonl'}" for r in plan.runs if (r.folder / "metrics.jsonl").exists()]
+    suites = sorted({s for f in plan.pairs.values() for s in f["suites"]}, key=lambda s: s)
+    cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results"), "--out", str(plan.out / "tables"),
+           "--suites", ",".join(next(iter(plan.pairs.values()))["suites"] if len(plan.pairs) == 1 else suites)]
+    for log in logs:
+        cmd += ["--log", log]
+    if act(plan.args, cmd):
+        raise SystemExit("[reproduce] error: make_tables.py failed")
+
+
+def submit_after_train(plan: Plan, jobs: list[str]) -> None:
+    args = plan.args
+    cmd = ["bash", "scripts/reproduce_paper.sh", "--stage", "after-train", "--pairs", ",".join(args.pairs),
+           "--seeds", ",".join(map(str, args.seeds))]
+    cmd += (["--ablations"] if args.ablations else []) + (["--steps", str(args.steps)] if args.steps else [])
+    cmd += ["--", *args.overrides] if args.overrides else []
+    sbatch = ["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8",
+              "--job-name=codistill-reproduce-eval", f"--output={Path(os.environ['CODISTILL_OUTPUT_DIR']) / 'slurm'}/%x-%j.out"]
+    if jobs:
+        sbatch.append("--dependency=afterany:" + ":".join(jobs))
+    sbatch += ["scripts/slurm/job.sbatch", *cmd]
+    if args.dry_run:
+        print("would submit: " + shlex.join(sbatch), flush=True)
+        return
+    out = subprocess.run(sbatch, cwd=REPO, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"[reproduce] error: sbatch refused the evaluation job: {out.stderr.strip()}")
+    say(f"submitted evaluation job {out.stdout.strip().split(';')[0]}"
+        + (f" after jobs {', '.join(jobs)}" if jobs else "") + f"; tables will be in {plan.out / 'tables'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, overrides = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(prog="reproduce_paper.sh", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", help="comma-separated (default: toy on CPU, the two paper pairs elsewhere)")
+    p.add_argument("--seeds", help="comma-separated training seeds (default: 1,2,3 on CPU, 1 elsewhere)")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: the pair's)")
+    p.add_argument("--ablations", action="store_true", help="also frozen_teacher, no_is, kd_only")
+    p.add_argument("--stage", default="all", choices=STAGES)
+    p.add_argument("--nodes", type=int, help="nodes per training run (login node: run_qwen_math.sh --nodes)")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is skipped; run nothing")
+    args = p.parse_args(argv)
+    args.overrides = overrides
+    os.environ.setdefault("CODISTILL_OUTPUT_DIR", str(REPO / "outputs"))
+    os.environ.setdefault("CODISTILL_DATA_DIR", str(REPO / "data"))
+    where = situation()
+    say(f"situation: {where}")
+    args.pairs = (args.pairs or ("toy" if where == "cpu" else ",".join(GPU_PAIRS))).split(",")
+    try:
+        args.seeds = [int(s) for s in (args.seeds or ("1,2,3" if where == "cpu" else "1")).split(",") if s]
+    except ValueError:
+        raise SystemExit(f"[reproduce] error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
+    for pair in args.pairs:
+        if where == "cpu" and pair != "toy":
+            raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy")
+    try:
+        plan = Plan(args, where)
+    except ValueError as e:  # an unknown pair or a bad override: one line from the config module
+        raise SystemExit(f"[reproduce] error: {e}") from None
+    say(f"{len(plan.runs)} runs: {', '.join(plan.exps)} x seeds {', '.join(map(str, args.seeds))} on "
+        f"{', '.join(args.pairs)}; output in {plan.out}")
+    started = time.monotonic()
+    if args.stage == "after-train":
+        stages = ["eval", "tables"]
+    elif args.stage != "all":
+        stages = [args.stage]
+    else:
+        stages = ["train"] if where == "login" else ["train", "eval", "tables"]
+    jobs: list[str] = []
+    for stage in stages:
+        say(f"== stage {stage}")
+        result = {"train": stage_train, "eval": stage_eval, "tables": stage_tables}[stage](plan)
+        jobs = result or jobs
+    if where == "login" and args.stage == "all":
+        submit_after_train(plan, jobs)
+    say(("dry run: nothing was run or submitted; " if args.dry_run else "") + f"done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
