@@ -145,13 +145,12 @@ def stage_train(plan: Plan) -> list[str]:
             say(f"skip run {run.label}: finished ({run.folder})")
     jobs: list[str] = []
     if plan.where == "login":
-        for run in list(todo):
+        for run in todo:
             job = _pending_job(run)
             if job:
                 say(f"skip run {run.label}: SLURM job {job} is still queued or running")
                 jobs.append(job)
-                todo.remove(run)
-        for run in todo:
+                continue
             cmd = ["bash", "scripts/run_qwen_math.sh", "--pair", run.pair, "--exp", run.exp]
             cmd += (["--nodes", str(args.nodes)] if args.nodes else []) + ["--", *run.hydra[3:]]
             if args.dry_run:
@@ -228,10 +227,10 @@ def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, ro
 
 def stage_eval(plan: Plan) -> None:
     for pair, facts in plan.pairs.items():
-        if plan.where == "cpu" and not plan.args.dry_run:
-            from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
-
-            say(ensure_cpu_pair("toy", Path(facts["small"]).parents[1]))
+        if plan.where == "cpu":  # the base models are the CPU stand-in pair, built on first use (cached)
+            folder = str(Path(facts["small"]).parents[1])
+            if act(plan.args, [python(), "-m", "recipe.codistill_grpo.cpu.stand_in", "--kind", pair, "--out", folder]):
+                raise SystemExit(f"[reproduce] error: building the {pair} pair in {folder} failed")
         for role in ("small", "large"):
             _evaluate(plan, pair, f"base_{role}", facts[role], "base", role, None)
     for run in plan.runs:
