@@ -43,10 +43,6 @@ recomputes (``logits / temperature``, log-softmax); greedy rows use the unscaled
 Registration touches verl's two rollout registries (``_ROLLOUT_REGISTRY`` has no register
 function in 0.9.1, so the entry is added to the dict). The recipe's verl plugin loads the module
 in every process when ``VERL_PLATFORM=cpu``; it is never used on the GPU path.
-
-Test hook: when ``CODISTILL_ROLLOUT_DUMP_DIR`` is set, every weight update writes
-``rollout_weights_step_{N}.pt`` (the server's full state dict after the update) there, so a test can
-check that the rollout weights equal the small actor's.
 """
 
 from __future__ import annotations
@@ -69,7 +65,6 @@ from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry,
 logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "hf"
-DUMP_DIR_ENV = "CODISTILL_ROLLOUT_DUMP_DIR"
 # batching knobs, ``actor_rollout_ref.rollout.engine_kwargs.hf.<name>`` (module docstring)
 BATCH_KNOBS = {"max_batch_size": 64, "batch_wait_ms": 10.0, "batch_max_wait_ms": 100.0}
 
@@ -397,12 +392,6 @@ class HFRolloutServer:
         self.global_steps = global_steps
         self.weight_version += 1
         self._prompt_counts.clear()
-        dump_dir = os.environ.get(DUMP_DIR_ENV)
-        if dump_dir:
-            os.makedirs(dump_dir, exist_ok=True)
-            step = -1 if global_steps is None else int(global_steps)
-            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            torch.save(state, os.path.join(dump_dir, f"rollout_weights_step_{step}_r{self.replica_rank}.pt"))
         return self.weight_version
 
     def get_weight_version(self) -> int:
