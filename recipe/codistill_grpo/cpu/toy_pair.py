@@ -79,7 +79,8 @@ TOY_MODELS: dict[str, dict[str, Any]] = {
         "steps": 800, "batch_size": 64, "lr": 2e-3, "warmup": 60, "weight_decay": 0.0, "init_std": 0.06, "seed": 2,
     },
 }
-TRAIN_THREADS = 1  # tiny matmuls: one thread is fastest, and the weights do not depend on the machine's cores
+TRAIN_THREADS = 1  # tiny matmuls: one thread is fastest (measured), and a fixed count keeps the weights
+# independent of how many cores the machine has
 
 Log = Callable[[str], None]
 
@@ -116,7 +117,7 @@ def question(p: Problem, instruction: bool = False) -> str:
 
 
 def response(p: Problem, echo: bool = False) -> str:
-    """The warm-up target (followed by EOS): ``53 + 12 = \\boxed{65}`` (``\\boxed{65}`` without echo)."""
+    """The warm-up target (followed by EOS): ``\\boxed{65}`` (``53 + 12 = \\boxed{65}`` with ``echo``)."""
     answer = f"\\boxed{{{problem_answer(p)}}}"
     return f"{problem_text(p)} = {answer}" if echo else answer
 
