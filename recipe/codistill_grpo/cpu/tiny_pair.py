@@ -3,8 +3,9 @@
 Everything here is built on the fly, offline and deterministically, for the CPU smoke run
 and the tests: two randomly initialised Qwen2-architecture causal LMs of different widths
 (and, like Qwen2.5-Math-1.5B/7B, different padded embedding sizes) sharing one byte-level
-BPE ``Qwen2Tokenizer`` (loads back from disk exactly as built) with a Qwen-style chat template, and arithmetic prompts with boxed answers
-written as the same verl parquet that ``scripts/prepare_data.py`` writes.
+BPE ``Qwen2Tokenizer`` (loads back from disk exactly as built) with a Qwen-style chat
+template, and arithmetic prompts with boxed answers written as the same verl parquet that
+``scripts/prepare_data.py`` writes.
 
     python -m recipe.codistill_grpo.cpu.stand_in --kind tiny --out /tmp/tiny
 """
@@ -43,29 +44,37 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384):
-    """Byte-level BPE (a few hundred tokens) as a ``Qwen2Tokenizer``, stable across save and load.
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384, split_digits: bool = False):
+    """Byte-level BPE (a few hundred tokens) as a ``Qwen2Tokenizer``, identical after save and load.
 
     A model folder whose ``config.json`` says ``model_type: qwen2`` is loaded by
-    ``AutoTokenizer.from_pretrained`` (and so by verl) as a ``Qwen2Tokenizer``, which rebuilds
-    the normalizer, pre-tokenizer and decoder from its own class (NFC, Qwen's split regex with
-    one digit per piece, byte level) whatever ``tokenizer.json`` says. So the BPE merges are
-    trained under exactly that pipeline and the tokenizer is constructed as a ``Qwen2Tokenizer``:
-    what the builder holds in memory and what a reader loads from disk tokenize identically
-    (numbers as single digits, like the real Qwen2.5 tokenizer).
+    ``AutoTokenizer.from_pretrained`` (and so by verl) as a ``Qwen2Tokenizer``, which keeps the
+    vocabulary and merges but rebuilds the normalizer, pre-tokenizer and decoder from its own
+    class (NFC, Qwen's split regex with one digit per piece, byte level). Returning a
+    ``Qwen2Tokenizer`` built from the trained vocabulary and merges makes what the builder holds
+    in memory tokenize exactly like what any reader loads from disk.
+
+    ``split_digits=False`` (the tiny pair) trains the merges on byte-level words, as this
+    function always has: the vocabulary keeps its multi-digit tokens (``Ġ53``), which Qwen's
+    splitting never produces when encoding but a model can still sample; the tiny pair's
+    vocabulary, and so its random models, stay what they were. ``split_digits=True`` trains the
+    merges under Qwen's own splitting, so every token in the vocabulary can come out of encoding.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    if split_digits:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -116,8 +125,7 @@ def build_model(size: str, vocab_len: int, eos_id: int, pad_id: int, seed: int):
     model = Qwen2ForCausalLM(config)
     # A random model almost never samples EOS, so every response would run to the length limit and
     # end-to-end tests would only see all-ones response masks. One large lm_head weight on EOS ends
-    # about a third of sampled 16-token responses early (measured on "What is 3 + 4?", seed 0: 21 of 64
-    # for the small model, 32 of 64 for the large).
+    # about a third of sampled 16-token responses early (measured: 23 of 64).
     with torch.no_grad():
         model.lm_head.weight[eos_id].zero_()
         model.lm_head.weight[eos_id, 0] = EOS_LOGIT_WEIGHT

@@ -7,8 +7,8 @@ The tiny pair (``tiny_pair.py``) is random: it never answers right, so a CPU run
   per question, scored by the project's reward (``verl_ext.reward.math_reward.compute_score``),
   written as verl RLHFDataset parquet (``data/train.parquet``, ``data/test.parquet``; no
   question in both);
-* one tokenizer (``tiny_pair.build_tokenizer``, a ``Qwen2Tokenizer``: digits are single
-  tokens), saved and *reloaded* with ``AutoTokenizer.from_pretrained`` before anything uses it,
+* one tokenizer (``tiny_pair.build_tokenizer(split_digits=True)``, a ``Qwen2Tokenizer`` whose
+  merges were trained under Qwen's own splitting: digits are single tokens), saved and *reloaded* with ``AutoTokenizer.from_pretrained`` before anything uses it,
   so training, evaluation and verl all tokenize the same way;
 * two Qwen2-architecture models (``TOY_MODELS``: small and large, different widths and padded
   vocab sizes) warmed up by a short supervised pass (AdamW, loss on response tokens only,
@@ -253,10 +253,10 @@ def load_tokenizer(folder: str | os.PathLike):
 
 
 def _build_tokenizer(out: Path, log: Log) -> dict[str, Any]:
-    """Save ``tiny_pair.build_tokenizer()`` to ``out/tokenizer`` (replaced only when its files change)."""
+    """Save ``tiny_pair.build_tokenizer(split_digits=True)`` to ``out/tokenizer`` (replaced only when its files change)."""
     folder = out / "tokenizer"
     tmp = _fresh_tmp(folder)
-    build_tokenizer().save_pretrained(tmp)
+    build_tokenizer(split_digits=True).save_pretrained(tmp)
     key = _files_hash(tmp)
     meta = _read_json(folder / "toy_tokenizer.json") if folder.exists() else None
     if meta and meta.get("key") == key:
