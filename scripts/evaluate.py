@@ -13,7 +13,10 @@ A checkpoint is a Hugging Face model folder, a Hub id (``Qwen/Qwen2.5-Math-1.5B`
 base models; needs the Hub or its cache), or a verl step folder (``.../global_step_N/actor``
 or ``.../large_actor``, FSDP shards + ``fsdp_config.json`` + ``huggingface/``) which is converted
 once with verl's own merger (``python -m verl.model_merger merge --backend fsdp``) into
-``<step>/<actor>_hf`` (or under ``--merged-root``) and loaded from there.
+``<step>/<actor>_hf`` (or ``<merged-root>/<run>-step<N>[-large]``) and loaded from there. The
+merge records its source (``merge_source.json``: step folder, shard sizes and mtimes): a merge
+of the same step folder is reused while the shards are unchanged and redone when they change;
+a merge of another step folder under the same ``--merged-root`` name is refused, never reused.
 
 Output: ``<out>/<model name>/<suite>.json`` with the sampling settings, the run's ``meta``
 (pair, method, role; read by ``scripts/make_tables.py``), one record per item (responses,
@@ -34,6 +37,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,12 +73,31 @@ def is_verl_fsdp_dir(path: Path) -> bool:
 
 
 def default_model_name(path: Path) -> str:
-    """``<experiment>-step<N>[-large]`` for a verl step folder, the folder's name for an HF model."""
+    """``<run>-step<N>[-large]`` for a verl step folder, the folder's name for an HF model.
+
+    ``<run>`` is the folder that holds the step folders, or the one above it when that is named
+    ``checkpoints`` (the recipe's layout, ``<run>/checkpoints/global_step_N/actor``), so that
+    two runs' step-N checkpoints get different names (merges and result folders).
+    """
     step = STEP_DIR.search(path.parent.name)
     if step:
         role = "" if path.name == "actor" else "-" + path.name.replace("_actor", "")
-        return f"{path.parent.parent.name}-step{step.group(1)}{role}"
+        holder = path.parent.parent
+        run = holder.parent.name if holder.name == "checkpoints" and holder.parent.name else holder.name
+        return f"{run}-step{step.group(1)}{role}"
     return path.name
+
+
+MERGE_RECORD = "merge_source.json"
+
+
+def merge_fingerprint(step_dir: Path) -> dict[str, Any]:
+    """The verl step folder a merge came from: its path and its shards' sizes and mtimes."""
+    shards = sorted(step_dir.glob("model_world_size_*_rank_*.pt"))
+    return {
+        "source": str(step_dir),
+        "shards": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in shards},
+    }
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -96,15 +119,34 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
             "step folder (fsdp_config.json + model_world_size_*_rank_0.pt)"
         )
     target = (Path(merged_root) / default_model_name(path)) if merged_root else path.parent / f"{path.name}_hf"
-    if is_hf_dir(target):
-        return target
+    fingerprint = merge_fingerprint(path)
+    if target.exists():
+        record = None
+        try:
+            record = json.loads((target / MERGE_RECORD).read_text())
+        except (OSError, ValueError):
+            pass
+        if record == fingerprint and is_hf_dir(target):
+            return target
+        other = record.get("source") if isinstance(record, dict) else None
+        if merged_root and other != str(path):
+            # another step folder's merge (or one of unknown origin) under the same name: never reuse or replace it
+            raise EvalError(
+                f"--merged-root: {target} holds the merge of {other or 'an unrecorded checkpoint'}, not of {path}; "
+                "use another --merged-root or remove that folder"
+            )
+        print(f"re-merging {path}: {target} is {'stale' if other else 'unrecorded'}", flush=True)
+        shutil.rmtree(target)
     target.mkdir(parents=True, exist_ok=True)
+    # claimed before merging, so that a merge that dies half-way is redone, not refused, next time
+    (target / MERGE_RECORD).write_text(json.dumps({"source": str(path), "shards": None}))
     cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
            "--local_dir", str(path), "--target_dir", str(target)]
     print(f"converting verl checkpoint: {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not is_hf_dir(target):
         raise EvalError(f"verl.model_merger failed for {path} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    (target / MERGE_RECORD).write_text(json.dumps(fingerprint, indent=1))
     return target
 
 
@@ -274,6 +316,11 @@ def evaluate_suite(
             raise EvalError(
                 f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
                 "use another --out or --overwrite"
+            )
+        if previous.get("checkpoint", header["checkpoint"]) != header["checkpoint"]:
+            raise EvalError(
+                f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {header['checkpoint']}; "
+                "use another --out or --name, or --overwrite"
             )
         done = {int(it["index"]): it for it in previous["items"]}
         gold_of = dict(zip(indices, golds))

@@ -207,3 +207,72 @@ def test_hf_sampling_k_per_item_is_seeded(tiny_pair, suite_dir, tmp_path):
         assert result["aggregate"]["k"] == 3 and all(len(it["responses"]) == 3 for it in result["items"])
         responses.append([it["responses"] for it in result["items"]])
     assert responses[0] == responses[1]
+
+
+def _fake_verl_step(actor: Path, model, tokenizer_dir: str) -> None:
+    """verl's FSDP checkpoint layout at world size 1 (utils/checkpoint/fsdp_checkpoint_manager.py)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    (actor / "huggingface").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), actor / "model_world_size_1_rank_0.pt")
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    model.config.save_pretrained(actor / "huggingface")
+    model.generation_config.save_pretrained(actor / "huggingface")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(actor / "huggingface")
+
+
+def test_merged_root_names_merges_by_run_and_checks_their_source(tiny_pair, tmp_path):
+    """Two runs in the recipe's layout (<run>/checkpoints/global_step_N/actor) must not share a merge."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    models = {}
+    for run, seed in (("runA", 1), ("runB", 2)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_pair["small"])
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        _fake_verl_step(tmp_path / run / "checkpoints" / "global_step_40" / "actor", model, tiny_pair["small"])
+        models[run] = model
+    actor = {run: tmp_path / run / "checkpoints" / "global_step_40" / "actor" for run in models}
+    assert evaluate.default_model_name(actor["runA"]) == "runA-step40"
+    assert evaluate.default_model_name(actor["runB"].parent / "large_actor") == "runB-step40-large"
+
+    root = tmp_path / "merged"
+    merged = {run: evaluate.resolve_checkpoint(actor[run], merged_root=root) for run in ("runA", "runB")}
+    assert merged["runA"] != merged["runB"]
+    for run in merged:
+        weights = AutoModelForCausalLM.from_pretrained(merged[run]).state_dict()
+        expected = models[run].state_dict()
+        assert all(torch.equal(weights[k], expected[k].to(torch.bfloat16)) for k in expected), run
+        record = json.loads((merged[run] / "merge_source.json").read_text())
+        assert record["source"] == str(actor[run].resolve())
+
+    # a third run folder with the same name elsewhere maps to runA's merge: refused, not silently reused
+    elsewhere = tmp_path / "other" / "runA" / "checkpoints" / "global_step_40" / "actor"
+    _fake_verl_step(elsewhere, models["runB"], tiny_pair["small"])
+    with pytest.raises(evaluate.EvalError, match=r"holds the merge of .*runA/checkpoints/global_step_40/actor"):
+        evaluate.resolve_checkpoint(elsewhere, merged_root=root)
+
+    # the same step folder rewritten (a fresh run into the same folder): merged again, not reused
+    torch.save(models["runB"].state_dict(), actor["runA"] / "model_world_size_1_rank_0.pt")
+    assert evaluate.resolve_checkpoint(actor["runA"], merged_root=root) == merged["runA"]
+    weights = AutoModelForCausalLM.from_pretrained(merged["runA"]).state_dict()
+    expected = models["runB"].state_dict()
+    assert all(torch.equal(weights[k], expected[k].to(torch.bfloat16)) for k in expected)
+
+
+def test_resume_for_another_checkpoint_is_refused(tmp_path):
+    frame = pd.DataFrame({
+        "prompt": [[{"role": "user", "content": "1+1?"}]],
+        "reward_model": [{"ground_truth": "2"}],
+        "extra_info": [{"index": 0}],
+    })
+    out_file = tmp_path / "s.json"
+    scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
+    evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False)
+    with pytest.raises(evaluate.EvalError, match="written for checkpoint c, now /other"):
+        evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, {**HEADER, "checkpoint": "/other"}, 4,
+                                reward_workers=1, show_progress=False)

@@ -45,3 +45,24 @@ def test_tiny_models_sometimes_end_early(tiny_pair):
         out = model.generate(prompt.repeat(32, 1), do_sample=True, max_new_tokens=16, eos_token_id=eos, pad_token_id=0)
         ended = (out[:, prompt.shape[1] :] == eos).any(dim=1)
         assert 0 < int(ended.sum()) < 32, (size, int(ended.sum()))
+
+
+def test_tokenizer_in_memory_equals_tokenizer_loaded_from_model_folder(tiny_pair, tiny_data):
+    """A model trained with the builder's tokenizer must see the same ids when verl loads it from disk."""
+    import pandas as pd
+
+    from recipe.codistill_grpo.cpu.tiny_pair import build_tokenizer
+
+    built = build_tokenizer()
+    loaded = AutoTokenizer.from_pretrained(tiny_pair["small"])
+    assert type(built) is type(loaded)
+    rows = pd.read_parquet(tiny_data["train"])
+    texts = [m["content"] for p in rows["prompt"] for m in p] + ["53 + 12 = \\boxed{65}", "x\n\ny 1234567"]
+    for text in texts:
+        assert built(text)["input_ids"] == loaded(text)["input_ids"], text
+    chat = [{"role": "user", "content": texts[0]}]
+    assert built.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == loaded.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False
+    )
+    # like the real Qwen2.5 tokenizer: one digit per token, so numbers tokenize the same wherever they stand
+    assert loaded.tokenize(" 53") == ["Ġ", "5", "3"]

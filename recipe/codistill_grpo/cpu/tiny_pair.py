@@ -3,8 +3,9 @@
 Everything here is built on the fly, offline and deterministically, for the CPU smoke run
 and the tests: two randomly initialised Qwen2-architecture causal LMs of different widths
 (and, like Qwen2.5-Math-1.5B/7B, different padded embedding sizes) sharing one byte-level
-BPE tokenizer with a Qwen-style chat template, and arithmetic prompts with boxed answers
-written as the same verl parquet that ``scripts/prepare_data.py`` writes.
+BPE ``Qwen2Tokenizer`` (loads back from disk exactly as built) with a Qwen-style chat
+template, and arithmetic prompts with boxed answers written as the same verl parquet that
+``scripts/prepare_data.py`` writes.
 
     python -m recipe.codistill_grpo.cpu.stand_in --kind tiny --out /tmp/tiny
 """
@@ -43,27 +44,55 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer():
-    """Byte-level BPE (a few hundred tokens) wrapped as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384, split_digits: bool = False):
+    """Byte-level BPE (a few hundred tokens) as a ``Qwen2Tokenizer``, identical after save and load.
+
+    A model folder whose ``config.json`` says ``model_type: qwen2`` is loaded by
+    ``AutoTokenizer.from_pretrained`` (and so by verl) as a ``Qwen2Tokenizer``, which keeps the
+    vocabulary and merges but rebuilds the normalizer, pre-tokenizer and decoder from its own
+    class (NFC, Qwen's split regex with one digit per piece, byte level). Returning a
+    ``Qwen2Tokenizer`` built from the trained vocabulary and merges makes what the builder holds
+    in memory tokenize exactly like what any reader loads from disk.
+
+    ``split_digits=False`` (the tiny pair) trains the merges on byte-level words, as this
+    function always has: the vocabulary keeps its multi-digit tokens (``Ġ53``), which Qwen's
+    splitting never produces when encoding but a model can still sample; the tiny pair's
+    vocabulary, and so its random models, stay what they were. ``split_digits=True`` trains the
+    merges under Qwen's own splitting, so every token in the vocabulary can come out of encoding.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=384,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    tok.train_from_iterator(_tokenizer_corpus() if corpus is None else corpus, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
+        unk_token=None,
         bos_token=None,
+        extra_special_tokens=["<|im_start|>"],
         chat_template=CHAT_TEMPLATE,
         model_max_length=2048,
     )
