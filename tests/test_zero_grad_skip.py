@@ -88,7 +88,9 @@ def assert_same(a: Path, b: Path, sub: str, initial: str) -> None:
 def test_codistill_step_is_the_same_with_and_without_the_skip(tmp_path, tiny_dir, ranks):
     extra = ["algorithm.codistill.is.mode=mask", "algorithm.codistill.is.threshold=1.3"]
     if ranks == 2:
-        extra += ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2", "+pair.cpu.micro_batch=4"]
+        # one rollout replica (TP 2): with one per rank, which replica answers a request (and so its seed) varies
+        extra += ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2", "+pair.cpu.micro_batch=4",
+                  "pair.small.rollout.tensor_model_parallel_size=2"]
     on = run(tmp_path / "on", "codistill", True, extra)
     off = run(tmp_path / "off", "codistill", False, extra)
     assert 0.0 < on["large/skipped_frac"] < 1.0, on["large/skipped_frac"]
