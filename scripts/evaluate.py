@@ -398,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder: <out>/<name>/<suite>.json")
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     p.add_argument("--pair", default="", help="model pair label stored in the results (for make_tables)")
-    p.add_argument("--method", default="", help="method label: base | grpo | codistill (for make_tables)")
+    p.add_argument("--method", default="", help="method label: base | grpo | codistill | an ablation (for make_tables)")
     p.add_argument("--role", default="", help="small | large (for make_tables)")
+    p.add_argument("--run-seed", type=int, default=None, help="the training run's seed (for make_tables: mean +- std)")
     p.add_argument("--n", type=int, default=1, help="samples per item for suites not in --suite-n (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -455,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 
             source = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
             header = {"model": name, "checkpoint": source, "model_dir": str(model_dir),
-                      "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role}}
+                      "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role,
+                                                          **({"seed": args.run_seed} if args.run_seed is not None else {})}}
             (Path(args.out) / name).mkdir(parents=True, exist_ok=True)
             for suite in suites:
                 out_file = Path(args.out) / name / f"{suite}.json"

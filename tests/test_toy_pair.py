@@ -238,3 +238,26 @@ def test_real_small_model_via_cli_is_partly_competent(tmp_path, capsys):
     result = json.loads((tmp_path / "res" / "small" / "test.json").read_text())
     assert result["aggregate"]["n_items"] >= 200 and result["aggregate"]["format_rate"] > 0.9
     assert 0.15 <= result["aggregate"]["accuracy"] <= 0.45, result["aggregate"]
+
+
+def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
+    """pair.cpu.build (here a data setting and short warm-ups) reaches the builder through run.cpu_pair."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from recipe.codistill_grpo.configuration import compose_config, resolved
+    from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
+
+    cfg = resolved(compose_config("toy", "grpo_small", ["+pair.cpu.build.data.echo=true",
+                                                        "+pair.cpu.build.models.small.steps=3"], platform="cpu"))
+    settings = OmegaConf.to_container(cfg.run.cpu_pair.settings)
+    assert settings == {"data": {"echo": True}, "models": {"small": {"steps": 3}}}
+    ensure_cpu_pair("toy", tmp_path, ("small",), settings)
+    build = json.loads((tmp_path / "build.json").read_text())
+    assert build["settings"]["data"]["echo"] is True and build["settings"]["models"]["small"]["steps"] == 3
+    import pandas as pd
+
+    row = pd.read_parquet(tmp_path / "data" / "test.parquet").iloc[0]
+    assert row["extra_info"]["response"].endswith("= \\boxed{%s}" % row["reward_model"]["ground_truth"])
+    assert not (tmp_path / "models" / "large").exists()

@@ -105,7 +105,8 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
             from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
 
             cpu_pair = plan.config.run.cpu_pair
-            lines.append(ensure_cpu_pair(cpu_pair.kind, cpu_pair.dir, _needed_models(plan)))
+            settings = OmegaConf.to_container(cpu_pair.settings) if cpu_pair.get("settings") else None
+            lines.append(ensure_cpu_pair(cpu_pair.kind, cpu_pair.dir, _needed_models(plan), settings))
         large_path = str(plan.large.model.path) if plan.large is not None else None
         more, plan.data_report = preflight.check_files(plan.config, large_path, strict=not dry_run)
         lines += more

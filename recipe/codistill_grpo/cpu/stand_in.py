@@ -22,8 +22,13 @@ def _tiny_key() -> str:
     return hashlib.sha256(Path(tiny_pair.__file__).read_bytes()).hexdigest()[:16]
 
 
-def ensure_cpu_pair(kind: str, folder: str | Path, models: tuple[str, ...] = ("small", "large")) -> str:
-    """Build the stand-in pair ``kind`` at ``folder`` unless an identical build is there; returns a line saying which."""
+def ensure_cpu_pair(kind: str, folder: str | Path, models: tuple[str, ...] = ("small", "large"),
+                    settings: dict | None = None) -> str:
+    """Build the stand-in pair ``kind`` at ``folder`` unless an identical build is there; returns a line saying which.
+
+    ``settings`` (the toy pair only): ``{"data": {...}, "models": {"small": {...}}}`` over
+    ``toy_pair``'s defaults (``pair.cpu.build`` in the pair's YAML).
+    """
     if kind not in KINDS:
         raise ValueError(f"run.cpu_pair.kind={kind!r} not in {list(KINDS)}")
     folder = Path(folder)
@@ -33,7 +38,8 @@ def ensure_cpu_pair(kind: str, folder: str | Path, models: tuple[str, ...] = ("s
         if kind == "toy":
             from recipe.codistill_grpo.cpu.toy_pair import build_toy_pair
 
-            build_toy_pair(folder, models=tuple(models))
+            settings = dict(settings or {})
+            build_toy_pair(folder, models=tuple(models), data=settings.get("data"), overrides=settings.get("models"))
             return f"toy pair ({', '.join(models)}) ready in {folder}"
         key = _tiny_key()
         info = folder / "build.json"
