@@ -5,6 +5,8 @@
     python scripts/bench_step.py --steps 6 --warmup 2
     # the zero-gradient skip: CoDistill with and without it (same pair, same seeds)
     python scripts/bench_step.py --compare skip --pair toy --steps 8 --warmup 2
+    # the CPU rollout: requests batched vs answered one at a time
+    python scripts/bench_step.py --compare batching --pair toy --steps 6 --warmup 2
     # GPU: the pair's real config (pass what your cluster needs after --)
     python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8
 
@@ -39,6 +41,9 @@ PHASES = [
 COMPARISONS = {
     "grpo": [("codistill", ["exp=codistill"]), ("grpo_small", ["exp=grpo_small"])],
     "skip": [("skip", ["exp=codistill"]), ("no_skip", ["exp=codistill", "algorithm.codistill.large.skip_zero_grad=false"])],
+    # the CPU rollout answering waiting requests in batches vs one request at a time (as before batching)
+    "batching": [("batched", ["exp=codistill"]),
+                 ("one_by_one", ["exp=codistill", "+actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1"])],
 }
 
 
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--compare", default="grpo", choices=sorted(COMPARISONS),
-                   help="grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip")
+                   help="grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; "
+                        "batching (platform cpu): the CPU rollout batching requests vs answering one at a time")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
     p.add_argument("--out", help="output folder (default: a temporary folder)")

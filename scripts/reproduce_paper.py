@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,6 +36,16 @@ METHODS = ["grpo_small", "codistill", "grpo_large"]
 ABLATIONS = ["frozen_teacher", "no_is", "kd_only"]
 GPU_PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
 STAGES = ("all", "train", "eval", "tables", "after-train")
+
+
+# the entry point's per-step console line: "codistill: step 12/40  <metrics>  (34s elapsed)"
+_STEP_LINE = re.compile(r"^codistill: step (\d+)/(\d+)\s")
+
+
+def progress_step(line: str) -> int | None:
+    """The step a run has finished, from one line of its console output (None for any other line)."""
+    m = _STEP_LINE.match(line)
+    return int(m.group(1)) if m else None
 
 
 def say(message: str) -> None:
@@ -170,9 +181,9 @@ def stage_train(plan: Plan) -> list[str]:
     for i, run in enumerate(todo, 1):
         def progress(line: str, run=run, i=i) -> None:
             nonlocal done_steps
-            if not line.startswith("codistill: step "):
+            step = progress_step(line)
+            if step is None:
                 return
-            step = int(line.split()[2].split("/")[0])
             elapsed = time.monotonic() - start
             left = total_steps - (done_steps + step)
             rate = elapsed / max(done_steps + step, 1)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from tests.test_run_script import FAKEBIN, REPO, Env
@@ -160,3 +162,20 @@ def test_bad_arguments(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "[reproduce] error: --seeds must be comma-separated integers, got 'one'"
     proc = run(e, "--stage", "deploy")
     assert proc.returncode == 2 and "invalid choice: 'deploy'" in proc.stderr
+
+
+def test_progress_reads_the_entry_points_step_lines_and_nothing_else():
+    """The lines the entry point prints during and after a run (as in a real run's train.log)."""
+    spec = importlib.util.spec_from_file_location("reproduce_paper_script", REPO / "scripts" / "reproduce_paper.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    progress_step = module.progress_step
+
+    assert progress_step("codistill: step 7/40  critic/score/mean=0.2812  timing_s/step=1.326  (105s elapsed)") == 7
+    assert progress_step("codistill: step 40/40  critic/score/mean=0.1484  (108s elapsed)\n") == 40
+    for other in ("codistill: step 40: critic/score/mean=0.1484, small/pg_loss=0.001908",  # the final summary
+                  "codistill: done: steps 1..40 of 40 in /x (host vm)",
+                  "(TaskRunner pid=1) codistill: step 3/40  x",
+                  "codistill: step 12/40: non-finite log-probs"):
+        assert progress_step(other) is None, other
