@@ -218,7 +218,8 @@ def _complete(folder: Path, suites: list[str]) -> bool:
     return True
 
 
-def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None) -> None:
+def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None,
+              exp: str = "base") -> None:
     facts = plan.pairs[pair]
     results = plan.out / "results" / pair
     if _complete(results / name, facts["suites"]):
@@ -227,7 +228,7 @@ def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, ro
     cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir", facts["data_dir"],
            "--suites", ",".join(facts["suites"]), "--out", str(results), "--backend", "hf" if plan.where == "cpu" else "vllm",
            "--pair", pair, "--method", method, "--role", role, "--max-tokens", str(facts["max_tokens"]),
-           "--merged-root", str(plan.out / "merged"), "--no-progress"]
+           "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
     if seed is not None:
         cmd += ["--run-seed", str(seed)]
     if {"aime24", "amc23"} & set(facts["suites"]):
@@ -240,7 +241,7 @@ def stage_eval(plan: Plan) -> None:
     for pair, facts in plan.pairs.items():
         if plan.where == "cpu":  # the base models are the CPU stand-in pair, built on first use (cached)
             folder = str(Path(facts["small"]).parents[1])
-            if act(plan.args, [python(), "-m", "recipe.codistill_grpo.cpu.stand_in", "--kind", pair, "--out", folder]):
+            if act(plan.args, [python(), "-m", "recipe.codistill_grpo.cpu.stand_in", "--pair", pair, "--out", folder]):
                 raise SystemExit(f"[reproduce] error: building the {pair} pair in {folder} failed")
         for role in ("small", "large"):
             _evaluate(plan, pair, f"base_{role}", facts[role], "base", role, None)
@@ -252,7 +253,8 @@ def stage_eval(plan: Plan) -> None:
         roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(run.exp, ["small", "large"])
         for role in roles:
             model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
-            _evaluate(plan, run.pair, f"{run.exp}-seed{run.seed}-{role}", str(run.checkpoint(model)), method, role, run.seed)
+            _evaluate(plan, run.pair, f"{run.exp}-seed{run.seed}-{role}", str(run.checkpoint(model)), method, role, run.seed,
+                      run.exp)
 
 
 def stage_tables(plan: Plan) -> None:

@@ -50,7 +50,7 @@ def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
                         f"output in {out / 'reproduce'}")
     cmds = would_run(proc)
     train, build, evals, tables = cmds[:9], cmds[9], cmds[10:12], cmds[12:]
-    assert build == [PY, "-m", "recipe.codistill_grpo.cpu.stand_in", "--kind", "toy", "--out", str(out / "toy")]
+    assert build == [PY, "-m", "recipe.codistill_grpo.cpu.stand_in", "--pair", "toy", "--out", str(out / "toy")]
     assert [c[:3] for c in train] == [[PY, "-m", "recipe.codistill_grpo.main_codistill"]] * 9
     assert [(c[3], c[4], c[5], c[6]) for c in train[:3]] == [
         ("pair=toy", f"exp={x}", "platform=cpu", "run.seed=1") for x in ("grpo_small", "codistill", "grpo_large")]
@@ -93,6 +93,9 @@ def test_finished_runs_are_skipped_and_their_models_evaluated(tmp_path):
     assert arg(evals["codistill-seed1-large"], "--checkpoint") == str(step / "large_actor")
     assert arg(evals["grpo_large-seed1-large"], "--method") == "grpo" and arg(evals["grpo_large-seed1-large"], "--run-seed") == "1"
     assert arg(evals["grpo_large-seed1-large"], "--checkpoint").endswith("grpo_large/seed1/checkpoints/global_step_40/actor")
+    # two runs of one seed both have a seed1/checkpoints/global_step_40: their merges must not share a folder
+    assert arg(evals["codistill-seed1-small"], "--merged-root") == str(out / "reproduce" / "merged" / "toy" / "codistill")
+    assert arg(evals["grpo_large-seed1-large"], "--merged-root") == str(out / "reproduce" / "merged" / "toy" / "grpo_large")
     (tables,) = [c for c in calls if c[0] == "scripts/make_tables.py"]
     logs = [tables[i + 1] for i, a in enumerate(tables) if a == "--log"]
     assert sorted(label.split("=")[0] for label in logs) == ["codistill/1", "grpo_large/1"]

@@ -249,10 +249,11 @@ def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
     from recipe.codistill_grpo.configuration import compose_config, resolved
     from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
 
-    cfg = resolved(compose_config("toy", "grpo_small", ["+pair.cpu.build.data.echo=true",
-                                                        "+pair.cpu.build.models.small.steps=3"], platform="cpu"))
+    cfg = resolved(compose_config("toy", "grpo_small", ["pair.cpu.build.data.echo=true",
+                                                        "pair.cpu.build.models.small.steps=3",
+                                                        "pair.cpu.build.models.large.steps=5"], platform="cpu"))
     settings = OmegaConf.to_container(cfg.run.cpu_pair.settings)
-    assert settings == {"data": {"echo": True}, "models": {"small": {"steps": 3}}}
+    assert settings == {"data": {"echo": True}, "models": {"small": {"steps": 3}, "large": {"steps": 5}}}
     ensure_cpu_pair("toy", tmp_path, ("small",), settings)
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["settings"]["data"]["echo"] is True and build["settings"]["models"]["small"]["steps"] == 3
@@ -261,3 +262,20 @@ def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
     row = pd.read_parquet(tmp_path / "data" / "test.parquet").iloc[0]
     assert row["extra_info"]["response"].endswith("= \\boxed{%s}" % row["reward_model"]["ground_truth"])
     assert not (tmp_path / "models" / "large").exists()
+
+
+def test_stand_in_cli_builds_a_pair_with_its_yaml_settings(tmp_path, monkeypatch):
+    """`stand_in --pair toy` (what reproduce_paper and pair.prepare run) hands the builder the settings
+    written in configs/pair/toy.yaml, read here straight from the file; --kind uses the defaults."""
+    import yaml
+
+    from recipe.codistill_grpo.cpu import stand_in, toy_pair
+
+    calls = []
+    monkeypatch.setattr(toy_pair, "build_toy_pair", lambda folder, models, data, overrides: calls.append(
+        (str(folder), models, data, overrides)))
+    written = yaml.safe_load((REPO / "configs" / "pair" / "toy.yaml").read_text())["pair"]["cpu"]["build"]
+    assert stand_in.main(["--pair", "toy", "--out", str(tmp_path / "a"), "--models", "small"]) == 0
+    assert stand_in.main(["--kind", "toy", "--out", str(tmp_path / "b")]) == 0
+    assert calls == [(str(tmp_path / "a"), ("small",), written["data"], written["models"]),
+                     (str(tmp_path / "b"), ("small", "large"), None, None)]

@@ -61,11 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Build a CPU stand-in pair (models/{small,large}, data/).")
-    parser.add_argument("--kind", choices=KINDS, default="tiny")
-    parser.add_argument("--out", required=True, help="folder of the pair")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--pair", help="the stand-in of configs/pair/PAIR.yaml under platform=cpu, with that "
+                                      "file's build settings (pair.cpu.build) and, without --out, its folder")
+    which.add_argument("--kind", choices=KINDS, help="a stand-in with the builder's default settings")
+    parser.add_argument("--out", help="folder of the pair (required with --kind)")
     parser.add_argument("--models", default="small,large", help="which models (the toy pair builds each on demand)")
     args = parser.parse_args(argv)
-    print(ensure_cpu_pair(args.kind, args.out, tuple(m for m in args.models.split(",") if m)))
+    models = tuple(m for m in args.models.split(",") if m)
+    if args.pair:
+        from omegaconf import OmegaConf
+
+        from recipe.codistill_grpo.configuration import ConfigError, compose_config, resolved
+
+        try:
+            stand_in = resolved(compose_config(args.pair, "codistill", platform="cpu")).run.cpu_pair
+        except ConfigError as e:
+            parser.error(str(e))
+        settings = OmegaConf.to_container(stand_in.settings) if stand_in.settings is not None else None
+        print(ensure_cpu_pair(stand_in.kind, args.out or stand_in.dir, models, settings))
+        return 0
+    if not args.out:
+        parser.error("--out is required with --kind (or name a --pair)")
+    print(ensure_cpu_pair(args.kind or "tiny", args.out, models))
     return 0
 
 
