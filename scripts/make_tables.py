@@ -210,6 +210,7 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     groups: dict[str, list[dict[str, dict[int, float]]]] = OrderedDict()
     for label, series in logs.items():
         groups.setdefault(label.split("/")[0], []).append(series)
+    colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
     cols = min(3, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
@@ -221,10 +222,10 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
             steps = sorted(set().union(*runs))
             values = [[r[s] for r in runs if s in r] for s in steps]
             mean = [statistics.fmean(v) for v in values]
-            line, = ax.plot(steps, mean, label=f"{name} (n={len(runs)})", marker="o" if len(steps) <= 50 else None,
-                            markersize=3)
+            ax.plot(steps, mean, label=f"{name} (n={len(runs)})", marker="o" if len(steps) <= 50 else None,
+                    markersize=3, color=colors[name])
             if len(runs) > 1:
-                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=colors[name], alpha=0.2)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

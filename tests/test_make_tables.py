@@ -162,3 +162,22 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     assert "bad.jsonl:1: no 'step' key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_tables.main([])
+
+
+def test_each_experiment_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+    """A panel where the first experiment has no data (the large model's metrics in grpo_small) must not
+    hand its colour to the next experiment."""
+    from matplotlib.figure import Figure
+
+    logs = {"grpo_small/1": {"critic/score/mean": {1: 0.1, 2: 0.2}},
+            "codistill/1": {"critic/score/mean": {1: 0.2, 2: 0.3}, "large/is_ess": {1: 0.9, 2: 0.8}},
+            "grpo_large/1": {"critic/score/mean": {1: 0.7, 2: 0.8}, "large/is_ess": {1: 1.0, 2: 1.0}}}
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k))[1])
+    make_tables.plot_curves(logs, ["critic/*", "large/*"], tmp_path / "c.png")
+    (fig,) = figures
+    colours = [{line.get_label().split(" ")[0]: line.get_color() for line in ax.get_lines()} for ax in fig.axes[:2]]
+    assert sorted(colours[0]) == ["codistill", "grpo_large", "grpo_small"] and sorted(colours[1]) == ["codistill", "grpo_large"]
+    assert colours[1]["codistill"] == colours[0]["codistill"] and colours[1]["grpo_large"] == colours[0]["grpo_large"]
+    assert len(set(colours[0].values())) == 3
