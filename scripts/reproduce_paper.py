@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,17 +78,19 @@ class Run:
     def label(self) -> str:
         return f"{self.pair}/{self.exp} seed {self.seed}"
 
-    def finished(self) -> bool:
-        tracker = self.folder / "checkpoints" / "latest_checkpointed_iteration.txt"
+    def latest_step(self) -> int | None:
+        """The step verl's tracker file names (None: no checkpoint yet)."""
         try:
-            step = int(tracker.read_text().strip())
+            return int((self.folder / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip())
         except (OSError, ValueError):
-            return False
-        return step >= self.steps and (self.folder / "checkpoints" / f"global_step_{step}" / "actor").is_dir()
+            return None
 
     def checkpoint(self, model: str) -> Path:
-        step = int((self.folder / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip())
-        return self.folder / "checkpoints" / f"global_step_{step}" / model
+        return self.folder / "checkpoints" / f"global_step_{self.latest_step()}" / model
+
+    def finished(self) -> bool:
+        step = self.latest_step()
+        return step is not None and step >= self.steps and self.checkpoint("actor").is_dir()
 
 
 class Plan:
@@ -131,9 +134,9 @@ def act(args, cmd: list[str], stream=None) -> int:
         say("+ " + shlex.join(cmd))
         return subprocess.run(cmd, cwd=REPO).returncode
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=40)
     for line in proc.stdout:
-        tail = (tail + [line])[-40:]
+        tail.append(line)
         stream(line)
     rc = proc.wait()
     if rc:
@@ -259,7 +262,7 @@ def stage_eval(plan: Plan) -> None:
 
 def stage_tables(plan: Plan) -> None:
     logs = [f"{r.exp}/{r.seed}={r.folder / 'metrics.jsonl'}" for r in plan.runs if (r.folder / "metrics.jsonl").exists()]
-    suites = sorted({s for f in plan.pairs.values() for s in f["suites"]}, key=lambda s: s)
+    suites = sorted({s for f in plan.pairs.values() for s in f["suites"]})
     cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results"), "--out", str(plan.out / "tables"),
            "--suites", ",".join(next(iter(plan.pairs.values()))["suites"] if len(plan.pairs) == 1 else suites)]
     for log in logs:

@@ -81,7 +81,8 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
     assert result["aggregate"]["accuracy"] == sum(it["correct"][0] for it in result["items"]) / 3
 
 
-def test_resume_with_other_sampling_is_refused(tmp_path):
+def _one_question_evaluated(tmp_path):
+    """A one-question suite evaluated once into ``tmp_path/s.json``: (frame, out_file, generator)."""
     frame = pd.DataFrame({
         "prompt": [[{"role": "user", "content": "1+1?"}]],
         "reward_model": [{"ground_truth": "2"}],
@@ -90,6 +91,11 @@ def test_resume_with_other_sampling_is_refused(tmp_path):
     out_file = tmp_path / "s.json"
     scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
     evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False)
+    return frame, out_file, scripted
+
+
+def test_resume_with_other_sampling_is_refused(tmp_path):
+    frame, out_file, scripted = _one_question_evaluated(tmp_path)
     with pytest.raises(evaluate.EvalError, match="written with sampling"):
         evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, {**SAMPLING, "max_tokens": 8}, HEADER, 4,
                                 reward_workers=1, show_progress=False)
@@ -265,14 +271,7 @@ def test_merged_root_names_merges_by_run_and_checks_their_source(tiny_pair, tmp_
 
 
 def test_resume_for_another_checkpoint_is_refused(tmp_path):
-    frame = pd.DataFrame({
-        "prompt": [[{"role": "user", "content": "1+1?"}]],
-        "reward_model": [{"ground_truth": "2"}],
-        "extra_info": [{"index": 0}],
-    })
-    out_file = tmp_path / "s.json"
-    scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
-    evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False)
+    frame, out_file, scripted = _one_question_evaluated(tmp_path)
     with pytest.raises(evaluate.EvalError, match="written for checkpoint c, now /other"):
         evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, {**HEADER, "checkpoint": "/other"}, 4,
                                 reward_workers=1, show_progress=False)

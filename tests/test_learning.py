@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from recipe.codistill_grpo.configuration import compose_config, resolved
-from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
+from recipe.codistill_grpo.cpu.stand_in import ensure_stand_in
 from verl_ext.reward.math_reward import compute_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +27,9 @@ SEED = 11  # a training seed the toy pair's reported results do not use (they us
 @pytest.fixture(scope="module")
 def toy_small(output_dir) -> Path:
     """The toy pair's small model, built with the settings of configs/pair/toy.yaml."""
-    cfg = resolved(compose_config("toy", "grpo_small", platform="cpu"))
-    ensure_cpu_pair("toy", cfg.run.cpu_pair.dir, ("small",), OmegaConf.to_container(cfg.run.cpu_pair.settings))
-    return Path(cfg.run.cpu_pair.dir)
+    cpu_pair = resolved(compose_config("toy", "grpo_small", platform="cpu")).run.cpu_pair
+    ensure_stand_in(cpu_pair, ("small",))
+    return Path(cpu_pair.dir)
 
 
 def greedy_accuracy(model_dir: Path, test: pd.DataFrame, state: dict | None = None) -> tuple[float, int]:

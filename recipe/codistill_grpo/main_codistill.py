@@ -102,11 +102,9 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
         dry_run = bool(plan.config.run.dry_run)
         lines = []
         if not dry_run and plan.config.run.get("cpu_pair"):
-            from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
+            from recipe.codistill_grpo.cpu.stand_in import ensure_stand_in
 
-            cpu_pair = plan.config.run.cpu_pair
-            settings = OmegaConf.to_container(cpu_pair.settings) if cpu_pair.get("settings") else None
-            lines.append(ensure_cpu_pair(cpu_pair.kind, cpu_pair.dir, _needed_models(plan), settings))
+            lines.append(ensure_stand_in(plan.config.run.cpu_pair, _needed_models(plan)))
         large_path = str(plan.large.model.path) if plan.large is not None else None
         more, plan.data_report = preflight.check_files(plan.config, large_path, strict=not dry_run)
         lines += more

@@ -57,6 +57,16 @@ def ensure_cpu_pair(kind: str, folder: str | Path, models: tuple[str, ...] = ("s
         return f"tiny pair built in {folder}"
 
 
+def ensure_stand_in(cpu_pair, models: tuple[str, ...] = ("small", "large"), folder: str | Path | None = None) -> str:
+    """:func:`ensure_cpu_pair` for a resolved ``run.cpu_pair`` node (kind, dir, settings), at ``folder``
+    (default its ``dir``)."""
+    from omegaconf import OmegaConf
+
+    settings = cpu_pair.get("settings")
+    settings = OmegaConf.to_container(settings) if settings is not None else None
+    return ensure_cpu_pair(cpu_pair.kind, folder or cpu_pair.dir, models, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -70,16 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = tuple(m for m in args.models.split(",") if m)
     if args.pair:
-        from omegaconf import OmegaConf
-
         from recipe.codistill_grpo.configuration import ConfigError, compose_config, resolved
 
         try:
             stand_in = resolved(compose_config(args.pair, "codistill", platform="cpu")).run.cpu_pair
         except ConfigError as e:
             parser.error(str(e))
-        settings = OmegaConf.to_container(stand_in.settings) if stand_in.settings is not None else None
-        print(ensure_cpu_pair(stand_in.kind, args.out or stand_in.dir, models, settings))
+        print(ensure_stand_in(stand_in, models, args.out))
         return 0
     if not args.out:
         parser.error("--out is required with --kind (or name a --pair)")
