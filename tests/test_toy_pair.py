@@ -1,40 +1,41 @@
 """The toy task and the warmed-up toy pair (recipe/codistill_grpo/cpu/toy_pair.py).
 
-Model builds here use a few warm-up steps (``QUICK``), except the one test of the real small
-model, which also runs the CLI and ``scripts/evaluate.py`` on it.
+Model builds here use a few warm-up steps (``QUICK``); the shipped pair's facts are recomputed
+independently of ``toy_pair.toy_facts`` (a hand-written greedy loop, exact operator probabilities).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from transformers import AutoConfig, AutoTokenizer
+import torch
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from recipe.codistill_grpo.cpu import toy_pair
 from verl_ext.reward.math_reward import compute_score
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"small": {"steps": 6}, "large": {"steps": 3}}
-EXPRESSION = re.compile(r"^What is (\d+(?: [+-] \d+)+)\?$")
+QUESTION = re.compile(r"^What is (\d+) \+ (\d+)\?$")
 
 
 def quick_build(out, **kw):
-    return toy_pair.build_toy_pair(out, overrides=kw.pop("overrides", QUICK), evaluate=False, **kw)
+    return toy_pair.build_toy_pair(out, overrides=kw.pop("overrides", QUICK), evaluate=False, shipped=None, **kw)
 
 
-def by_hand(expression: str) -> int:
-    """Left-to-right + and - on the expression's integers (independent of toy_pair)."""
-    tokens = expression.split()
-    value = int(tokens[0])
-    for op, number in zip(tokens[1::2], tokens[2::2]):
-        assert op in "+-"
-        value = value + int(number) if op == "+" else value - int(number)
-    return value
+def digits_ok(a: int, b: int, n: int) -> bool:
+    """The task's rule, written out: n digits each, aligned a_i >= b_i, a_i + b_i <= 9, a_0 > b_0 >= 1."""
+    sa, sb = str(a), str(b)
+    if len(sa) != n or len(sb) != n:
+        return False
+    pairs = [(int(x), int(y)) for x, y in zip(sa, sb)]
+    return pairs[0][0] > pairs[0][1] >= 1 and all(x >= y and x + y <= 9 for x, y in pairs)
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +51,24 @@ def test_real_settings_data(toy_data):
         assert [e["index"] for e in frame["extra_info"]] == list(range(len(frame)))
         assert {e["split"] for e in frame["extra_info"]} == {split}
         assert set(frame["ability"]) == {"math"} and set(frame["data_source"]) == {"toy_arith"}
-        questions = [p[0]["content"] for p in frame["prompt"]]
         assert all(len(p) == 1 and p[0]["role"] == "user" for p in frame["prompt"])
+        questions = [p[0]["content"] for p in frame["prompt"]]
         assert len(set(questions)) == len(questions)
         for q, rm, extra in zip(questions, frame["reward_model"], frame["extra_info"]):
-            expression = EXPRESSION.match(q).group(1)
-            numbers = [int(x) for x in expression.split()[::2]]
-            assert rm["style"] == "rule" and rm["ground_truth"] == str(by_hand(expression))
-            two_digit = sum(n >= 10 for n in numbers)
-            shape = {1: (2, 0), 2: (2, 1), 3: (2, 2), 4: (3, 0)}[extra["difficulty"]]
-            assert (len(numbers), two_digit) == shape, (q, extra["difficulty"])
-            assert all(0 <= n <= 99 for n in numbers)
-    assert len(test) >= 200
-    assert not set(p[0]["content"] for p in train["prompt"]) & set(p[0]["content"] for p in test["prompt"])
-    assert sorted({e["difficulty"] for e in test["extra_info"]}) == [1, 2, 3, 4]
-    assert min(pd.Series([e["difficulty"] for e in test["extra_info"]]).value_counts()) >= 40
-    assert len(train) >= 2000
+            a, b = map(int, QUESTION.match(q).groups())
+            assert digits_ok(a, b, extra["difficulty"]), q
+            assert rm["style"] == "rule" and rm["ground_truth"] == str(a + b)
+            assert extra["response"] == f"{a} + {b} = \\boxed{{{a + b}}}"
+            assert extra["slip"] == f"{a} - {b} = \\boxed{{{a - b}}}"
+    test_ops = {tuple(map(int, QUESTION.match(p[0]["content"]).groups())) for p in test["prompt"]}
+    train_ops = {tuple(map(int, QUESTION.match(p[0]["content"]).groups())) for p in train["prompt"]}
+    assert not test_ops & train_ops  # operand pairs never seen in training
+    levels = pd.Series([e["difficulty"] for e in test["extra_info"]]).value_counts().to_dict()
+    assert levels == {2: 64, 3: 64, 4: 64}
+    # level 2 has 16 x 30 = 480 questions (counted here by brute force): 64 test, the other 416 train
+    assert sum(digits_ok(a, b, 2) for a in range(10, 100) for b in range(10, 100)) == 480
+    assert sum(e["difficulty"] == 2 for e in train["extra_info"]) == 416
+    assert len(train) == 416 + 2 * 1024
 
 
 def test_prompts_and_answers_are_short_with_the_tokenizer_from_disk(toy_data):
@@ -74,49 +77,45 @@ def test_prompts_and_answers_are_short_with_the_tokenizer_from_disk(toy_data):
     for path in (toy_data["train"], toy_data["test"]):
         frame = pd.read_parquet(path)
         prompts = [tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False) for p in frame["prompt"]]
-        assert max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in prompts) <= 64
-        answers = [e["response"] for e in frame["extra_info"]]
-        assert max(len(tok(a, add_special_tokens=False)["input_ids"] + [eos]) for a in answers) <= 24
-        # the warm-up target is what the reward wants
-        for answer, rm in list(zip(answers, frame["reward_model"]))[:20]:
-            assert compute_score("toy_arith", answer, rm["ground_truth"], {})["score"] == 1.0
+        assert max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in prompts) <= 32
+        for key in ("response", "slip"):
+            answers = [e[key] for e in frame["extra_info"]]
+            assert max(len(tok(a, add_special_tokens=False)["input_ids"] + [eos]) for a in answers) <= 24
+        # the warm-up's correct target is what the reward wants, the slip is not
+        for extra, rm in list(zip(frame["extra_info"], frame["reward_model"]))[:20]:
+            assert compute_score("toy_arith", extra["response"], rm["ground_truth"], {})["score"] == 1.0
+            assert compute_score("toy_arith", extra["slip"], rm["ground_truth"], {})["score"] == 0.0
 
 
-# written out by hand: (question as asked, right answer)
+# written out by hand: (operands, question, correct response, operator slip)
 HAND = [
-    ((7, "+", 8), "What is 7 + 8?", "15"),
-    ((3, "-", 9), "What is 3 - 9?", "-6"),
-    ((53, "+", 12), "What is 53 + 12?", "65"),
-    ((40, "-", 85), "What is 40 - 85?", "-45"),
-    ((99, "+", 99), "What is 99 + 99?", "198"),
-    ((6, "+", 70), "What is 6 + 70?", "76"),
-    ((10, "-", 10), "What is 10 - 10?", "0"),
-    ((5, "-", 7, "+", 3), "What is 5 - 7 + 3?", "1"),
-    ((9, "+", 9, "-", 0), "What is 9 + 9 - 0?", "18"),
-    ((0, "-", 9, "-", 9), "What is 0 - 9 - 9?", "-18"),
+    ((41, 30), "What is 41 + 30?", "41 + 30 = \\boxed{71}", "41 - 30 = \\boxed{11}"),
+    ((412, 305), "What is 412 + 305?", "412 + 305 = \\boxed{717}", "412 - 305 = \\boxed{107}"),
+    ((5040, 1030), "What is 5040 + 1030?", "5040 + 1030 = \\boxed{6070}", "5040 - 1030 = \\boxed{4010}"),
+    ((9000, 1000), "What is 9000 + 1000?", "9000 + 1000 = \\boxed{10000}", "9000 - 1000 = \\boxed{8000}"),
 ]
 
 
-@pytest.mark.parametrize("problem,asked,answer", HAND)
-def test_grader_agrees_with_hand_computed_answers(problem, asked, answer):
+@pytest.mark.parametrize("problem,asked,right,slip", HAND)
+def test_grader_agrees_with_hand_computed_answers(problem, asked, right, slip):
     assert toy_pair.question(problem) == asked
-    assert toy_pair.problem_answer(problem) == int(answer)
-    target = toy_pair.response(problem)
-    assert target == f"\\boxed{{{answer}}}"
-    assert compute_score("toy_arith", target, answer, {})["score"] == 1.0
-    assert compute_score("toy_arith", f"so {problem[0]} ... = \\boxed{{{answer}}}", answer, {})["score"] == 1.0
-    assert compute_score("toy_arith", f"\\boxed{{{int(answer) + 1}}}", answer, {})["score"] == 0.0
-    assert compute_score("toy_arith", f"\\boxed{{{-int(answer) - 10}}}", answer, {})["score"] == 0.0
+    assert toy_pair.response(problem) == right and toy_pair.response(problem, "-") == slip
+    answer = right.split("{")[1].rstrip("}")
+    assert compute_score("toy_arith", right, answer, {})["score"] == 1.0
+    assert compute_score("toy_arith", slip, answer, {})["score"] == 0.0
     assert compute_score("toy_arith", answer, answer, {})["score"] == 0.0  # unboxed
+    assert toy_pair.procedure_of(right, f"{problem[0]} + {problem[1]}") == "+"
+    assert toy_pair.procedure_of(slip, f"{problem[0]} + {problem[1]}") == "-"
+    assert toy_pair.procedure_of(slip, f"{problem[0]} + {problem[1] + 1}") is None
 
 
-def test_data_rows_of_hand_problems_are_graded_right(toy_data):
-    """Every hand problem that landed in a split has the hand answer as its ground truth."""
-    rows = pd.concat([pd.read_parquet(toy_data["train"]), pd.read_parquet(toy_data["test"])])
-    truth = {p[0]["content"]: rm["ground_truth"] for p, rm in zip(rows["prompt"], rows["reward_model"])}
-    found = [(asked, answer) for _, asked, answer in HAND if asked in truth]
-    assert len(found) >= 2  # level 1 has only 200 questions, all in train or test
-    assert all(truth[asked] == answer for asked, answer in found)
+def test_level_problems_enumerate_every_question_once():
+    """level_problem(level, i) over all i lists the brute-force set of level 2 exactly."""
+    brute = {(a, b) for a in range(10, 100) for b in range(10, 100) if digits_ok(a, b, 2)}
+    listed = [toy_pair.level_problem(2, i) for i in range(toy_pair.level_size(2))]
+    assert len(listed) == len(set(listed)) == len(brute) and set(listed) == brute
+    assert toy_pair.level_size(4) == 16 * 30**3
+    assert all(digits_ok(*toy_pair.level_problem(4, i), 4) for i in range(0, 16 * 30**3, 997))
 
 
 def test_tokenizer_used_for_training_is_the_one_loaded_from_the_model_folder(tmp_path, monkeypatch):
@@ -142,8 +141,9 @@ def test_tokenizer_used_for_training_is_the_one_loaded_from_the_model_folder(tmp
         assert rendered == trained_with.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert rendered.endswith("<|im_start|>assistant\n")
         prompt_ids = loaded(rendered, add_special_tokens=False)["input_ids"]
-        answer_ids = loaded(train["extra_info"].iloc[i]["response"], add_special_tokens=False)["input_ids"] + [eos]
-        assert seen["examples"][i] == (prompt_ids, answer_ids)
+        extra = train["extra_info"].iloc[i]
+        right, slip = (loaded(extra[k], add_special_tokens=False)["input_ids"] + [eos] for k in ("response", "slip"))
+        assert seen["examples"][i] == (prompt_ids, right, slip, [2, 3, 4].index(extra["difficulty"]))
     for text in ("What is 53 + 12?", "\\boxed{-45}", "x\n\ny 1234567 <|im_end|>"):
         assert trained_with(text)["input_ids"] == loaded(text)["input_ids"]
     assert loaded.tokenize("53") == ["5", "3"]
@@ -173,6 +173,8 @@ def test_pair_shapes_and_shared_tokenizer(tmp_path):
     assert small.hidden_size < large.hidden_size
     assert small.vocab_size != large.vocab_size and min(small.vocab_size, large.vocab_size) >= len(tok)
     assert small.eos_token_id == large.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    for cfg in (small, large):  # a head size vLLM's CPU attention supports
+        assert cfg.hidden_size // cfg.num_attention_heads == 32
     assert_shared_tokenizer(paths["small"], paths["large"])
 
 
@@ -213,55 +215,61 @@ def test_cache_reuses_what_did_not_change(tmp_path, monkeypatch):
         quick_build(out, overrides={"small": {"stepz": 1}})
 
 
-def _evaluate_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_real_small_model_via_cli_is_partly_competent(tmp_path, capsys):
-    """The real small model (default settings, built by the CLI) answers some but not most test questions."""
+def test_cli_copies_the_shipped_weights_then_reuses_them(tmp_path, capsys):
     out = tmp_path / "toy"
     assert toy_pair.main(["--out", str(out), "--models", "small", "--no-eval"]) == 0
     printed = capsys.readouterr().out
-    assert f"small: {out / 'models' / 'small'}" in printed and "trained: small" in printed
-    assert "large:" not in printed
+    assert f"small: {out / 'models' / 'small'}" in printed and "shipped weights: small" in printed
+    assert "large:" not in printed and "trained" not in printed
+    shipped = json.loads((out / "models" / "small" / "toy_build.json").read_text())["key"]
+    sums = (toy_pair.SHIPPED / shipped / "SHA256SUMS").read_text()
+    digest = hashlib.sha256((out / "models" / "small" / "model.safetensors").read_bytes()).hexdigest()
+    assert f"{digest}  model.safetensors" in sums
     assert toy_pair.main(["--out", str(out), "--models", "small"]) == 0
     assert "cached: nothing trained" in capsys.readouterr().out
 
-    evaluate = _evaluate_script()
-    rc = evaluate.main(["--backend", "hf", "--checkpoint", str(out / "models" / "small"), "--data-dir", str(out / "data"),
-                        "--suites", "test", "--out", str(tmp_path / "res"), "--max-tokens", "24", "--batch-size", "64",
-                        "--reward-workers", "1", "--no-progress"])
-    assert rc == 0
-    result = json.loads((tmp_path / "res" / "small" / "test.json").read_text())
-    assert result["aggregate"]["n_items"] >= 200 and result["aggregate"]["format_rate"] > 0.9
-    assert 0.15 <= result["aggregate"]["accuracy"] <= 0.45, result["aggregate"]
+
+def test_damaged_shipped_weights_are_refused(tmp_path):
+    shipped = tmp_path / "shipped"
+    built = quick_build(tmp_path / "a", models=("small",))
+    toy_pair.ship(Path(built["small"]).parents[1], shipped)
+    (key,) = [d.name for d in shipped.iterdir()]
+    weights = shipped / key / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    with pytest.raises(RuntimeError, match="does not match its SHA256SUMS"):
+        toy_pair.build_toy_pair(tmp_path / "b", models=("small",), overrides=QUICK, evaluate=False, shipped=shipped)
 
 
 def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
-    """pair.cpu.build (here a data setting and short warm-ups) reaches the builder through run.cpu_pair."""
-    import json
-
+    """pair.cpu.build (here a teacher quality and short warm-ups) reaches the builder through run.cpu_pair."""
     from omegaconf import OmegaConf
 
     from recipe.codistill_grpo.configuration import compose_config, resolved
     from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
 
-    cfg = resolved(compose_config("toy", "grpo_small", ["pair.cpu.build.data.echo=true",
-                                                        "pair.cpu.build.models.small.steps=3",
-                                                        "pair.cpu.build.models.large.steps=5"], platform="cpu"))
+    cfg = resolved(compose_config("toy", "grpo_small", ["pair.cpu.build.models.large.procedure=[0.9,0.9,0.9]",
+                                                        "+pair.cpu.build.models.small.steps=3",
+                                                        "+pair.cpu.build.models.large.steps=5"], platform="cpu"))
     settings = OmegaConf.to_container(cfg.run.cpu_pair.settings)
-    assert settings == {"data": {"echo": True}, "models": {"small": {"steps": 3}, "large": {"steps": 5}}}
-    ensure_cpu_pair("toy", tmp_path, ("small",), settings)
+    assert settings == {"data": {}, "models": {"small": {"procedure": [0.6, 0.35, 0.2], "steps": 3},
+                                               "large": {"procedure": [0.9, 0.9, 0.9], "steps": 5}}}
+    ensure_cpu_pair("toy", tmp_path, ("small", "large"), settings)
     build = json.loads((tmp_path / "build.json").read_text())
-    assert build["settings"]["data"]["echo"] is True and build["settings"]["models"]["small"]["steps"] == 3
-    import pandas as pd
+    assert build["settings"]["models"]["large"]["procedure"] == [0.9, 0.9, 0.9]
+    assert build["models"]["small"]["settings"]["steps"] == 3 and build["models"]["large"]["settings"]["steps"] == 5
 
-    row = pd.read_parquet(tmp_path / "data" / "test.parquet").iloc[0]
-    assert row["extra_info"]["response"].endswith("= \\boxed{%s}" % row["reward_model"]["ground_truth"])
-    assert not (tmp_path / "models" / "large").exists()
+
+def test_each_toy_pair_has_its_own_folder_and_teacher():
+    from recipe.codistill_grpo.configuration import compose_config, resolved
+
+    toy, strong = (resolved(compose_config(p, "codistill", platform="cpu")) for p in ("toy", "toy_strong"))
+    assert toy.run.cpu_pair.dir != strong.run.cpu_pair.dir
+    assert strong.actor_rollout_ref.model.path.startswith(strong.run.cpu_pair.dir)
+    assert strong.large_actor.model.path.startswith(strong.run.cpu_pair.dir)
+    assert toy.run.cpu_pair.settings.models.large.procedure == [0.85, 0.75, 0.65]
+    assert strong.run.cpu_pair.settings.models.large.procedure == [0.95, 0.95, 0.95]
+    assert toy.run.cpu_pair.settings.models.small == strong.run.cpu_pair.settings.models.small
+    assert toy.actor_rollout_ref.actor.optim.lr == strong.actor_rollout_ref.actor.optim.lr
 
 
 def test_stand_in_cli_builds_a_pair_with_its_yaml_settings(tmp_path, monkeypatch):
@@ -279,3 +287,83 @@ def test_stand_in_cli_builds_a_pair_with_its_yaml_settings(tmp_path, monkeypatch
     assert stand_in.main(["--kind", "toy", "--out", str(tmp_path / "b")]) == 0
     assert calls == [(str(tmp_path / "a"), ("small",), written["data"], written["models"]),
                      (str(tmp_path / "b"), ("small", "large"), None, None)]
+
+
+def _greedy_by_hand(model, tok, frame, max_new: int = 24) -> list[str]:
+    """Greedy decoding written out: argmax of the last position, one full forward per token, no
+    padding (every question of a level has the same prompt length), stop at EOS."""
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = [tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
+               for p in frame["prompt"]]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in prompts]
+    out: list[str] = [""] * len(ids)
+    for length in sorted({len(x) for x in ids}):
+        rows = [i for i, x in enumerate(ids) if len(x) == length]
+        seq = torch.tensor([ids[i] for i in rows])
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        new = []
+        with torch.no_grad():
+            for _ in range(max_new):
+                nxt = model(input_ids=seq).logits[:, -1].argmax(-1)
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                new.append(nxt)
+                done |= nxt == eos
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                if done.all():
+                    break
+        for r, i in enumerate(rows):
+            tokens = [int(t[r]) for t in new]
+            out[i] = tok.decode(tokens[: tokens.index(eos)] if eos in tokens else tokens)
+    return out
+
+
+def _plus_probability(model, tok, frame) -> list[float]:
+    """P(the operator token is ' +' | prompt, the first operand restated): the exact correct-procedure rate."""
+    plus, minus = tok.convert_tokens_to_ids("Ġ+"), tok.convert_tokens_to_ids("Ġ-")
+    probs = []
+    with torch.no_grad():
+        for p, extra in zip(frame["prompt"], frame["extra_info"]):
+            text = tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
+            text += extra["expression"].split(" + ")[0]
+            ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+            probs.append(float(logp[plus].exp()))
+            assert float(logp[plus].exp() + logp[minus].exp()) > 0.95  # the operator slot holds + or -
+    return probs
+
+
+@pytest.mark.parametrize("pair", ["toy", "toy_strong"])
+def test_shipped_pair_facts_recomputed_independently(pair, tmp_path):
+    """The base facts written in the pair's YAML (pair.cpu.base) against a greedy loop written here
+    and the exact operator probabilities; and the headroom the issue asks of them."""
+    from recipe.codistill_grpo.configuration import compose_config, resolved
+
+    cfg = resolved(compose_config(pair, "codistill", platform="cpu"))
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(cfg.run.cpu_pair.settings)
+    paths = toy_pair.build_toy_pair(tmp_path, data=settings["data"], overrides=settings["models"], evaluate=False)
+    assert paths["trained"] == {} and sorted(paths["shipped"]) == ["large", "small"]  # the same weights everywhere
+    written = OmegaConf.to_container(cfg.pair.cpu.base)
+    test = pd.read_parquet(paths["test"])
+    golds = [int(r["ground_truth"]) for r in test["reward_model"]]
+    facts = {}
+    for role in ("small", "large"):
+        tok = AutoTokenizer.from_pretrained(paths[role])
+        model = AutoModelForCausalLM.from_pretrained(paths[role], dtype=torch.float32).eval()
+        answers = _greedy_by_hand(model, tok, test)
+        boxed = [re.search(r"\\boxed\{(-?\d+)\}\s*$", a) for a in answers]
+        greedy = sum(m is not None and int(m.group(1)) == g for m, g in zip(boxed, golds)) / len(golds)
+        procedure = sum(_plus_probability(model, tok, test)) / len(test)
+        facts[role] = (greedy, procedure)
+        assert greedy == pytest.approx(written[role]["greedy"], abs=1 / 192 + 1e-9), (role, greedy)
+        # 1536 samples: the sampled rate is within 4 standard errors (<= 0.051) of the exact one
+        assert abs(procedure - written[role]["procedure"]) < 0.051, (role, procedure, written[role])
+    small, large = written["small"], written["large"]
+    assert 0.10 <= facts["small"][0] <= 0.35 and small["pass@8"] >= 2 * small["greedy"]
+    assert facts["large"][0] >= facts["small"][0] + 0.25
+    assert facts["large"][1] > facts["small"][1] + 0.2  # the teacher picks the right operator more often
+    if pair == "toy":  # a teacher only somewhat better: its own GRPO and CoDistill can still gain
+        assert large["mean@8"] < 0.90
+    else:  # a much better teacher
+        assert facts["large"][1] > 0.9

@@ -1,31 +1,37 @@
-"""A learnable toy math task and a small/large model pair warmed up on it (CPU, offline).
+"""A toy task with RLVR's structure and a small/large model pair warmed up on it (CPU, offline).
 
-The tiny pair (``tiny_pair.py``) is random: it never answers right, so a CPU run with the real
-0/1 math reward sees no signal. This module builds what a CPU run needs to show learning:
+Real RLVR works because the base model can already solve many problems and often does not: RL
+and on-policy distillation move probability onto what the model can already produce, and that
+move is shared across questions. This toy has exactly that headroom:
 
-* a deterministic arithmetic task with graded difficulty (``TOY_LEVELS``), one integer answer
-  per question, scored by the project's reward (``verl_ext.reward.math_reward.compute_score``),
-  written as verl RLHFDataset parquet (``data/train.parquet``, ``data/test.parquet``; no
-  question in both);
-* one tokenizer (``tiny_pair.build_tokenizer(split_digits=True)``, a ``Qwen2Tokenizer`` whose
-  merges were trained under Qwen's own splitting: digits are single tokens), saved and *reloaded* with ``AutoTokenizer.from_pretrained`` before anything uses it,
-  so training, evaluation and verl all tokenize the same way;
-* two Qwen2-architecture models (``TOY_MODELS``: small and large, different widths and padded
-  vocab sizes) warmed up by a short supervised pass (AdamW, loss on response tokens only,
-  fixed seeds, one CPU thread) to a real competence gap: the small model answers a minority of
-  the test questions, the large one most of them (greedy).
+* the task: ``What is A + B?`` with A and B of 2, 3 or 4 digits (the level), every aligned digit
+  pair ``a_i >= b_i`` with ``a_i + b_i <= 9`` and leading digits ``a_0 > b_0 >= 1``, so neither
+  ``A + B`` nor ``A - B`` carries or borrows and each answer digit depends on two aligned digits;
+  test operand pairs never occur in training (``toy_split``);
+* the response restates the problem, then answers: ``412 + 305 = \boxed{717}``. The wrong
+  procedure is an operator slip, ``412 - 305 = \boxed{107}``: one token after the first operand,
+  the same decision for every question. A model that executes both procedures well but picks
+  ``-`` often has headroom that a policy-level change reaches on every prompt at once;
+* the warm-up (AdamW on response tokens) redraws the procedure at every draw of an example,
+  correct with probability ``procedure[level]`` (a model setting): the small model's base picks
+  the right operator rarely on long questions, the large model's often, so the large model is
+  a better but imperfect teacher (``procedure`` of the large model is the teacher's quality,
+  a pair setting: ``configs/pair/toy.yaml`` and ``toy_strong.yaml``).
 
-Everything is cached under ``out_dir``: data and tokenizer by the hash of their settings (and of
-the tokenizer's files), each model by its own key (its settings + the data and tokenizer keys),
-so a second call with the same settings returns at once and a caller that asks only for the
-small model never trains the large one. Layout::
+Data (verl RLHFDataset parquet, scored by ``verl_ext.reward.math_reward``), tokenizer
+(``tiny_pair.build_tokenizer(split_digits=True)``: digits are single tokens; saved and reloaded
+before use) and models (Qwen2, head size 32 so that vLLM's CPU attention supports them) are
+cached under ``out_dir`` by the hash of their settings. Warmed-up weights for the settings the
+pair YAMLs use ship in ``toy_weights/`` (``SHIPPED``, with the command that rebuilt them and
+their sha256): a build whose key is shipped copies them, so the base pair is the same on every
+machine; other settings train here (deterministic on one machine, not across CPUs). Layout::
 
-    out_dir/build.json                  settings, keys, per-model train time and accuracy
+    out_dir/build.json                  settings, keys, per-model source (shipped | trained) and facts
     out_dir/data/{train,test}.parquet   rows like tiny_pair.tiny_math_rows, extra_info.difficulty
     out_dir/tokenizer/                  the shared tokenizer as saved
     out_dir/models/{small,large}/       HF model + tokenizer + toy_build.json (the model's key)
 
-    python -m recipe.codistill_grpo.cpu.toy_pair --out DIR [--models small,large]
+    python -m recipe.codistill_grpo.cpu.toy_pair --out DIR [--models small,large] [--train] [--ship]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -46,37 +53,36 @@ from typing import Any, Callable, Iterable, Sequence
 
 from recipe.codistill_grpo.cpu.tiny_pair import INSTRUCTION, build_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DATA_SOURCE = "toy_arith"
-MAX_RESPONSE_TOKENS = 24
+MAX_RESPONSE_TOKENS = 32
+SHIPPED = Path(__file__).resolve().parent / "toy_weights"  # <model key>/: weights of shipped builds + SHA256SUMS
 
-# difficulty -> what its questions look like (operands drawn from the ranges, + and - each)
-TOY_LEVELS = {
-    1: "a op b, a and b in 0..9",
-    2: "a op b, one operand in 10..99 and the other in 0..9",
-    3: "a op b, a and b in 10..99",
-    4: "a op b op c, a, b and c in 0..9",
-}
+# difficulty level -> digits of each operand
+TOY_LEVELS = {2: "A + B, two-digit operands", 3: "A + B, three-digit operands", 4: "A + B, four-digit operands"}
 
 DATA_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "levels": [1, 2, 3, 4],
-    "n_test_per_level": 64,  # 256 test questions
-    "n_train_per_level": 1024,  # level 1 has only 200 questions: 136 left for train
-    "echo": False,  # True: the warm-up response repeats the question first (slower to learn, longer responses)
-    "instruction": False,  # the warm-up teaches the boxed format; without the instruction steps are ~30% cheaper
+    "levels": [2, 3, 4],
+    "n_test_per_level": 64,  # 192 test questions
+    "n_train_per_level": 1024,  # level 2 has 480 questions in all: 416 left for train
+    "instruction": False,  # the warm-up teaches the boxed format; without the instruction steps are cheaper
 }
 
-# per model: architecture (Qwen2) and warm-up. ``pad_multiple`` pads the embedding rows, so the
-# pair differs in config.vocab_size like Qwen2.5-Math-1.5B/7B do.
+# per model: architecture (Qwen2, head size 32) and warm-up. ``pad_multiple`` pads the embedding
+# rows, so the pair differs in config.vocab_size like Qwen2.5-Math-1.5B/7B do. ``procedure``: the
+# probability, per level (in DATA_DEFAULTS["levels"] order), that a warm-up draw shows the correct
+# operator; the rest show the operator slip.
 TOY_MODELS: dict[str, dict[str, Any]] = {
     "small": {
-        "hidden": 64, "intermediate": 128, "layers": 2, "heads": 4, "kv_heads": 2, "pad_multiple": 8,
+        "hidden": 64, "intermediate": 128, "layers": 2, "heads": 2, "kv_heads": 1, "pad_multiple": 8,
         "steps": 600, "batch_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.0, "init_std": 0.08, "seed": 1,
+        "procedure": [0.6, 0.35, 0.2],
     },
     "large": {
         "hidden": 128, "intermediate": 256, "layers": 4, "heads": 4, "kv_heads": 2, "pad_multiple": 256,
-        "steps": 800, "batch_size": 64, "lr": 2e-3, "warmup": 60, "weight_decay": 0.0, "init_std": 0.06, "seed": 2,
+        "steps": 500, "batch_size": 64, "lr": 2e-3, "warmup": 60, "weight_decay": 0.0, "init_std": 0.06, "seed": 2,
+        "procedure": [0.85, 0.75, 0.65],
     },
 }
 TRAIN_THREADS = 1  # tiny matmuls: one thread is fastest (measured), and a fixed count keeps the weights
@@ -96,72 +102,77 @@ def _key(obj: Any) -> str:
 # ----------------------------------------------------------------------------- the task
 
 
-Problem = tuple  # (a, op, b) or (a, op, b, op2, c)
+Problem = tuple  # (A, B)
+
+# aligned digit pairs (a, b) with a >= b and a + b <= 9: neither a + b carries nor a - b borrows
+_INNER = [(a, b) for b in range(10) for a in range(b, 10 - b)]
+_LEAD = [(a, b) for a, b in _INNER if a > b >= 1]  # a leading digit of A, B and A - B that is not 0
 
 
-def problem_text(p: Problem) -> str:
-    """``"53 + 12"``, ``"5 - 7 + 3"``."""
-    return " ".join(str(x) for x in p)
+def problem_text(p: Problem, op: str = "+") -> str:
+    """``"412 + 305"`` (``op="-"``: the operator slip ``"412 - 305"``)."""
+    return f"{p[0]} {op} {p[1]}"
 
 
-def problem_answer(p: Problem) -> int:
-    value = p[0]
-    for op, x in zip(p[1::2], p[2::2]):
-        value = value + x if op == "+" else value - x
-    return value
+def problem_answer(p: Problem, op: str = "+") -> int:
+    return p[0] + p[1] if op == "+" else p[0] - p[1]
 
 
 def question(p: Problem, instruction: bool = False) -> str:
-    """``"What is 53 + 12?"`` (and the recipe's boxed-answer instruction when asked: 15 tokens more)."""
+    """``"What is 412 + 305?"`` (and the recipe's boxed-answer instruction when asked)."""
     return f"What is {problem_text(p)}?" + (f" {INSTRUCTION}" if instruction else "")
 
 
-def response(p: Problem, echo: bool = False) -> str:
-    """The warm-up target (followed by EOS): ``\\boxed{65}`` (``53 + 12 = \\boxed{65}`` with ``echo``)."""
-    answer = f"\\boxed{{{problem_answer(p)}}}"
-    return f"{problem_text(p)} = {answer}" if echo else answer
+def response(p: Problem, op: str = "+") -> str:
+    """A warm-up target (followed by EOS): ``412 + 305 = \\boxed{717}``; ``op="-"`` is the slip
+    ``412 - 305 = \\boxed{107}``."""
+    return f"{problem_text(p, op)} = \\boxed{{{problem_answer(p, op)}}}"
 
 
-def level_problems(level: int) -> list[Problem]:
-    """Every question of a difficulty level, in a fixed order."""
-    ops = ("+", "-")
-    one, two = range(10), range(10, 100)
-    if level == 1:
-        return [(a, op, b) for a in one for op in ops for b in one]
-    if level == 2:
-        return [(a, op, b) for a in two for op in ops for b in one] + [(a, op, b) for a in one for op in ops for b in two]
-    if level == 3:
-        return [(a, op, b) for a in two for op in ops for b in two]
-    if level == 4:
-        return [(a, o1, b, o2, c) for a in one for o1 in ops for b in one for o2 in ops for c in one]
-    raise ValueError(f"toy_pair: unknown difficulty level {level} (known: {sorted(TOY_LEVELS)})")
+def level_size(level: int) -> int:
+    """How many questions a level has: 16 leading digit pairs x 30 inner pairs per further digit."""
+    if level not in TOY_LEVELS:
+        raise ValueError(f"toy_pair: unknown difficulty level {level} (known: {sorted(TOY_LEVELS)})")
+    return len(_LEAD) * len(_INNER) ** (level - 1)
+
+
+def level_problem(level: int, i: int) -> Problem:
+    """Question ``i`` (``0 <= i < level_size(level)``) of a level: ``i`` read in mixed radix over the digit pairs."""
+    pairs = []
+    for _ in range(level - 1):
+        i, r = divmod(i, len(_INNER))
+        pairs.append(_INNER[r])
+    pairs.append(_LEAD[i])
+    pairs.reverse()
+    a = int("".join(str(x) for x, _ in pairs))
+    b = int("".join(str(y) for _, y in pairs))
+    return a, b
 
 
 def toy_split(settings: dict[str, Any] | None = None) -> dict[str, list[tuple[int, Problem]]]:
-    """``{"train": [(level, problem)], "test": [...]}``: per level a seeded shuffle, the first
-    ``n_test_per_level`` to test and the next ``n_train_per_level`` (or what is left) to train;
-    each split then shuffled. Disjoint by construction."""
+    """``{"train": [(level, problem)], "test": [...]}``: per level a seeded draw without replacement,
+    the first ``n_test_per_level`` to test and the next ``n_train_per_level`` (or what is left) to
+    train; each split then shuffled. Disjoint by construction (``random.Random``: the same on every machine)."""
     s = {**DATA_DEFAULTS, **(settings or {})}
     rng = random.Random(s["seed"])
     splits: dict[str, list[tuple[int, Problem]]] = {"train": [], "test": []}
     for level in s["levels"]:
-        problems = level_problems(level)
-        rng.shuffle(problems)
-        n_test = s["n_test_per_level"]
-        if n_test >= len(problems):
-            raise ValueError(f"toy_pair: level {level} has {len(problems)} questions, cannot hold out {n_test}")
-        splits["test"] += [(level, p) for p in problems[:n_test]]
-        splits["train"] += [(level, p) for p in problems[n_test : n_test + s["n_train_per_level"]]]
+        size, n_test = level_size(level), s["n_test_per_level"]
+        if n_test >= size:
+            raise ValueError(f"toy_pair: level {level} has {size} questions, cannot hold out {n_test}")
+        drawn = rng.sample(range(size), min(size, n_test + s["n_train_per_level"]))
+        splits["test"] += [(level, level_problem(level, i)) for i in drawn[:n_test]]
+        splits["train"] += [(level, level_problem(level, i)) for i in drawn[n_test:]]
     for split in ("train", "test"):
         rng.shuffle(splits[split])
     return splits
 
 
 def toy_rows(
-    items: Sequence[tuple[int, Problem]], split: str, instruction: bool = False, echo: bool = False,
-    data_source: str = DATA_SOURCE,
+    items: Sequence[tuple[int, Problem]], split: str, instruction: bool = False, data_source: str = DATA_SOURCE,
 ) -> list[dict]:
-    """verl RLHFDataset rows (the layout of ``tiny_pair.tiny_math_rows``) with ``extra_info.difficulty``."""
+    """verl RLHFDataset rows (the layout of ``tiny_pair.tiny_math_rows``) with ``extra_info``:
+    ``difficulty``, ``expression`` and the warm-up's two targets ``response`` (correct) and ``slip``."""
     return [
         {
             "data_source": data_source,
@@ -169,7 +180,7 @@ def toy_rows(
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(problem_answer(p))},
             "extra_info": {"split": split, "index": i, "difficulty": int(level), "expression": problem_text(p),
-                           "response": response(p, echo)},
+                           "response": response(p), "slip": response(p, "-")},
         }
         for i, (level, p) in enumerate(items)
     ]
@@ -236,7 +247,7 @@ def _build_data(out: Path, settings: dict[str, Any], log: Log) -> dict[str, Any]
     tmp = _fresh_tmp(folder)
     counts = {}
     for split, items in splits.items():
-        pd.DataFrame(toy_rows(items, split, settings["instruction"], settings["echo"])).to_parquet(tmp / f"{split}.parquet")
+        pd.DataFrame(toy_rows(items, split, settings["instruction"])).to_parquet(tmp / f"{split}.parquet")
         counts[split] = {str(lv): sum(1 for level, _ in items if level == lv) for lv in settings["levels"]}
     meta = {"key": key, "settings": settings, "rows": {s: len(v) for s, v in splits.items()}, "per_level": counts}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -294,16 +305,20 @@ def same_tokenizer(a, b, texts: Iterable[str]) -> bool:
 # ----------------------------------------------------------------------------- models
 
 
-def encode_examples(tokenizer, frame) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids + EOS) per row: the prompt rendered with the chat template and
-    tokenized as verl and ``scripts/evaluate.py`` do, the response as the model would emit it."""
+Example = tuple  # (prompt ids, correct response ids + EOS, slip response ids + EOS, level index)
+
+
+def encode_examples(tokenizer, frame, levels: Sequence[int]) -> list[Example]:
+    """One warm-up example per row: the prompt rendered with the chat template and tokenized as
+    verl and ``scripts/evaluate.py`` do, both targets as the model would emit them, and the
+    row's position in ``levels`` (which ``procedure`` probability applies)."""
     eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     out = []
     for messages, extra in zip(frame["prompt"], frame["extra_info"]):
         text = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
         prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
-        resp = tokenizer(extra["response"], add_special_tokens=False)["input_ids"] + [eos]
-        out.append((prompt, resp))
+        right, slip = (tokenizer(extra[k], add_special_tokens=False)["input_ids"] + [eos] for k in ("response", "slip"))
+        out.append((prompt, right, slip, list(levels).index(int(extra["difficulty"]))))
     return out
 
 
@@ -351,10 +366,11 @@ def _batch(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
-def train_model(spec: dict[str, Any], tokenizer, examples, name: str = "model", log: Log = _log,
-                callback: Callable[[int, Any], None] | None = None):
-    """Warm-up: AdamW on response tokens only, linear warm-up then cosine decay to 10%, epochs
-    of seeded permutations. Deterministic for fixed ``spec`` (one thread, seeded init and order)."""
+def train_model(spec: dict[str, Any], tokenizer, examples: Sequence[Example], name: str = "model", log: Log = _log):
+    """Warm-up: AdamW on response tokens only, linear warm-up then cosine decay to 10%, epochs of
+    seeded permutations; each draw of an example shows the correct procedure with probability
+    ``spec["procedure"][level]``, the operator slip otherwise. Deterministic for fixed ``spec``
+    on one machine (one thread, seeded init, order and procedure draws)."""
     import torch
 
     model = _new_model(spec, tokenizer)
@@ -362,6 +378,7 @@ def train_model(spec: dict[str, Any], tokenizer, examples, name: str = "model", 
     pad = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)
     opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=spec["weight_decay"], betas=(0.9, 0.98))
     steps, warmup, bs = spec["steps"], spec["warmup"], spec["batch_size"]
+    right_rate = torch.tensor([float(x) for x in spec["procedure"]])
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -377,8 +394,9 @@ def train_model(spec: dict[str, Any], tokenizer, examples, name: str = "model", 
     for step in range(steps):
         while len(queue) < bs:
             queue += torch.randperm(len(examples), generator=order).tolist()
-        batch, queue = queue[:bs], queue[bs:]
-        ids, mask, labels = _batch([examples[i] for i in batch], pad)
+        batch, queue = [examples[i] for i in queue[:bs]], queue[bs:]
+        right = (torch.rand(bs, generator=order) < right_rate[[e[3] for e in batch]]).tolist()
+        ids, mask, labels = _batch([(e[0], e[1] if r else e[2]) for e, r in zip(batch, right)], pad)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -390,16 +408,29 @@ def train_model(spec: dict[str, Any], tokenizer, examples, name: str = "model", 
         if (step + 1) % every == 0 or step + 1 == steps:
             log(f"{name}: step {step + 1}/{steps} loss {running:.4f} lr {lr_at(step):.2e} "
                 f"{time.perf_counter() - start:.1f}s")
-            if callback is not None:
-                model.eval()
-                callback(step + 1, model)
-                model.train()
     model.eval()
     return model
 
 
-def greedy_accuracy(model, tokenizer, frame, batch_size: int = 64, max_new_tokens: int = MAX_RESPONSE_TOKENS):
-    """Greedy answers to ``frame``'s prompts scored by the project's reward: ``(accuracy, per level, responses)``."""
+_RESTATED = re.compile(r"^\s*(\d+) ([+-]) (\d+) =")
+
+
+def procedure_of(text: str, expression: str) -> str | None:
+    """``"+"`` or ``"-"``: the operator a response restated the question's operands with (None: it did not)."""
+    m = _RESTATED.match(text)
+    if not m or f"{m.group(1)} + {m.group(3)}" != expression:
+        return None
+    return m.group(2)
+
+
+def toy_facts(model, tokenizer, frame, k: int = 8, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
+              max_new_tokens: int = MAX_RESPONSE_TOKENS) -> dict[str, Any]:
+    """What the table and the pair YAML report of a model on ``frame`` (the test set):
+
+    ``greedy`` accuracy (and ``greedy_per_level``), ``mean@k`` and ``pass@k`` of ``k`` samples at
+    ``temperature`` (full-vocabulary sampling, seeded), ``procedure`` (share of samples that restate
+    the question with ``+``) and ``executed`` (share of samples whose answer is right for the
+    operator they wrote). Scored by the project's reward, in this process."""
     import torch
 
     from verl_ext.reward.math_reward import score_batch
@@ -407,27 +438,47 @@ def greedy_accuracy(model, tokenizer, frame, batch_size: int = 64, max_new_token
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts = [tokenizer.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
              for p in frame["prompt"]]
-    responses: list[str] = []
-    with torch.no_grad():
-        for s in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                                 temperature=None, pad_token_id=tokenizer.pad_token_id)
-            responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    tokenizer.padding_side = side
+    greedy: list[str] = []
+    sampled: list[str] = []
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for s in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, top_p=None)
+                out = model.generate(**enc, do_sample=False, top_k=None, temperature=None, **common)
+                greedy += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=k,
+                                     **common)
+                sampled += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
     golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
     quiet = logging.getLogger("math_verify")  # graded in this process, math-verify warns that it has no timeout
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        scores = [r["score"] for r in score_batch(responses, golds, num_workers=0)]
+        g = [r["score"] for r in score_batch(greedy, golds, num_workers=0)]
+        c = [r["score"] for r in score_batch(sampled, [x for x in golds for _ in range(k)], num_workers=0)]
     finally:
         quiet.setLevel(level)
+    exprs = [e["expression"] for e in frame["extra_info"]]
+    ops = [procedure_of(t, exprs[i // k]) for i, t in enumerate(sampled)]
+    executed = [t.strip() == response(tuple(map(int, exprs[i // k].split(" + "))), op) for i, (t, op) in
+                enumerate(zip(sampled, ops)) if op]
     levels = [int(e["difficulty"]) for e in frame["extra_info"]]
-    per_level = {
-        str(lv): sum(sc for sc, l in zip(scores, levels) if l == lv) / levels.count(lv) for lv in sorted(set(levels))
+    n = len(golds)
+    return {
+        "items": n,
+        "greedy": sum(g) / n,
+        "greedy_per_level": {str(lv): sum(x for x, l in zip(g, levels) if l == lv) / levels.count(lv)
+                             for lv in sorted(set(levels))},
+        f"mean@{k}": sum(c) / len(c),
+        f"pass@{k}": sum(max(c[i * k : (i + 1) * k]) for i in range(n)) / n,
+        "procedure": sum(op == "+" for op in ops) / len(ops),
+        "executed": sum(executed) / max(1, len(executed)),
+        "sampling": {"k": k, "temperature": temperature, "seed": seed},
     }
-    return sum(scores) / len(scores), per_level, responses
 
 
 @contextlib.contextmanager
@@ -467,6 +518,11 @@ def toy_settings(
             raise ValueError(f"toy_pair: unknown setting(s) {sorted(bad)} for {name} (known: {sorted(spec)})")
         models[name] = {**spec, **extra}
         models[name]["seed"] += seed
+        models[name]["procedure"] = [float(x) for x in models[name]["procedure"]]
+        if len(models[name]["procedure"]) != len(data_s["levels"]) or not all(
+                0.0 <= x <= 1.0 for x in models[name]["procedure"]):
+            raise ValueError(f"toy_pair: {name}.procedure must hold one probability in [0, 1] per level "
+                             f"{data_s['levels']}, got {models[name]['procedure']}")
     return {"version": FORMAT_VERSION, "data": data_s, "models": models, "train_threads": TRAIN_THREADS}
 
 
@@ -478,13 +534,16 @@ def build_toy_pair(
     overrides: dict[str, dict[str, Any]] | None = None,
     evaluate: bool = True,
     log: Log | None = _log,
+    shipped: str | os.PathLike | None = SHIPPED,
 ) -> dict[str, Any]:
     """Build (or reuse) the toy data, tokenizer and the named models under ``out_dir``.
 
     ``overrides`` changes model settings by name (``{"small": {"steps": 20}}``), ``data`` the data
-    settings (``DATA_DEFAULTS``). Returns ``{"small": path, "large": path (those asked for),
-    "train": parquet, "test": parquet, "tokenizer": folder, "build": build.json,
-    "trained": {name: seconds} (models trained by this call; empty when all were cached)}``.
+    settings (``DATA_DEFAULTS``). A model whose key has weights under ``shipped`` is copied from
+    there (checked against its SHA256SUMS), any other is trained. Returns ``{"small": path,
+    "large": path (those asked for), "train": parquet, "test": parquet, "tokenizer": folder,
+    "build": build.json, "trained": {name: seconds} (models trained by this call), "shipped":
+    [names copied from the shipped weights by this call]}``.
     """
     log = log or (lambda msg: None)
     out = Path(out_dir).resolve()
@@ -501,9 +560,9 @@ def build_toy_pair(
         previous = _read_json(out / "build.json") or {}
         entries: dict[str, dict] = {}
         trained: dict[str, float] = {}
+        copied: list[str] = []
         for name, spec in settings["models"].items():
-            key = _key({"version": FORMAT_VERSION, "model": spec, "data": data_meta["key"], "tokenizer": tok_meta["key"],
-                        "threads": settings["train_threads"]})
+            key = model_key(spec, data_meta["key"], tok_meta["key"])
             folder = out / "models" / name
             have = _read_json(folder / "toy_build.json")
             if have and have.get("key") == key and (folder / "config.json").exists():
@@ -511,7 +570,15 @@ def build_toy_pair(
                 continue
             if name not in models:
                 continue
-            entries[name] = _build_model(out, name, spec, key, tokenizer, evaluate, log)
+            source = Path(shipped) / key if shipped else None
+            if source is not None and (source / "toy_build.json").exists():
+                entries[name] = _copy_shipped(out, name, source, log)
+                copied.append(name)
+                continue
+            if shipped:
+                log(f"{name}: no shipped weights for these settings (key {key}): training here; the result "
+                    "depends on this machine's floating point (the shipped builds do not)")
+            entries[name] = _build_model(out, name, spec, key, tokenizer, data_meta, evaluate, log)
             trained[name] = entries[name]["train_seconds"]
         build = {
             "key": _key(settings),
@@ -524,18 +591,59 @@ def build_toy_pair(
             (out / "build.json").write_text(json.dumps(build, indent=1))
     result: dict[str, Any] = {name: str(out / "models" / name) for name in models}
     result.update(train=str(out / "data" / "train.parquet"), test=str(out / "data" / "test.parquet"),
-                  tokenizer=str(out / "tokenizer"), build=str(out / "build.json"), trained=trained)
+                  tokenizer=str(out / "tokenizer"), build=str(out / "build.json"), trained=trained, shipped=copied)
     return result
 
 
-def _build_model(out: Path, name: str, spec: dict, key: str, tokenizer, evaluate: bool, log: Log) -> dict:
+def model_key(spec: dict[str, Any], data_key: str, tokenizer_key: str) -> str:
+    """What a model's weights depend on: its settings, the data, the tokenizer's files, the thread count."""
+    return _key({"version": FORMAT_VERSION, "model": spec, "data": data_key, "tokenizer": tokenizer_key,
+                 "threads": TRAIN_THREADS})
+
+
+WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors", "toy_build.json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _copy_shipped(out: Path, name: str, source: Path, log: Log) -> dict:
+    sums = dict(line.split()[::-1] for line in (source / "SHA256SUMS").read_text().splitlines() if line.strip())
+    tmp = _fresh_tmp(out / "models" / name)
+    for f in WEIGHT_FILES:
+        shutil.copy(source / f, tmp / f)
+        if _sha256(tmp / f) != sums.get(f):
+            raise RuntimeError(f"toy_pair: {source / f} does not match its SHA256SUMS: the shipped weights are damaged")
+    _add_tokenizer(out, tmp, name)
+    entry = json.loads((tmp / "toy_build.json").read_text())
+    _replace_dir(tmp, out / "models" / name)
+    log(f"{name}: shipped weights {source.name} (sha256 checked) -> {out / 'models' / name}")
+    return entry
+
+
+def _add_tokenizer(out: Path, folder: Path, name: str) -> None:
+    """Copy the very files the training tokenizer was loaded from next to the weights; check they load back."""
+    import pandas as pd
+
+    for f in (out / "tokenizer").iterdir():
+        if f.name != "toy_tokenizer.json":
+            shutil.copy(f, folder / f.name)
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    sample = [m["content"] for p in train["prompt"][:64] for m in p] + [e["response"] for e in train["extra_info"][:64]]
+    if not same_tokenizer(load_tokenizer(out / "tokenizer"), load_tokenizer(folder), sample):
+        raise RuntimeError(f"toy_pair: {name}: the tokenizer saved with the model does not load back as trained")
+
+
+def _build_model(out: Path, name: str, spec: dict, key: str, tokenizer, data_meta: dict, evaluate: bool,
+                 log: Log) -> dict:
     import pandas as pd
 
     folder = out / "models" / name
     train = pd.read_parquet(out / "data" / "train.parquet")
-    examples = encode_examples(tokenizer, train)
+    examples = encode_examples(tokenizer, train, data_meta["settings"]["levels"])
     log(f"{name}: training {spec['layers']} layers x hidden {spec['hidden']} for {spec['steps']} steps "
-        f"of {spec['batch_size']} ({len(examples)} train questions)")
+        f"of {spec['batch_size']} ({len(examples)} train questions, correct procedure {spec['procedure']})")
     start = time.perf_counter()
     with _threads(TRAIN_THREADS):
         model = train_model(spec, tokenizer, examples, name=name, log=log)
@@ -543,23 +651,33 @@ def _build_model(out: Path, name: str, spec: dict, key: str, tokenizer, evaluate
         entry: dict[str, Any] = {"key": key, "settings": spec, "train_seconds": round(seconds, 2),
                                  "params": sum(p.numel() for p in model.parameters())}
         if evaluate:
-            test = pd.read_parquet(out / "data" / "test.parquet")
-            acc, per_level, _ = greedy_accuracy(model, tokenizer, test)
-            entry.update(test_accuracy=acc, test_accuracy_per_level=per_level)
-            log(f"{name}: greedy test accuracy {acc:.3f} (per level {per_level})")
+            entry["test"] = toy_facts(model, tokenizer, pd.read_parquet(out / "data" / "test.parquet"))
+            log(f"{name}: test {json.dumps(entry['test'])}")
     tmp = _fresh_tmp(folder)
     model.save_pretrained(tmp)
-    for f in (out / "tokenizer").iterdir():  # the very files the training tokenizer was loaded from
-        if f.name != "toy_tokenizer.json":
-            shutil.copy(f, tmp / f.name)
-    reloaded = load_tokenizer(tmp)
-    sample = [m["content"] for p in train["prompt"][:64] for m in p] + [e["response"] for e in train["extra_info"][:64]]
-    if not same_tokenizer(tokenizer, reloaded, sample):
-        raise RuntimeError(f"toy_pair: {name}: the tokenizer saved with the model does not load back as trained")
     (tmp / "toy_build.json").write_text(json.dumps(entry, indent=1))
+    _add_tokenizer(out, tmp, name)
     _replace_dir(tmp, folder)
     log(f"{name}: {seconds:.1f}s -> {folder}")
     return entry
+
+
+def ship(out_dir: str | os.PathLike, shipped: str | os.PathLike = SHIPPED, log: Log = _log) -> list[str]:
+    """Copy the models built under ``out_dir`` into ``shipped/<key>/`` with their SHA256SUMS (the
+    maintainers' step after a rebuild with ``--train``; commit the folder)."""
+    out, names = Path(out_dir), []
+    for folder in sorted((out / "models").iterdir()):
+        entry = _read_json(folder / "toy_build.json")
+        if not entry:
+            continue
+        target = Path(shipped) / entry["key"]
+        target.mkdir(parents=True, exist_ok=True)
+        for f in WEIGHT_FILES:
+            shutil.copy(folder / f, target / f)
+        (target / "SHA256SUMS").write_text("".join(f"{_sha256(target / f)}  {f}\n" for f in WEIGHT_FILES))
+        log(f"shipped {folder.name} as {target}")
+        names.append(entry["key"])
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,23 +685,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (models/, data/, tokenizer/, build.json)")
     parser.add_argument("--models", default="small,large", help="comma-separated: small, large (default both)")
     parser.add_argument("--seed", type=int, default=0, help="added to every data and model seed")
-    parser.add_argument("--no-eval", action="store_true", help="skip the greedy test accuracy after training")
+    parser.add_argument("--procedure", default=None, metavar="P,P,P",
+                        help="the large model's correct-procedure rate per level (default: TOY_MODELS)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the test-set facts after training")
+    parser.add_argument("--train", action="store_true", help="train even where shipped weights exist")
+    parser.add_argument("--ship", action="store_true", help="then copy the built models into toy_weights/")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    overrides = {"large": {"procedure": [float(x) for x in args.procedure.split(",")]}} if args.procedure else None
     start = time.perf_counter()
     try:
-        paths = build_toy_pair(args.out, models=models, seed=args.seed, evaluate=not args.no_eval)
+        paths = build_toy_pair(args.out, models=models, seed=args.seed, overrides=overrides, evaluate=not args.no_eval,
+                               shipped=None if args.train else SHIPPED)
     except ValueError as error:
         print(f"toy_pair: error: {error}", file=sys.stderr)
         return 2
-    trained = paths.pop("trained")
+    trained, copied = paths.pop("trained"), paths.pop("shipped")
     for name, path in paths.items():
         print(f"{name}: {path}")
     if trained:
         done = ", ".join(f"{n} {s:.1f}s" for n, s in trained.items())
         print(f"trained: {done} (total {time.perf_counter() - start:.1f}s)")
+    elif copied:
+        print(f"shipped weights: {', '.join(copied)}")
     else:
         print("cached: nothing trained")
+    if args.ship:
+        ship(args.out)
     return 0
 
 
