@@ -44,8 +44,12 @@ class CoDistillTaskRunnerImpl(BaseTaskRunner):
     def run(self, config):
         codistill = CoDistillConfig.from_dict(config.algorithm.codistill)
         # built from the unresolved tree: verl's derived keys take the large model's own values
+        # the large model: trained or frozen (codistill, ablations), or frozen for the held-out KL only
+        val_teacher = bool(config.run.get("val_teacher", False)) and config.exp.generator == "small"
         large_config = (
-            build_large_worker_config(config, frozen=not codistill.large.train) if codistill.large.enable else None
+            build_large_worker_config(config, frozen=not (codistill.large.enable and codistill.large.train))
+            if codistill.large.enable or val_teacher
+            else None
         )
         OmegaConf.resolve(config)
         _, ray_worker_group_cls = self.add_actor_rollout_worker(config)

@@ -20,6 +20,7 @@ loss maps onto verl's names. Config building and every start-up check: ``configu
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from functools import partial
@@ -92,7 +93,11 @@ class CoDistillTrainer(RayPPOTrainer):
         self.cd = CoDistillConfig.from_dict(self.config.algorithm.codistill)
         self.large_config = large_config
         self.large_wg = None
-        self._large_role = "ref" if not self.cd.large.train else "actor"
+        # grpo_small with run.val_teacher: the large model is loaded frozen for the held-out KL only
+        self._val_teacher = bool(
+            not self.cd.large.enable and self.config.run.get("val_teacher", False) and self.config.exp.generator == "small"
+        )
+        self._large_role = "actor" if self.cd.large.enable and self.cd.large.train else "ref"
         self._timing: dict[str, float] = {}
         self._metrics: dict[str, float] = {}
         # the generating model's verl metrics (actor/*) go under its own prefix, like the large model's
@@ -104,7 +109,7 @@ class CoDistillTrainer(RayPPOTrainer):
     # ------------------------------------------------------------------ workers
     def init_workers(self):
         super().init_workers()
-        if self.cd.large.enable:
+        if self.cd.large.enable or self._val_teacher:
             self._init_large_workers()
 
     def _init_large_workers(self):
@@ -124,7 +129,7 @@ class CoDistillTrainer(RayPPOTrainer):
             resource_pool=pool, ray_cls_with_init=cls, name_prefix="codistill_large", device_name=self.device_name
         )
         self.large_wg.init_model()
-        if self.cd.large.train:
+        if self._large_role == "actor":
             # init_model installed verl's default loss; replace it with the large model's field mapping
             self.large_wg.set_loss_fn(partial(large_actor_loss, config=omega_conf_to_dataclass(self.large_config.actor)))
         else:
@@ -176,6 +181,56 @@ class CoDistillTrainer(RayPPOTrainer):
         else:
             output = self.large_wg.compute_log_prob(batch_td)
         return no_padding_2_padding(tu.get(output, "log_probs"), batch_td).float()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, merged: bool = False):
+        """verl's validation, plus ``val/kd_kl`` where the small model generates and the large one is loaded.
+
+        ``val/kd_kl = sum_{i,t} (ls - ll) m / sum_{i,t} m`` on the validation responses of the small
+        model (the generator's own samples, verl's ``val_kwargs``), log-probs at the rollout
+        temperature: the per-token reverse KL estimate of the small model to the large one on fixed
+        held-out prompts, the distillation curve without the step-to-step noise of
+        ``small/kd_reward_mean``. One more forward of each model over the validation responses.
+        """
+        if self.large_wg is None or self.config.exp.generator != "small" or merged:
+            return super()._validate(merged)
+        manager = self.async_rollout_manager
+        generate, outputs = manager.generate_sequences, []
+
+        def capture(batch):
+            out = generate(batch)
+            outputs.append(out)
+            return out
+
+        manager.generate_sequences = capture  # an instance attribute over the method, removed below
+        try:
+            metrics = super()._validate(merged)
+        finally:
+            del manager.generate_sequences
+        if outputs:
+            metrics["val/kd_kl"] = self._held_out_kd_kl(DataProto.concat(outputs))
+        return metrics
+
+    def _held_out_kd_kl(self, responses: DataProto) -> float:
+        from verl.protocol import pad_dataproto_to_divisor
+        from verl.trainer.ppo.ray_trainer import compute_response_mask
+
+        keys = ("prompts", "responses", "input_ids", "attention_mask", "position_ids")
+        batch = DataProto.from_dict(tensors={k: responses.batch[k] for k in keys})
+        batch.meta_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
+        # each worker group splits the batch over its ranks, then into log-prob micro-batches
+        small_lp = self.config.actor_rollout_ref.rollout
+        large_lp = self.large_config.rollout if self._large_role == "actor" else self.large_config.ref
+        divisor = math.lcm(*(
+            wg.world_size * (1 if cfg.get("log_prob_use_dynamic_bsz") else int(cfg.log_prob_micro_batch_size_per_gpu or 1))
+            for wg, cfg in ((self.actor_rollout_wg, small_lp), (self.large_wg, large_lp))
+        ))  # fmt: skip
+        batch, pad = pad_dataproto_to_divisor(batch, divisor)
+        batch.batch["response_mask"] = compute_response_mask(batch)
+        mask = batch.batch["response_mask"][: len(batch) - pad].float()
+        ls = RayPPOTrainer._compute_old_log_prob(self, batch)[0].batch["old_log_probs"][: len(batch) - pad]
+        ll = self._compute_large_log_prob(batch)[: len(batch) - pad]
+        return float(((ls - ll) * mask).sum() / mask.sum().clamp(min=1.0))
 
     # ------------------------------------------------------------------ advantages + updates
     def _codistill_advantages(self, batch: DataProto) -> dict[str, float]:
