@@ -13,7 +13,13 @@ Where it runs (detected like scripts/run_qwen_math.sh):
               evaluation + tables as one more job that starts after them (--dependency=afterany)
 Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
   reproduce/runs/<pair>/<exp>/seed<k>/   each run's folder (checkpoints, metrics.jsonl, train.log)
-  reproduce/results/<pair>/...           evaluate.py's per-item JSONs
+  reproduce/results/<pair>/<name>/<suite>.json          evaluate.py's per-item JSONs (greedy; the GPU
+                                         pairs' AIME24/AMC23 mean@16 at temperature 0.6 as before)
+  reproduce/results/<pair>/<name>-sampled/<suite>.json  only for a pair whose config has ``pair.eval``
+                                         ({n, temperature}): every model again with n samples per
+                                         item at that temperature; make_tables tells the two apart
+                                         by the file's ``sampling.temperature`` and makes the
+                                         sampled mean@n the main number, greedy a column beside it
   reproduce/tables/                      main_table.md, main_table.csv, curves.png
 """
 
@@ -98,6 +104,8 @@ class Plan:
 
     def __init__(self, args, where: str):
         sys.path.insert(0, str(REPO))
+        from omegaconf import OmegaConf
+
         from recipe.codistill_grpo.configuration import compose_config, resolved
 
         self.args, self.where = args, where
@@ -113,6 +121,7 @@ class Plan:
                 "small": str(base.pair.small.model.path), "large": str(base.pair.large.model.path),
                 "data_dir": str(val[0].parent), "suites": [v.stem for v in val],
                 "max_tokens": int(base.data.max_response_length), "steps": int(base.trainer.total_training_steps),
+                "sampled": _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None)),
             }
             for seed in args.seeds:
                 for exp in self.exps:
@@ -124,6 +133,19 @@ class Plan:
     def _common(self) -> list[str]:
         steps = [f"trainer.total_training_steps={self.args.steps}"] if self.args.steps else []
         return steps + list(self.args.overrides)
+
+
+def _sampled_eval(pair: str, node) -> dict | None:
+    """``{"n", "temperature"}`` of a pair's ``pair.eval`` node (None: greedy evaluation only)."""
+    if node is None:
+        return None
+    try:
+        n, temperature = int(node["n"]), float(node["temperature"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})") from None
+    if n < 1 or temperature <= 0:
+        raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} temperature={temperature}")
+    return {"n": n, "temperature": temperature}
 
 
 def act(args, cmd: list[str], stream=None) -> int:
@@ -223,21 +245,28 @@ def _complete(folder: Path, suites: list[str]) -> bool:
 
 def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None,
               exp: str = "base") -> None:
+    """Evaluate one model greedily into results/<pair>/<name>; with ``pair.eval`` also sampled into
+    results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
     facts = plan.pairs[pair]
     results = plan.out / "results" / pair
-    if _complete(results / name, facts["suites"]):
-        say(f"skip evaluation {pair}/{name}: results complete")
-        return
-    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir", facts["data_dir"],
-           "--suites", ",".join(facts["suites"]), "--out", str(results), "--backend", "hf" if plan.where == "cpu" else "vllm",
-           "--pair", pair, "--method", method, "--role", role, "--max-tokens", str(facts["max_tokens"]),
-           "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
-    if seed is not None:
-        cmd += ["--run-seed", str(seed)]
+    variants = [(name, [])]
     if {"aime24", "amc23"} & set(facts["suites"]):
-        cmd += ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
-    if act(plan.args, cmd):
-        raise SystemExit(f"[reproduce] error: evaluating {pair}/{name} failed")
+        variants = [(name, ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"])]
+    if facts["sampled"]:
+        sampled = facts["sampled"]
+        variants.append((f"{name}-sampled", ["--n", str(sampled["n"]), "--temperature", str(sampled["temperature"])]))
+    for folder, sampling in variants:
+        if _complete(results / folder, facts["suites"]):
+            say(f"skip evaluation {pair}/{folder}: results complete")
+            continue
+        cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", folder, "--data-dir",
+               facts["data_dir"], "--suites", ",".join(facts["suites"]), "--out", str(results),
+               "--backend", "hf" if plan.where == "cpu" else "vllm", "--pair", pair, "--method", method, "--role", role,
+               "--max-tokens", str(facts["max_tokens"]),
+               "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
+        cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
+        if act(plan.args, cmd):
+            raise SystemExit(f"[reproduce] error: evaluating {pair}/{folder} failed")
 
 
 def stage_eval(plan: Plan) -> None:
