@@ -200,3 +200,38 @@ def test_progress_reads_the_entry_points_step_lines_and_nothing_else():
                   "(TaskRunner pid=1) codistill: step 3/40  x",
                   "codistill: step 12/40: non-finite log-probs"):
         assert progress_step(other) is None, other
+
+
+def test_sweep_runs_codistill_once_per_value_and_tabulates_a_row_each(tmp_path):
+    e = Env(tmp_path, tools=())
+    out = tmp_path / "out"
+    step = finish_run(out, "toy", "codistill_kd.coef-0.3", 1, 40, large=True)  # one value already trained (3 s)
+    proc = run(e, "--seeds", "1", "--sweep", "algorithm.codistill.kd.coef=0,0.3,1", "--", "++pair.eval.n=2",
+               "++pair.eval.temperature=1.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[reproduce] 5 runs: grpo_small, codistill[kd.coef=0], codistill[kd.coef=0.3], codistill[kd.coef=1], grpo_large" in proc.stdout
+    # 4 runs left, each timed by the finished run's log: 3 s = 0.05 min
+    assert "[reproduce] expected time: 4 runs to train x 0.1 min per run (measured: mean of 1 finished runs) = about 0 min" in proc.stdout
+    calls = [c["argv"] for c in e.runs()]
+    trained = [c for c in calls if c[:2] == ["-m", "recipe.codistill_grpo.main_codistill"]]
+    assert [(c[3], c[-1]) for c in trained if c[3] == "exp=codistill"] == [
+        ("exp=codistill", "algorithm.codistill.kd.coef=0"), ("exp=codistill", "algorithm.codistill.kd.coef=1")]
+    assert f"run.dir={out}/reproduce/runs/toy/codistill_kd.coef-1/seed1" in trained[2]
+    evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
+    assert arg(evals["codistill_kd.coef-0.3-seed1-large-sampled"], "--method") == "codistill[kd.coef=0.3]"
+    assert arg(evals["codistill_kd.coef-0.3-seed1-large"], "--checkpoint") == str(step / "large_actor")
+    (tables,) = [c for c in calls if c[0] == "scripts/make_tables.py"]
+    assert f"codistill[kd.coef=0.3]/1={step.parents[1] / 'metrics.jsonl'}" in tables
+    assert arg(tables, "--seeds") == "1"
+
+
+def test_expected_time_is_an_estimate_before_any_run_has_finished(tmp_path):
+    (tmp_path / "a").mkdir()
+    proc = run(Env(tmp_path / "a", tools=()), "--dry-run", "--seeds", "1,2", "--steps", "20")
+    assert proc.returncode == 0, proc.stderr
+    # 6 runs x (1 min + 20 steps x 3 s = 2 min)
+    assert ("[reproduce] expected time: 6 runs to train x 2.0 min per run (estimate: ~3 s per CPU step + 1 min start-up) "
+            "= about 12 min") in proc.stdout
+    proc = run(Env(tmp_path, tools=()), "--sweep", "kd.coef")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "[reproduce] error: --sweep expects KEY=V1,V2,... (a hydra key), got 'kd.coef'"
