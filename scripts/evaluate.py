@@ -26,7 +26,10 @@ correct, format, timeout, extracted pred) and the aggregate, for ``k`` samples p
     pass@k  = 1/N sum_i max_j c_ij
 
 The file is rewritten after every batch; a rerun with the same sampling settings skips the
-items already there and generates only the rest. Scoring is the training reward
+items already there and generates only the rest. Beside it, ``<out>/<model name>/<suite>.items.jsonl``
+is append-only: a header line (sampling, checkpoint), then one line per finished item. A rerun takes
+the finished items from both, so a summary JSON cut mid-write (kept as ``<suite>.json.corrupt``) or a
+last JSONL line cut short loses at most the items of that line; it says in one line what it recovered. Scoring is the training reward
 (``verl_ext.reward.math_reward.score_batch``).
 """
 
@@ -282,6 +285,29 @@ def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _read_items_log(path: Path) -> tuple[dict | None, dict[int, dict]]:
+    """The header and the items of an append-only ``.items.jsonl``; a line cut short (the last) is ignored."""
+    header, items = None, {}
+    if not path.exists():
+        return header, items
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "header" in record:
+            header = record["header"]
+        elif isinstance(record, dict) and "index" in record and "correct" in record:
+            items[int(record["index"])] = record
+    return header, items
+
+
+def _write_items_log(path: Path, header: dict, items: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [{"header": header}, *items]))
+    os.replace(tmp, path)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
@@ -310,9 +336,21 @@ def evaluate_suite(
     if len(set(indices)) != len(indices):
         raise EvalError(f"suite '{suite}': extra_info.index is not unique, so items cannot be resumed by index")
     done: dict[int, dict] = {}
-    if out_file.exists() and not overwrite:
-        previous = json.loads(out_file.read_text())
-        if previous.get("sampling") != sampling:
+    items_log = out_file.with_suffix(".items.jsonl")
+    log_header = {"sampling": sampling, "checkpoint": header["checkpoint"]}
+    if not overwrite:
+        previous, broken = {}, None
+        if out_file.exists():
+            try:
+                previous = json.loads(out_file.read_text())
+            except ValueError as error:  # cut mid-write: keep it aside, recover the items from the JSONL
+                aside = next(f for n in range(1000) if not (f := out_file.with_suffix(".json.corrupt" + (f".{n}" if n else ""))).exists())
+                broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
+                os.replace(out_file, aside)
+        logged_header, logged = _read_items_log(items_log)
+        if logged_header is not None and not previous:
+            previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
+        if previous and previous.get("sampling") != sampling:
             raise EvalError(
                 f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
                 "use another --out or --overwrite"
@@ -322,12 +360,20 @@ def evaluate_suite(
                 f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {header['checkpoint']}; "
                 "use another --out or --name, or --overwrite"
             )
-        done = {int(it["index"]): it for it in previous["items"]}
+        done = {int(it["index"]): it for it in previous.get("items", [])}
+        extra = {i: it for i, it in logged.items() if i not in done}
+        if logged_header not in (None, log_header):
+            extra = {}  # a log of other settings, already refused above unless the JSON agrees: ignore it
+        if broken or extra:
+            print(f"evaluate: recovered {len(extra)} finished items from {items_log}" + (f" ({broken})" if broken else ""),
+                  flush=True)
+        done.update(extra)
         gold_of = dict(zip(indices, golds))
         for it in done.values():
             if it["index"] in gold_of and gold_of[it["index"]] != it["ground_truth"]:
                 raise EvalError(f"{out_file}: item {it['index']} has a different ground truth than {suite}.parquet")
     todo = [i for i, index in enumerate(indices) if index not in done]
+    _write_items_log(items_log, log_header, sorted(done.values(), key=lambda it: it["index"]))  # drops a cut last line
     payload = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
 
     wanted = set(indices)
@@ -362,6 +408,8 @@ def evaluate_suite(
                 "error": [r["error"] for r in group],
                 "pred": [r["pred"] for r in group],
             }
+        with items_log.open("a") as fh:  # finished items first, then the summary
+            fh.write("".join(json.dumps(done[indices[i]], ensure_ascii=False) + "\n" for i in batch))
         flush(complete=False)
         bar.update(len(batch))
     bar.close()
@@ -414,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-workers", type=int, default=None, help="grading processes (default min(4, cpus))")
     p.add_argument("--fallback-unboxed", action="store_true", help="also grade answers without \\boxed{}")
     p.add_argument("--merged-root", default=None, help="where verl checkpoints are merged to (default beside them)")
-    p.add_argument("--overwrite", action="store_true", help="ignore existing result files")
+    p.add_argument("--overwrite", action="store_true", help="ignore existing result files (and their .items.jsonl)")
     p.add_argument("--dtype", default=None, help="model dtype (default hf float32, vllm bfloat16)")
     p.add_argument("--device", default="cpu", help="hf backend device")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")

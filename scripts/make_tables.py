@@ -5,16 +5,30 @@
         --log codistill/1=runs/codistill/seed1/metrics.jsonl --log grpo_small/1=runs/grpo_small/seed1/metrics.jsonl
 
 Table: one row per (model pair, model role, method), methods ordered base, GRPO, CoDistill-GRPO,
-then the ablations; one column per suite, their average, and the training time, in percent::
+then the ablations and sweep variants (``codistill[kd.coef=0.3]``); per suite the main number and,
+for a suite evaluated both greedily and sampled (reproduce_paper.py's ``<name>-sampled`` results
+for a pair with ``pair.eval``; a file is "sampled" when its ``sampling.temperature`` > 0), the
+greedy accuracy and pass@k beside it. Numbers in percent, each with a 95% interval::
 
-    cell(row, suite) = 100 * aggregate["mean@k"] of the <results>/**/<suite>.json whose meta matches the row,
-                       the mean over the training seeds (meta.seed) +- their standard deviation (n - 1)
-    Avg(row)         = mean of the row's suite means (blank when a suite is missing)
-    Train time(row)  = the run's training time, sum of timing_s/step over its steps, in minutes,
-                       mean +- std over seeds, from the --log of the row's experiment (base: none)
+    c_sij   = per-item score of seed s, item i: mean@k = 1/k sum_j correct_sij (pass@k: max_j)
+    cell    = 1/(S N) sum_s sum_i c_sij             (items: the test items, paired by their index)
+    [lo,hi] = 2.5/97.5 percentiles of that mean over --resamples bootstrap draws of seeds and of
+              items (both with replacement; fixed --bootstrap-seed, so the table is deterministic)
+    Avg(row)         = mean of the row's suite main numbers (blank when a suite is missing)
+    Train time(row)  = sum of timing_s/step over the run's steps, in minutes, mean +- std over seeds
 
-A cell from an unfinished evaluation (``complete: false``) is marked ``*``. Two result files for the
-same row, seed and suite are an error naming both.
+``differences.md``/``.csv``: per model role, every method minus Base (paired on items) and
+CoDistill-GRPO (and each sweep variant) minus GRPO (paired on seeds and items): the mean paired
+difference with its bootstrap interval (the same draws on the difference matrix); bold where the
+interval excludes 0. Under the table: the response tokens each experiment's generating model
+produced in training, from verl's per-step metrics (see ``generated_tokens``).
+
+Missing results are an error (exit 2, naming the file or seed): a corrupt or item-less result
+file, a row lacking a seed that other rows of its pair have (or one of ``--seeds``), a suite or
+decoding mode, or items that other files of the suite have (an unfinished evaluation). With
+``--allow-missing`` the table is written from what there is and such cells are marked ``†`` with a
+footnote saying what they lack. Two result files for the same row, seed, suite and mode are an
+error naming both.
 
 Logs: ``--log EXP[/SEED]=FILE``, verl's ``file`` tracking backend output (one
 ``{"step": N, "data": {metric: value}}`` per line; flat ``{"step": N, metric: value}`` lines are
@@ -37,6 +51,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SUITES = ["math500", "minerva", "olympiadbench", "aime24", "amc23"]
 SUITE_TITLES = {"math500": "MATH500", "minerva": "Minerva", "olympiadbench": "OlympiadBench",
                 "aime24": "AIME24", "amc23": "AMC23", "test": "Test"}
@@ -45,17 +61,32 @@ METHOD_TITLES = {"base": "Base", "grpo": "GRPO", "codistill": "CoDistill-GRPO", 
                  "no_is": "No IS", "kd_only": "KD only"}
 ROLE_ORDER = ["small", "large"]
 DEFAULT_CURVE_KEYS = ["val-core/*/acc/mean@*", "critic/score/mean", "small/kd_reward_mean", "large/is_ess",
-                      "small/pg_loss", "large/pg_loss"]
+                      "small/pg_loss", "large/pg_loss",
+                      # the held-out KD divergence: val/kd_kl, or verl's val-core/<source>/kd_kl/... style keys
+                      "val/kd_kl", "val*/*kd_kl*"]
 
 
 class TableError(ValueError):
     """Bad input for the table; the message names the file or value."""
 
 
-def load_results(dirs: list[str | Path], suites: list[str], metric: str = "mean@k") -> dict[tuple, dict[str, Any]]:
-    """``{(pair, role, method): {suite: {"values": [one per seed], "complete", "files"}}}`` from evaluate.py JSONs."""
-    table: dict[tuple, dict[str, Any]] = {}
+# ------------------------------------------------------------------------------------- results
+
+
+def _mode(data: dict) -> str:
+    """``sampled`` for a file evaluated at a temperature > 0 (evaluate.py's ``sampling``), else ``greedy``."""
+    return "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
+
+
+def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[dict, list[str]]:
+    """``{(pair, role, method): {(suite, mode): cell}}`` from evaluate.py JSONs, and the skipped files.
+
+    ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k", "temperature", "files": {seed: file}, "complete"}``.
+    A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped and listed).
+    """
+    table: dict[tuple, dict] = {}
     seen: dict[tuple, str] = {}
+    skipped: list[str] = []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
         if not files:
@@ -63,33 +94,134 @@ def load_results(dirs: list[str | Path], suites: list[str], metric: str = "mean@
         for file in files:
             try:
                 data = json.loads(file.read_text())
-            except ValueError:
-                continue
-            if not isinstance(data, dict) or "aggregate" not in data or data.get("suite") not in suites:
+                problem = None if isinstance(data, dict) else "not a JSON object"
+            except (OSError, ValueError) as error:
+                data, problem = None, f"unreadable ({error})"
+            if problem is None and (data.get("suite") not in suites or "aggregate" not in data):
+                continue  # another suite, or not an evaluate.py result
+            if problem is None and not all(isinstance(it, dict) and "index" in it and it.get("correct")
+                                           for it in data.get("items") or [None]):
+                problem = "no per-item records (items with index and correct)"
+            if problem:
+                if not allow_missing:
+                    raise TableError(f"{file}: {problem}; fix or remove it, or pass --allow-missing")
+                skipped.append(f"{file} ({problem})")
                 continue
             meta = data.get("meta") or {}
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
-            if metric not in data["aggregate"]:
-                raise TableError(f"{file}: aggregate has no '{metric}' (has {sorted(data['aggregate'])})")
-            suite, seed = data["suite"], meta.get("seed")
-            if (*key, seed, suite) in seen:
+            suite, seed, mode = data["suite"], meta.get("seed"), _mode(data)
+            if (*key, seed, suite, mode) in seen:
                 raise TableError(f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
-                                 f"suite={suite!r}: {seen[(*key, seed, suite)]} and {file}")
-            seen[(*key, seed, suite)] = str(file)
-            cell = table.setdefault(key, {}).setdefault(suite, {"values": [], "complete": True, "files": []})
-            cell["values"].append(float(data["aggregate"][metric]))
+                                 f"suite={suite!r} ({mode}): {seen[(*key, seed, suite, mode)]} and {file}")
+            seen[(*key, seed, suite, mode)] = str(file)
+            cell = table.setdefault(key, {}).setdefault((suite, mode), {
+                "seeds": {}, "k": set(), "temperature": set(), "files": {}, "complete": True})
+            cell["seeds"][seed] = {int(it["index"]): (float(np.mean(it["correct"])), float(np.max(it["correct"])))
+                                   for it in data["items"]}
+            cell["k"].add(len(data["items"][0]["correct"]))
+            cell["temperature"].add(float((data.get("sampling") or {}).get("temperature", 0.0)))
+            cell["files"][seed] = str(file)
             cell["complete"] &= bool(data.get("complete", True))
-            cell["files"].append(str(file))
-    return table
+    return table, skipped
+
+
+def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, str]:
+    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items.
+
+    Expected, per model pair: the seeds of any trained row (and ``seeds``; base rows have none),
+    every (suite, mode) of any row, and per (suite) the union of the item indices of every file.
+    """
+    expected: dict[str, dict] = {}
+    for (pair, _, method), cells in table.items():
+        e = expected.setdefault(pair, {"seeds": set(seeds or []), "cells": set(), "items": {}})
+        e["cells"] |= set(cells)
+        for (suite, _), cell in cells.items():
+            if method != "base":
+                e["seeds"] |= set(cell["seeds"])
+            for items in cell["seeds"].values():
+                e["items"].setdefault(suite, set()).update(items)
+    missing = {}
+    for (pair, role, method), cells in table.items():
+        e = expected[pair]
+        for suite, mode in sorted(e["cells"]):
+            want = {None} if method == "base" else e["seeds"]
+            cell = cells.get((suite, mode))
+            have = set(cell["seeds"]) if cell else set()
+            what = []
+            if want - have:
+                what.append(f"no result for seed {', '.join(map(str, sorted(want - have, key=str)))} "
+                            f"(have {len(have & want)} of {len(want)} seeds)")
+            for seed in sorted(have, key=str):
+                if len(cell["seeds"][seed]) < len(e["items"][suite]):
+                    what.append(f"{len(cell['seeds'][seed])} of {len(e['items'][suite])} items in {cell['files'][seed]}")
+            if what:
+                missing[(pair, role, method, suite, mode)] = "; ".join(what)
+    return missing
+
+
+def cell_matrix(cell: dict, stat: int = 0) -> tuple[np.ndarray, list, list[int]]:
+    """``[S, N]`` per-item values (``stat`` 0: mean@k, 1: pass@k) over the cell's seeds and the items all of them have."""
+    seeds = sorted(cell["seeds"], key=str)
+    items = sorted(set.intersection(*(set(cell["seeds"][s]) for s in seeds)))
+    return np.array([[cell["seeds"][s][i][stat] for i in items] for s in seeds]), seeds, items
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
+
+    With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
+    then ``item_draws = rng.integers(0, N, (B, N))`` (seeds and items with replacement, B = ``resamples``)::
+
+        est_b = 1/(S N) sum_u sum_v values[seed_draws[b, u], item_draws[b, v]]
+              = (c_b^T values d_b) / (S N)        c_b [S], d_b [N]: how often each seed / item was drawn
+
+    Interval: the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of ``est`` (numpy's linear interpolation).
+    A paired difference is this of the difference matrix (items and seeds resampled together).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    S, N = values.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, S, size=(resamples, S))
+    item_draws = rng.integers(0, N, size=(resamples, N))
+    rows = np.arange(resamples)[:, None]
+    c = np.bincount((rows * S + seed_draws).ravel(), minlength=resamples * S).reshape(resamples, S)
+    d = np.bincount((rows * N + item_draws).ravel(), minlength=resamples * N).reshape(resamples, N)
+    est = np.einsum("bs,sn,bn->b", c, values, d) / (S * N)  # [B]
+    lo, hi = np.quantile(est, [(1 - level) / 2, (1 + level) / 2])
+    return float(values.mean()), float(lo), float(hi)
+
+
+def paired(a: dict, b: dict, stat: int = 0) -> np.ndarray:
+    """``[S, N]`` differences a - b on the items both have; seeds paired by label, or, when b is the
+    base model (one unlabelled seed), b subtracted from every seed of a."""
+    base = set(b["seeds"]) == {None}
+    seeds = sorted(set(a["seeds"]) if base else set(a["seeds"]) & set(b["seeds"]), key=str)
+    partner = [None] * len(seeds) if base else seeds
+    if not seeds:
+        return np.zeros((0, 0))
+    items = sorted(set.intersection(*(set(a["seeds"][s]) for s in seeds), *(set(b["seeds"][t]) for t in partner)))
+    return np.array([[a["seeds"][s][i][stat] - b["seeds"][t][i][stat] for i in items] for s, t in zip(seeds, partner)])
+
+
+# ---------------------------------------------------------------------------------------- table
 
 
 def _order(keys: list[tuple]) -> list[tuple]:
     pairs = list(OrderedDict.fromkeys(k[0] for k in sorted(keys)))
 
     def rank(values: list[str], x: str) -> tuple:
-        return (values.index(x), "") if x in values else (len(values), x)
+        base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
+        return (values.index(base), x) if base in values else (len(values), x)
 
     return sorted(keys, key=lambda k: (pairs.index(k[0]), rank(ROLE_ORDER, k[1]), rank(METHOD_ORDER, k[2])))
+
+
+def method_title(method: str) -> str:
+    base, _, variant = method.partition("[")
+    return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -109,21 +241,69 @@ def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, lis
     for label, series in logs.items():
         steps = series.get("timing_s/step")
         if steps:
-            out.setdefault(label.split("/")[0], []).append(sum(steps.values()) / 60.0)
+            out.setdefault(label.rsplit("/", 1)[0] if "/" in label else label, []).append(sum(steps.values()) / 60.0)
     return out
 
 
-def table_rows(table: dict[tuple, dict[str, Any]], suites: list[str], minutes: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
-    """Ordered rows: ``{"pair", "role", "method", suite: (mean %, std % | None) | None, "avg", "time", "seeds", "partial"}``."""
-    rows = []
+def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
+    """``{experiment: [response tokens generated in each seed's run]}`` from verl's per-step metrics.
+
+    verl 0.9.1 logs per step ``response_length/mean`` and ``prompt_length/mean`` (over the step's R
+    responses) and ``perf/total_num_tokens`` = sum of their attention masks = R (prompt + response
+    mean), so ``R = total / (prompt mean + response mean)`` and the step generated ``R * response mean``::
+
+        tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
+    """
+    out: dict[str, list[float]] = {}
+    for label, series in logs.items():
+        total, resp, prompt = (series.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean"))
+        steps = set(total) & set(resp) & set(prompt)
+        if steps:
+            out.setdefault(label.rsplit("/", 1)[0] if "/" in label else label, []).append(
+                sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0))
+    return out
+
+
+def columns(table: dict, suites: list[str]) -> list[tuple[str, str]]:
+    """``[(suite, kind)]``, kind ``main`` (the sampled mean@k where a pair has sampled results, else greedy),
+    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
+    out = []
+    for suite in suites:
+        out.append((suite, "main"))
+        modes = {mode for cells in table.values() for (s, mode) in cells if s == suite}
+        if modes == {"greedy", "sampled"}:
+            out += [(suite, "greedy"), (suite, "pass")]
+    return out
+
+
+def _lookup(table: dict, key: tuple, suite: str, kind: str) -> tuple[tuple | None, int]:
+    """The (suite, mode) cell key and statistic (0 mean@k, 1 pass@k) a column reads for a row."""
+    pair_sampled = any((suite, "sampled") in cells for k, cells in table.items() if k[0] == key[0])
+    if kind == "main":
+        return (suite, "sampled" if pair_sampled else "greedy"), 0
+    if kind == "greedy":
+        return (suite, "greedy"), 0
+    return ((suite, "sampled"), 1) if pair_sampled else (None, 1)
+
+
+def table_rows(table: dict, suites: list[str], minutes: dict[str, list[float]] | None = None,
+               missing: dict | None = None, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Ordered rows: ``{"pair", "role", "method", "key", (suite, kind): (mean %, lo %, hi %) | None,
+    "flag": {(suite, kind): what is missing}, "avg", "time", "seeds"}``."""
+    rows, cols = [], columns(table, suites)
     for key in _order(list(table)):
         cells = table[key]
-        row: dict[str, Any] = {"pair": key[0], "role": key[1], "method": METHOD_TITLES.get(key[2], key[2]),
-                               "partial": {s for s, c in cells.items() if not c["complete"]},
-                               "seeds": max((len(c["values"]) for c in cells.values()), default=0)}
-        for suite in suites:
-            row[suite] = _mean_std([100.0 * v for v in cells[suite]["values"]]) if suite in cells else None
-        means = [row[s][0] if row[s] else None for s in suites]
+        row: dict[str, Any] = {"pair": key[0], "role": key[1], "method": method_title(key[2]), "key": key, "flag": {},
+                               "seeds": max((len(c["seeds"]) for c in cells.values()), default=0)}
+        for suite, kind in cols:
+            where, stat = _lookup(table, key, suite, kind)
+            cell = cells.get(where) if where else None
+            row[(suite, kind)] = None
+            if cell:
+                row[(suite, kind)] = tuple(100 * x for x in bootstrap(cell_matrix(cell, stat)[0], resamples, seed))
+            if where and (missing or {}).get((*key, *where)):
+                row["flag"][(suite, kind)] = missing[(*key, *where)]
+        means = [row[(s, "main")][0] if row[(s, "main")] else None for s in suites]
         row["avg"] = sum(means) / len(means) if all(m is not None for m in means) else None
         exp = experiment_of(key[1], key[2])
         runs = (minutes or {}).get(exp) if exp else None
@@ -132,44 +312,122 @@ def table_rows(table: dict[tuple, dict[str, Any]], suites: list[str], minutes: d
     return rows
 
 
-def _fmt(cell: tuple[float, float | None] | None, digits: int) -> str:
+def difference_rows(table: dict, suites: list[str], missing: dict | None = None, resamples: int = 2000,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Per (pair, role): every method - Base (paired on items) and every CoDistill-GRPO (and sweep
+    variant) - GRPO (paired on seeds and items), on each suite's main number: ``{"pair", "role",
+    "comparison", suite: (diff %, lo %, hi %, seeds, items) | None, "flag": {suite}}``."""
+    rows = []
+    for key in _order(list(table)):
+        pair, role, method = key
+        refs = [("base", "Base")] + ([("grpo", "GRPO")] if method.split("[")[0] == "codistill" else [])
+        for ref, title in refs:
+            if method == ref or (pair, role, ref) not in table:
+                continue
+            row = {"pair": pair, "role": role, "comparison": f"{method_title(method)} − {title}", "flag": set()}
+            for suite in suites:
+                where, _ = _lookup(table, key, suite, "main")
+                a, b = table[key].get(where), table[(pair, role, ref)].get(where)
+                diff = paired(a, b) if a and b else np.zeros((0, 0))
+                row[suite] = (*(100 * x for x in bootstrap(diff, resamples, seed)), *diff.shape) if diff.size else None
+                if any((missing or {}).get((*k, *where)) for k in (key, (pair, role, ref))):
+                    row["flag"].add(suite)
+            rows.append(row)
+    return rows
+
+
+def _ci(cell: tuple | None, digits: int) -> str:
     if cell is None:
         return "–"
-    mean, std = cell
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    mean, lo, hi = cell[:3]
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def render_markdown(rows: list[dict[str, Any]], suites: list[str], digits: int = 1) -> str:
-    header = ["Model pair", "Model", "Method"] + [SUITE_TITLES.get(s, s) for s in suites]
+def _title(table: dict, suite: str, kind: str) -> str:
+    name = SUITE_TITLES.get(suite, suite)
+    ks = {k for cells in table.values() for (s, mode), c in cells.items() if s == suite and mode == "sampled" for k in c["k"]}
+    k = str(ks.pop()) if len(ks) == 1 else "k"
+    both = {"greedy", "sampled"} <= {mode for cells in table.values() for (s, mode) in cells if s == suite}
+    return {"main": f"{name} mean@{k}" if both else name, "greedy": f"{name} greedy", "pass": f"{name} pass@{k}"}[kind]
+
+
+def render_markdown(rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1,
+                    footer: list[str] = ()) -> str:
+    cols = columns(table, suites)
+    header = ["Model pair", "Model", "Method"] + [_title(table, s, k) for s, k in cols]
     header += (["Avg"] if len(suites) > 1 else []) + ["Train time (min)", "Seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    notes = []
     for row in rows:
         cells = [row["pair"], row["role"], row["method"]]
-        cells += [_fmt(row[s], digits) + ("*" if s in row["partial"] else "") for s in suites]
+        for col in cols:
+            cells.append(_ci(row[col], digits) + ("†" if col in row["flag"] else ""))
+            if col in row["flag"]:
+                notes.append(f"† {row['pair']} {row['role']} {row['method']} {_title(table, *col)}: {row['flag'][col]}")
         if len(suites) > 1:
             cells.append("–" if row["avg"] is None else f"{row['avg']:.{digits}f}")
-        cells += [_fmt(row["time"], 1), str(row["seeds"])]
+        time = row["time"]
+        cells += ["–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"), str(row["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
-    if any(row["partial"] for row in rows):
-        lines.append("")
-        lines.append("\\* unfinished evaluation (not all items scored yet)")
+    lines += ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent."]
+    lines += list(dict.fromkeys(notes)) + list(footer)
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
+def render_differences(rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1) -> str:
+    header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(table, s, 'main')}" for s in suites]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(suites)) + "|"]
+    for row in rows:
+        cells = [row["pair"], row["role"], row["comparison"]]
+        for s in suites:
+            text = _ci(row[s], digits)
+            excludes = row[s] is not None and (row[s][1] > 0 or row[s][2] < 0)
+            cells.append((f"**{text}**" if excludes else text) + ("†" if s in row["flag"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences in percentage points, 95% bootstrap interval (items paired by index; seeds "
+              "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], table: dict, suites: list[str], path: Path, digits: int = 2) -> None:
     def num(x):
         return "" if x is None else f"{x:.{digits}f}"
 
+    cols = columns(table, suites)
+    names = [s if k == "main" else f"{s}_{k}" for s, k in cols]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["pair", "model", "method"] + [f"{s}{part}" for s in suites for part in ("", "_std")]
-                        + ["avg", "train_min", "train_min_std", "seeds"])
+        writer.writerow(["pair", "model", "method"] + [f"{n}{part}" for n in names for part in ("", "_lo", "_hi")]
+                        + ["avg", "train_min", "train_min_std", "seeds", "missing"])
         for row in rows:
-            cells = [num(row[s][0]) if row[s] else "" for s in suites]
-            stds = [num(row[s][1]) if row[s] else "" for s in suites]
-            writer.writerow([row["pair"], row["role"], row["method"]] + [v for pair in zip(cells, stds) for v in pair]
-                            + [num(row["avg"]), num(row["time"][0]) if row["time"] else "",
-                               num(row["time"][1]) if row["time"] else "", row["seeds"]])
+            values = [num(row[c][i]) if row[c] else "" for c in cols for i in range(3)]
+            time = row["time"] or (None, None)
+            writer.writerow([row["pair"], row["role"], row["method"]] + values
+                            + [num(row["avg"]), num(time[0]), num(time[1]), row["seeds"], "; ".join(row["flag"].values())])
+
+
+def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"])
+        for row in rows:
+            for s in suites:
+                if row[s] is not None:
+                    d, lo, hi, n_seeds, n_items = row[s]
+                    writer.writerow([row["pair"], row["role"], row["comparison"], s, f"{d:.{digits}f}", f"{lo:.{digits}f}",
+                                     f"{hi:.{digits}f}", int(lo > 0 or hi < 0), n_seeds, n_items, int(s in row["flag"])])
+
+
+def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
+    """One line per experiment: response tokens its generating model produced in training, mean over seeds."""
+    if not tokens:
+        return []
+    parts = []
+    for exp, values in tokens.items():
+        who = "large" if exp == "grpo_large" else "small"
+        other = "" if exp.startswith("grpo_") else ", the large model none"
+        parts.append(f"{exp} {statistics.fmean(values):,.0f} by the {who} model (n={len(values)}){other}")
+    return ["", "Response tokens generated in training (mean over seeds): " + "; ".join(parts) + "."]
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
@@ -242,33 +500,59 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", action="append", default=[], help="folder of evaluate.py JSONs (repeatable, searched recursively)")
-    p.add_argument("--out", required=True, help="output folder: main_table.md, main_table.csv, curves.png")
+    p.add_argument("--out", required=True, help="output folder: main_table.md/.csv, differences.md/.csv, curves.png")
     p.add_argument("--suites", default=",".join(SUITES), help="table columns, in order")
-    p.add_argument("--metric", default="mean@k", help="aggregate key to tabulate (mean@k = pass@1 when k = 1)")
-    p.add_argument("--log", action="append", default=[], metavar="EXP[/SEED]=FILE", help="verl file-logger JSONL (repeatable)")
+    p.add_argument("--log", action="append", default=[], metavar="EXP[/SEED]=FILE",
+                   help="verl file-logger JSONL (repeatable); EXP may be a sweep's codistill[KEY=VALUE]")
     p.add_argument("--curve-keys", default=None, help="comma-separated fnmatch patterns of metrics to plot")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds every trained row must have")
+    p.add_argument("--allow-missing", action="store_true", help="tabulate despite missing/corrupt results (cells marked †)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per cell (default 2000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="RNG seed of the bootstrap (default 0)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     suites = [s for s in args.suites.split(",") if s]
     try:
         if not args.results and not args.log:
             raise TableError("nothing to do: give --results and/or --log")
+        if args.resamples < 1:
+            raise TableError(f"--resamples must be >= 1, got {args.resamples}")
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else None
+        except ValueError:
+            raise TableError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         logs = {}
         for item in args.log:
             if "=" not in item:
                 raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-            label, file = item.split("=", 1)
+            # a sweep's label has its own "=": codistill[kd.coef=0.3]/1=FILE
+            cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
+            label, file = item[:cut], item[cut + 1:]
             if not Path(file).exists():
                 raise TableError(f"--log {label}: {file} not found")
             logs[label] = read_log(file)
+        out.mkdir(parents=True, exist_ok=True)
         if args.results:
-            rows = table_rows(load_results(args.results, suites, args.metric), suites, train_minutes(logs))
-            markdown = render_markdown(rows, suites)
+            table, skipped = load_results(args.results, suites, args.allow_missing)
+            if not table:
+                raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
+            missing = check_missing(table, seeds)
+            if missing and not args.allow_missing:
+                (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
+                more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
+                raise TableError(f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or "
+                                 "pass --allow-missing")
+            footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
+            rows = table_rows(table, suites, train_minutes(logs), missing, args.resamples, args.bootstrap_seed)
+            markdown = render_markdown(rows, table, suites, footer=footer)
+            diffs = difference_rows(table, suites, missing, args.resamples, args.bootstrap_seed)
+            diff_md = render_differences(diffs, table, suites)
             (out / "main_table.md").write_text(markdown)
-            write_csv(rows, suites, out / "main_table.csv")
-            print(markdown, end="")
-            print(f"wrote {out / 'main_table.md'} and {out / 'main_table.csv'}")
+            write_csv(rows, table, suites, out / "main_table.csv")
+            (out / "differences.md").write_text(diff_md)
+            write_differences_csv(diffs, suites, out / "differences.csv")
+            print(markdown + "\n" + diff_md, end="")
+            print(f"wrote {out / 'main_table.md'}, {out / 'main_table.csv'}, {out / 'differences.md'}, {out / 'differences.csv'}")
         if logs:
             patterns = args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS
             try:

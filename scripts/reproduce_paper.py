@@ -3,9 +3,16 @@
 models, write the table and the curves. Resumable: a re-run skips finished runs and evaluations.
 
     bash scripts/reproduce_paper.sh [--pairs a,b] [--seeds 1,2,3] [--steps N] [--ablations]
-                                    [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run] [-- overrides]
+                                    [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run]
+                                    [--sweep KEY=V1,V2,...] [--allow-missing] [-- overrides]
 
 Methods: grpo_small, codistill, grpo_large (with --ablations also frozen_teacher, no_is, kd_only).
+--sweep algorithm.codistill.kd.coef=0,0.1,0.3,1 replaces codistill by one codistill run per value
+(hydra override KEY=V), each in its own folder runs/<pair>/codistill_<k>-<V>/seed<k> (<k>: the
+key's last two parts, here kd.coef) and a table row "CoDistill-GRPO [kd.coef=V]".
+Before training it prints the expected time: runs to train x the mean training time of the runs
+already finished (their metrics.jsonl timing_s/step), or a stated estimate when none has finished.
+--allow-missing is passed to make_tables.py (tabulate despite missing results, cells marked).
 Where it runs (detected like scripts/run_qwen_math.sh):
   cpu         every stage here, in order; only the toy pair (platform=cpu), the default
   gpu node / inside an allocation   every stage here, in order (vLLM evaluation)
@@ -13,7 +20,13 @@ Where it runs (detected like scripts/run_qwen_math.sh):
               evaluation + tables as one more job that starts after them (--dependency=afterany)
 Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
   reproduce/runs/<pair>/<exp>/seed<k>/   each run's folder (checkpoints, metrics.jsonl, train.log)
-  reproduce/results/<pair>/...           evaluate.py's per-item JSONs
+  reproduce/results/<pair>/<name>/<suite>.json          evaluate.py's per-item JSONs (greedy; the GPU
+                                         pairs' AIME24/AMC23 mean@16 at temperature 0.6 as before)
+  reproduce/results/<pair>/<name>-sampled/<suite>.json  only for a pair whose config has ``pair.eval``
+                                         ({n, temperature}): every model again with n samples per
+                                         item at that temperature; make_tables tells the two apart
+                                         by the file's ``sampling.temperature`` and makes the
+                                         sampled mean@n the main number, greedy a column beside it
   reproduce/tables/                      main_table.md, main_table.csv, curves.png
 """
 
@@ -73,10 +86,11 @@ class Run:
     folder: Path
     steps: int
     hydra: list[str]  # the entry point's arguments
+    name: str = ""  # the table's method: exp, or a sweep's codistill[kd.coef=0.3]
 
     @property
     def label(self) -> str:
-        return f"{self.pair}/{self.exp} seed {self.seed}"
+        return f"{self.pair}/{self.name or self.exp} seed {self.seed}"
 
     def latest_step(self) -> int | None:
         """The step verl's tracker file names (None: no checkpoint yet)."""
@@ -98,12 +112,22 @@ class Plan:
 
     def __init__(self, args, where: str):
         sys.path.insert(0, str(REPO))
+        from omegaconf import OmegaConf
+
         from recipe.codistill_grpo.configuration import compose_config, resolved
 
         self.args, self.where = args, where
         self.platform = "cpu" if where == "cpu" else "gpu"
         self.out = Path(os.environ["CODISTILL_OUTPUT_DIR"]) / "reproduce"
         self.exps = METHODS + (ABLATIONS if args.ablations else [])
+        variants = [("codistill", "codistill", [])]  # (table name, folder, extra hydra)
+        if args.sweep:
+            key, values = args.sweep
+            short = ".".join(key.split(".")[-2:])
+            variants = [(f"codistill[{short}={v}]", re.sub(r"[^A-Za-z0-9._-]", "_", f"codistill_{short}-{v}"), [f"{key}={v}"])
+                        for v in values]
+            self.exps = [v for e in self.exps for v in ([n for n, _, _ in variants] if e == "codistill" else [e])]
+        variant_of = {n: (folder, extra) for n, folder, extra in variants}
         self.runs: list[Run] = []
         self.pairs: dict[str, dict] = {}
         for pair in args.pairs:
@@ -113,17 +137,51 @@ class Plan:
                 "small": str(base.pair.small.model.path), "large": str(base.pair.large.model.path),
                 "data_dir": str(val[0].parent), "suites": [v.stem for v in val],
                 "max_tokens": int(base.data.max_response_length), "steps": int(base.trainer.total_training_steps),
+                "sampled": _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None)),
             }
             for seed in args.seeds:
-                for exp in self.exps:
-                    folder = self.out / "runs" / pair / exp / f"seed{seed}"
+                for name in self.exps:
+                    exp, folder_name, extra = ("codistill", *variant_of[name]) if name in variant_of else (name, name, [])
+                    folder = self.out / "runs" / pair / folder_name / f"seed{seed}"
                     hydra = [f"pair={pair}", f"exp={exp}", f"platform={self.platform}", f"run.seed={seed}",
-                             f"run.dir={folder}", *self._common()]
-                    self.runs.append(Run(pair, exp, seed, folder, self.pairs[pair]["steps"], hydra))
+                             f"run.dir={folder}", *self._common(), *extra]
+                    self.runs.append(Run(pair, exp, seed, folder, self.pairs[pair]["steps"], hydra, name))
+
+    def expected_minutes(self, todo: list[Run]) -> str:
+        """One line: runs to train x per-run minutes, measured from finished runs' logs or estimated."""
+        measured = []
+        for run in self.runs:
+            try:
+                lines = (run.folder / "metrics.jsonl").read_text().splitlines()
+                steps = {r["step"]: (r.get("data") or r).get("timing_s/step", 0.0) for r in map(json.loads, filter(None, lines))}
+            except (OSError, ValueError, KeyError, AttributeError):
+                continue
+            if run.finished() and sum(steps.values()) > 0:
+                measured.append(sum(steps.values()) / 60)
+        if measured:
+            per_run, how = sum(measured) / len(measured), f"measured: mean of {len(measured)} finished runs"
+        elif self.platform == "cpu":
+            per_run, how = 1 + 3 * max(r.steps for r in todo) / 60, "estimate: ~3 s per CPU step + 1 min start-up"
+        else:
+            return f"{len(todo)} runs to train; no finished run to time them by"
+        return f"{len(todo)} runs to train x {per_run:.1f} min per run ({how}) = about {len(todo) * per_run:.0f} min"
 
     def _common(self) -> list[str]:
         steps = [f"trainer.total_training_steps={self.args.steps}"] if self.args.steps else []
         return steps + list(self.args.overrides)
+
+
+def _sampled_eval(pair: str, node) -> dict | None:
+    """``{"n", "temperature"}`` of a pair's ``pair.eval`` node (None: greedy evaluation only)."""
+    if node is None:
+        return None
+    try:
+        n, temperature = int(node["n"]), float(node["temperature"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})") from None
+    if n < 1 or temperature <= 0:
+        raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} temperature={temperature}")
+    return {"n": n, "temperature": temperature}
 
 
 def act(args, cmd: list[str], stream=None) -> int:
@@ -157,6 +215,8 @@ def stage_train(plan: Plan) -> list[str]:
     for run in plan.runs:
         if run.finished():
             say(f"skip run {run.label}: finished ({run.folder})")
+    if todo:
+        say("expected time: " + plan.expected_minutes(todo))
     jobs: list[str] = []
     if plan.where == "login":
         for run in todo:
@@ -223,21 +283,28 @@ def _complete(folder: Path, suites: list[str]) -> bool:
 
 def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None,
               exp: str = "base") -> None:
+    """Evaluate one model greedily into results/<pair>/<name>; with ``pair.eval`` also sampled into
+    results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
     facts = plan.pairs[pair]
     results = plan.out / "results" / pair
-    if _complete(results / name, facts["suites"]):
-        say(f"skip evaluation {pair}/{name}: results complete")
-        return
-    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir", facts["data_dir"],
-           "--suites", ",".join(facts["suites"]), "--out", str(results), "--backend", "hf" if plan.where == "cpu" else "vllm",
-           "--pair", pair, "--method", method, "--role", role, "--max-tokens", str(facts["max_tokens"]),
-           "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
-    if seed is not None:
-        cmd += ["--run-seed", str(seed)]
+    variants = [(name, [])]
     if {"aime24", "amc23"} & set(facts["suites"]):
-        cmd += ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
-    if act(plan.args, cmd):
-        raise SystemExit(f"[reproduce] error: evaluating {pair}/{name} failed")
+        variants = [(name, ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"])]
+    if facts["sampled"]:
+        sampled = facts["sampled"]
+        variants.append((f"{name}-sampled", ["--n", str(sampled["n"]), "--temperature", str(sampled["temperature"])]))
+    for folder, sampling in variants:
+        if _complete(results / folder, facts["suites"]):
+            say(f"skip evaluation {pair}/{folder}: results complete")
+            continue
+        cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", folder, "--data-dir",
+               facts["data_dir"], "--suites", ",".join(facts["suites"]), "--out", str(results),
+               "--backend", "hf" if plan.where == "cpu" else "vllm", "--pair", pair, "--method", method, "--role", role,
+               "--max-tokens", str(facts["max_tokens"]),
+               "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
+        cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
+        if act(plan.args, cmd):
+            raise SystemExit(f"[reproduce] error: evaluating {pair}/{folder} failed")
 
 
 def stage_eval(plan: Plan) -> None:
@@ -252,21 +319,22 @@ def stage_eval(plan: Plan) -> None:
         if not run.finished():
             say(f"skip evaluation {run.label}: no final checkpoint yet ({run.folder})")
             continue
-        method = "grpo" if run.exp.startswith("grpo_") else run.exp
+        method = "grpo" if run.exp.startswith("grpo_") else run.name
         roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(run.exp, ["small", "large"])
         for role in roles:
             model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
-            _evaluate(plan, run.pair, f"{run.exp}-seed{run.seed}-{role}", str(run.checkpoint(model)), method, role, run.seed,
-                      run.exp)
+            _evaluate(plan, run.pair, f"{run.folder.parent.name}-seed{run.seed}-{role}", str(run.checkpoint(model)), method,
+                      role, run.seed, run.folder.parent.name)
 
 
 def stage_tables(plan: Plan) -> None:
-    logs = [f"{r.exp}/{r.seed}={r.folder / 'metrics.jsonl'}" for r in plan.runs if (r.folder / "metrics.jsonl").exists()]
+    logs = [f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}" for r in plan.runs if (r.folder / "metrics.jsonl").exists()]
     suites = sorted({s for f in plan.pairs.values() for s in f["suites"]})
     cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results"), "--out", str(plan.out / "tables"),
            "--suites", ",".join(next(iter(plan.pairs.values()))["suites"] if len(plan.pairs) == 1 else suites)]
     for log in logs:
         cmd += ["--log", log]
+    cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (["--allow-missing"] if plan.args.allow_missing else [])
     if act(plan.args, cmd):
         raise SystemExit("[reproduce] error: make_tables.py failed")
 
@@ -276,6 +344,8 @@ def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     cmd = ["bash", "scripts/reproduce_paper.sh", "--stage", "after-train", "--pairs", ",".join(args.pairs),
            "--seeds", ",".join(map(str, args.seeds))]
     cmd += (["--ablations"] if args.ablations else []) + (["--steps", str(args.steps)] if args.steps else [])
+    cmd += (["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] if args.sweep else [])
+    cmd += ["--allow-missing"] if args.allow_missing else []
     cmd += ["--", *args.overrides] if args.overrides else []
     sbatch = ["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8",
               "--job-name=codistill-reproduce-eval", f"--output={Path(os.environ['CODISTILL_OUTPUT_DIR']) / 'slurm'}/%x-%j.out"]
@@ -306,7 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", default="all", choices=STAGES)
     p.add_argument("--nodes", type=int, help="nodes per training run (login node: run_qwen_math.sh --nodes)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is skipped; run nothing")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key (replaces codistill)")
+    p.add_argument("--allow-missing", action="store_true", help="make_tables.py: tabulate despite missing results")
     args = p.parse_args(argv)
+    if args.sweep:
+        key, _, values = args.sweep.partition("=")
+        values = [v for v in values.split(",") if v]
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", key) or not values:
+            raise SystemExit(f"[reproduce] error: --sweep expects KEY=V1,V2,... (a hydra key), got {args.sweep!r}")
+        args.sweep = (key, values)
     args.overrides = overrides
     os.environ.setdefault("CODISTILL_OUTPUT_DIR", str(REPO / "outputs"))
     os.environ.setdefault("CODISTILL_DATA_DIR", str(REPO / "data"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the paper's table (all methods x seeds -> evaluation -> table and curves); resumable.
 #   bash scripts/reproduce_paper.sh [--pairs a,b] [--seeds 1,2,3] [--steps N] [--ablations]
-#                                   [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run] [-- overrides]
+#                                   [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run]
+#                                   [--sweep KEY=V1,V2,...] [--allow-missing] [-- overrides]
 # See scripts/reproduce_paper.py (--help) for the stages and where their output goes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

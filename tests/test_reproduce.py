@@ -39,9 +39,12 @@ def finish_run(out: Path, pair: str, exp: str, seed: int, steps: int, large: boo
     return step
 
 
+SAMPLED = ["++pair.eval.n=8", "++pair.eval.temperature=1.0"]  # the toy pair's sampled evaluation, whatever toy.yaml says
+
+
 def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     e = Env(tmp_path, tools=())
-    proc = run(e, "--dry-run")
+    proc = run(e, "--dry-run", "--", *SAMPLED)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     lines = proc.stdout.splitlines()
@@ -49,21 +52,32 @@ def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     assert lines[1] == (f"[reproduce] 9 runs: grpo_small, codistill, grpo_large x seeds 1, 2, 3 on toy; "
                         f"output in {out / 'reproduce'}")
     cmds = would_run(proc)
-    train, build, evals, tables = cmds[:9], cmds[9], cmds[10:12], cmds[12:]
+    train, build, evals, tables = cmds[:9], cmds[9], cmds[10:14], cmds[14:]
     assert build == [PY, "-m", "recipe.codistill_grpo.cpu.stand_in", "--pair", "toy", "--out", str(out / "toy")]
     assert [c[:3] for c in train] == [[PY, "-m", "recipe.codistill_grpo.main_codistill"]] * 9
     assert [(c[3], c[4], c[5], c[6]) for c in train[:3]] == [
         ("pair=toy", f"exp={x}", "platform=cpu", "run.seed=1") for x in ("grpo_small", "codistill", "grpo_large")]
     assert train[4][7] == f"run.dir={out}/reproduce/runs/toy/codistill/seed2"
-    for role, cmd in zip(("small", "large"), evals):
+    # every model twice: greedy into <name>, then 8 samples per item at temperature 1 into <name>-sampled
+    assert [arg(c, "--name") for c in evals] == ["base_small", "base_small-sampled", "base_large", "base_large-sampled"]
+    for role, cmd in zip(("small", "small", "large", "large"), evals):
         assert cmd[:2] == [PY, "scripts/evaluate.py"]
         assert arg(cmd, "--checkpoint") == str(out / "toy" / "models" / role)
         assert arg(cmd, "--suites") == "test" and arg(cmd, "--backend") == "hf" and arg(cmd, "--max-tokens") == "24"
         assert arg(cmd, "--method") == "base" and arg(cmd, "--role") == role
         assert arg(cmd, "--data-dir") == str(out / "toy" / "data")
+    assert "--n" not in evals[0] and "--temperature" not in evals[0]
+    assert (arg(evals[1], "--n"), arg(evals[1], "--temperature")) == ("8", "1.0")
     assert len(tables) == 1 and tables[0][:2] == [PY, "scripts/make_tables.py"]
     assert "[reproduce] skip evaluation toy/codistill seed 1: no final checkpoint yet" in proc.stdout
     assert e.runs() == [] and not (out / "reproduce" / "runs").exists()
+
+
+def test_bad_sampled_evaluation_settings_are_one_line(tmp_path):
+    proc = run(Env(tmp_path, tools=()), "--dry-run", "--", "++pair.eval.n=8", "++pair.eval.temperature=0")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "[reproduce] error: pair toy: pair.eval needs n >= 1 and temperature > 0, got n=8 temperature=0.0")
 
 
 def test_seeds_steps_ablations_and_overrides_reach_every_run(tmp_path):
@@ -81,14 +95,17 @@ def test_finished_runs_are_skipped_and_their_models_evaluated(tmp_path):
     out = tmp_path / "out"
     step = finish_run(out, "toy", "codistill", 1, 40, large=True)
     finish_run(out, "toy", "grpo_large", 1, 40)
-    proc = run(e, "--seeds", "1", "--stage", "all")
+    proc = run(e, "--seeds", "1", "--stage", "all", "--", *SAMPLED)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"[reproduce] skip run toy/codistill seed 1: finished ({step.parents[1]})" in proc.stdout
     calls = [c["argv"] for c in e.runs()]
     trained = [c for c in calls if c[:2] == ["-m", "recipe.codistill_grpo.main_codistill"]]
     assert [c[3] for c in trained] == ["exp=grpo_small"]  # the only unfinished run
     evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
-    assert sorted(evals) == ["base_large", "base_small", "codistill-seed1-large", "codistill-seed1-small", "grpo_large-seed1-large"]
+    names = ["base_large", "base_small", "codistill-seed1-large", "codistill-seed1-small", "grpo_large-seed1-large"]
+    assert sorted(evals) == sorted(names + [f"{n}-sampled" for n in names])
+    assert arg(evals["codistill-seed1-large-sampled"], "--checkpoint") == str(step / "large_actor")
+    assert arg(evals["codistill-seed1-large-sampled"], "--run-seed") == "1" and arg(evals["codistill-seed1-large-sampled"], "--n") == "8"
     assert arg(evals["codistill-seed1-small"], "--checkpoint") == str(step / "actor")
     assert arg(evals["codistill-seed1-large"], "--checkpoint") == str(step / "large_actor")
     assert arg(evals["grpo_large-seed1-large"], "--method") == "grpo" and arg(evals["grpo_large-seed1-large"], "--run-seed") == "1"
@@ -106,10 +123,11 @@ def test_complete_results_are_not_evaluated_again(tmp_path):
     folder = tmp_path / "out" / "reproduce" / "results" / "toy" / "base_small"
     folder.mkdir(parents=True)
     (folder / "test.json").write_text(json.dumps({"complete": True}))
-    proc = run(e, "--seeds", "1", "--stage", "eval")
+    proc = run(e, "--seeds", "1", "--stage", "eval", "--", *SAMPLED)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[reproduce] skip evaluation toy/base_small: results complete" in proc.stdout
-    assert [arg(c["argv"], "--name") for c in e.runs() if c["argv"][0] == "scripts/evaluate.py"] == ["base_large"]
+    assert [arg(c["argv"], "--name") for c in e.runs() if c["argv"][0] == "scripts/evaluate.py"] == [
+        "base_small-sampled", "base_large", "base_large-sampled"]
 
 
 def test_login_node_submits_the_runs_then_one_dependent_evaluation_job(tmp_path):
@@ -147,7 +165,7 @@ def test_after_train_in_an_allocation_evaluates_with_vllm_and_tabulates(tmp_path
     assert proc.stdout.splitlines()[0] == "[reproduce] situation: allocation"
     calls = [c["argv"] for c in e.runs()]
     evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
-    assert sorted(evals) == ["base_large", "base_small", "codistill-seed1-large", "codistill-seed1-small"]
+    assert sorted(evals) == ["base_large", "base_small", "codistill-seed1-large", "codistill-seed1-small"]  # no pair.eval
     assert arg(evals["base_small"], "--checkpoint") == "Qwen/Qwen2.5-Math-1.5B"
     assert arg(evals["codistill-seed1-large"], "--checkpoint") == str(step / "large_actor")
     assert all(arg(c, "--backend") == "vllm" and arg(c, "--suite-n") == "aime24=16,amc23=16" for c in evals.values())
@@ -182,3 +200,38 @@ def test_progress_reads_the_entry_points_step_lines_and_nothing_else():
                   "(TaskRunner pid=1) codistill: step 3/40  x",
                   "codistill: step 12/40: non-finite log-probs"):
         assert progress_step(other) is None, other
+
+
+def test_sweep_runs_codistill_once_per_value_and_tabulates_a_row_each(tmp_path):
+    e = Env(tmp_path, tools=())
+    out = tmp_path / "out"
+    step = finish_run(out, "toy", "codistill_kd.coef-0.3", 1, 40, large=True)  # one value already trained (3 s)
+    proc = run(e, "--seeds", "1", "--sweep", "algorithm.codistill.kd.coef=0,0.3,1", "--", "++pair.eval.n=2",
+               "++pair.eval.temperature=1.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[reproduce] 5 runs: grpo_small, codistill[kd.coef=0], codistill[kd.coef=0.3], codistill[kd.coef=1], grpo_large" in proc.stdout
+    # 4 runs left, each timed by the finished run's log: 3 s = 0.05 min
+    assert "[reproduce] expected time: 4 runs to train x 0.1 min per run (measured: mean of 1 finished runs) = about 0 min" in proc.stdout
+    calls = [c["argv"] for c in e.runs()]
+    trained = [c for c in calls if c[:2] == ["-m", "recipe.codistill_grpo.main_codistill"]]
+    assert [(c[3], c[-1]) for c in trained if c[3] == "exp=codistill"] == [
+        ("exp=codistill", "algorithm.codistill.kd.coef=0"), ("exp=codistill", "algorithm.codistill.kd.coef=1")]
+    assert f"run.dir={out}/reproduce/runs/toy/codistill_kd.coef-1/seed1" in trained[2]
+    evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
+    assert arg(evals["codistill_kd.coef-0.3-seed1-large-sampled"], "--method") == "codistill[kd.coef=0.3]"
+    assert arg(evals["codistill_kd.coef-0.3-seed1-large"], "--checkpoint") == str(step / "large_actor")
+    (tables,) = [c for c in calls if c[0] == "scripts/make_tables.py"]
+    assert f"codistill[kd.coef=0.3]/1={step.parents[1] / 'metrics.jsonl'}" in tables
+    assert arg(tables, "--seeds") == "1"
+
+
+def test_expected_time_is_an_estimate_before_any_run_has_finished(tmp_path):
+    (tmp_path / "a").mkdir()
+    proc = run(Env(tmp_path / "a", tools=()), "--dry-run", "--seeds", "1,2", "--steps", "20")
+    assert proc.returncode == 0, proc.stderr
+    # 6 runs x (1 min + 20 steps x 3 s = 2 min)
+    assert ("[reproduce] expected time: 6 runs to train x 2.0 min per run (estimate: ~3 s per CPU step + 1 min start-up) "
+            "= about 12 min") in proc.stdout
+    proc = run(Env(tmp_path, tools=()), "--sweep", "kd.coef")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "[reproduce] error: --sweep expects KEY=V1,V2,... (a hydra key), got 'kd.coef'"
