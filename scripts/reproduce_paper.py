@@ -14,7 +14,7 @@ Before training it prints the expected time: runs to train x the mean training t
 already finished (their metrics.jsonl timing_s/step), or a stated estimate when none has finished.
 --allow-missing is passed to make_tables.py (tabulate despite missing results, cells marked).
 Where it runs (detected like scripts/run_qwen_math.sh):
-  cpu         every stage here, in order; only the toy pair (platform=cpu), the default
+  cpu         every stage here, in order; only the toy pairs (platform=cpu): toy, the default, and toy_strong
   gpu node / inside an allocation   every stage here, in order (vLLM evaluation)
   login node  the training runs are submitted as SLURM jobs (run_qwen_math.sh) and the
               evaluation + tables as one more job that starts after them (--dependency=afterany)
@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ["grpo_small", "codistill", "grpo_large"]
 ABLATIONS = ["frozen_teacher", "no_is", "kd_only"]
 GPU_PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
+CPU_PAIRS = ["toy", "toy_strong"]  # the teacher somewhat better / much better
 STAGES = ("all", "train", "eval", "tables", "after-train")
 
 
@@ -303,6 +304,7 @@ def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, ro
                "--max-tokens", str(facts["max_tokens"]),
                "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
         cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
+        cmd += ["--batch-size", "64"] if plan.where == "cpu" else []  # the toy models: one generate call per 64 items
         if act(plan.args, cmd):
             raise SystemExit(f"[reproduce] error: evaluating {pair}/{folder} failed")
 
@@ -396,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         raise SystemExit(f"[reproduce] error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
     for pair in args.pairs:
-        if where == "cpu" and pair != "toy":
-            raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy")
+        if where == "cpu" and pair not in CPU_PAIRS:
+            raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs "
+                             f"{' or '.join(CPU_PAIRS)}")
     try:
         plan = Plan(args, where)
     except ValueError as e:  # an unknown pair or a bad override: one line from the config module

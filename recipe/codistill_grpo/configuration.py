@@ -290,7 +290,19 @@ def check_config(config: DictConfig) -> RunPlan:
                     f"into the frozen large model's {large_gpus} rank(s) and its log-prob micro-batches "
                     f"(large_actor.ref.log_prob_micro_batch_size_per_gpu={micro})"
                 )
+    if val_teacher(cfg, cd):
+        large = build_large_worker_config(config, frozen=True)
     return RunPlan(config=cfg, codistill=cd, large=large)
+
+
+def val_teacher(cfg: DictConfig, codistill: CoDistillConfig) -> bool:
+    """grpo_small with ``run.val_teacher``: the large model is loaded frozen, colocated, for the
+    held-out ``val/kd_kl`` only (runs with the large model on log it anyway)."""
+    return (
+        not codistill.large.enable
+        and bool(OmegaConf.select(cfg, "run.val_teacher", default=False))
+        and cfg.exp.generator == "small"
+    )
 
 
 def skip_small_zero_grad(codistill: CoDistillConfig, actor_cfg: DictConfig) -> bool:
@@ -319,10 +331,12 @@ def launch_plan(plan: RunPlan) -> list[str]:
     if plan.large is not None:
         pool = (
             f"pool large_pool: {cd.large.nnodes} node(s) x {cd.large.n_gpus_per_node} GPU(s)"
-            if cd.large.placement == "separate"
+            if cd.large.enable and cd.large.placement == "separate"
             else "colocated on global_pool"
         )
         mode = "trained (codistill_teacher loss)" if cd.large.train else "frozen (forward only, no optimizer)"
+        if not cd.large.enable:
+            mode = "frozen, for the held-out val/kd_kl only (run.val_teacher)"
         lines.append(f"large model      {plan.large.model.path} {mode}, {pool}")
     else:
         lines.append("large model      off (plain GRPO on the generating model)")

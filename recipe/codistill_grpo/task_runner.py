@@ -16,7 +16,7 @@ from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.workers.config import HFModelConfig
 
-from recipe.codistill_grpo.configuration import build_large_worker_config
+from recipe.codistill_grpo.configuration import build_large_worker_config, val_teacher
 from verl_ext.codistill.config import CoDistillConfig
 
 
@@ -45,10 +45,9 @@ class CoDistillTaskRunnerImpl(BaseTaskRunner):
         codistill = CoDistillConfig.from_dict(config.algorithm.codistill)
         # built from the unresolved tree: verl's derived keys take the large model's own values
         # the large model: trained or frozen (codistill, ablations), or frozen for the held-out KL only
-        val_teacher = bool(config.run.get("val_teacher", False)) and config.exp.generator == "small"
         large_config = (
             build_large_worker_config(config, frozen=not (codistill.large.enable and codistill.large.train))
-            if codistill.large.enable or val_teacher
+            if codistill.large.enable or val_teacher(config, codistill)
             else None
         )
         OmegaConf.resolve(config)

@@ -40,7 +40,7 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.profiler import marked_timer
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
-from recipe.codistill_grpo.configuration import skip_small_zero_grad
+from recipe.codistill_grpo.configuration import skip_small_zero_grad, val_teacher
 from recipe.codistill_grpo.workers import SKIP_FIELD, CoDistillActorWorker
 from verl_ext.codistill.config import CoDistillConfig
 from verl_ext.codistill.zero_grad import zero_gradient_rows
@@ -81,6 +81,14 @@ def large_actor_loss(config, model_output, data, dp_group=None):
     return ppo_loss(config, model_output, data, dp_group)
 
 
+def _log_probs(worker_group, batch: DataProto, ref: bool = False) -> torch.Tensor:
+    """Log-probs (B, T) of ``batch``'s responses from an actor (or frozen ``ref``) worker group, no entropy."""
+    batch_td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(batch_td, calculate_entropy=False, compute_loss=False)
+    output = worker_group.compute_ref_log_prob(batch_td) if ref else worker_group.compute_log_prob(batch_td)
+    return no_padding_2_padding(tu.get(output, "log_probs"), batch_td).float()
+
+
 def _count_nonfinite(values: torch.Tensor, mask: torch.Tensor) -> int:
     return int((~torch.isfinite(values) & mask.bool()).sum())
 
@@ -94,9 +102,7 @@ class CoDistillTrainer(RayPPOTrainer):
         self.large_config = large_config
         self.large_wg = None
         # grpo_small with run.val_teacher: the large model is loaded frozen for the held-out KL only
-        self._val_teacher = bool(
-            not self.cd.large.enable and self.config.run.get("val_teacher", False) and self.config.exp.generator == "small"
-        )
+        self._val_teacher = val_teacher(self.config, self.cd)
         self._large_role = "actor" if self.cd.large.enable and self.cd.large.train else "ref"
         self._timing: dict[str, float] = {}
         self._metrics: dict[str, float] = {}
@@ -115,7 +121,7 @@ class CoDistillTrainer(RayPPOTrainer):
     def _init_large_workers(self):
         from verl.utils.config import omega_conf_to_dataclass
 
-        if self.cd.large.placement == "separate":
+        if self.cd.large.enable and self.cd.large.placement == "separate":
             role_for_pool = Role.Actor
         else:
             role_for_pool = Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
@@ -174,13 +180,7 @@ class CoDistillTrainer(RayPPOTrainer):
 
     def _compute_large_log_prob(self, batch: DataProto) -> torch.Tensor:
         """``ll[i, t] = log pi_l_old(y_i,t | x, y_i,<t)`` on the small model's token ids, (B*G, T)."""
-        batch_td = left_right_2_no_padding(batch.to_tensordict())
-        tu.assign_non_tensor(batch_td, calculate_entropy=False, compute_loss=False)
-        if self._large_role == "ref":
-            output = self.large_wg.compute_ref_log_prob(batch_td)
-        else:
-            output = self.large_wg.compute_log_prob(batch_td)
-        return no_padding_2_padding(tu.get(output, "log_probs"), batch_td).float()
+        return _log_probs(self.large_wg, batch, ref=self._large_role == "ref")
 
     # ------------------------------------------------------------------ validation
     def _validate(self, merged: bool = False):
@@ -228,7 +228,7 @@ class CoDistillTrainer(RayPPOTrainer):
         batch, pad = pad_dataproto_to_divisor(batch, divisor)
         batch.batch["response_mask"] = compute_response_mask(batch)
         mask = batch.batch["response_mask"][: len(batch) - pad].float()
-        ls = RayPPOTrainer._compute_old_log_prob(self, batch)[0].batch["old_log_probs"][: len(batch) - pad]
+        ls = _log_probs(self.actor_rollout_wg, batch)[: len(batch) - pad]
         ll = self._compute_large_log_prob(batch)[: len(batch) - pad]
         return float(((ls - ll) * mask).sum() / mask.sum().clamp(min=1.0))
 
