@@ -289,6 +289,36 @@ def test_verls_pass_then_kd_part_equals_the_loop_reference(credit, task_reward):
     assert want.abs().max().item() > 0.1
 
 
+@pytest.mark.parametrize("norm", [True, False])
+def test_verls_compute_advantage_honours_norm_adv_by_std_in_grpo(norm):
+    """Issue 16 item 1: through verl's own compute_advantage, the registered estimator with kd_coef=0
+    gives verl's GRPO advantages for both values of algorithm.norm_adv_by_std_in_grpo (Dr. GRPO's
+    false included); the hand-worked group [1, 0, 0, 0] gives [1.5, -0.5, ...] divided by
+    std = 0.5 (+eps) with the flag, [0.75, -0.25, ...] without."""
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    rewards, mask, labels, _, _ = make_batch(5)
+    algo = OmegaConf.create({"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": norm,
+                             "codistill": {"kd": {"coef": 0.0}}})
+
+    def verls(estimator, tensors):
+        batch = DataProto.from_dict(tensors=dict(tensors), non_tensors={"uid": labels})
+        return compute_advantage(batch, adv_estimator=estimator, norm_adv_by_std_in_grpo=norm, config=algo)
+
+    ours = verls("codistill", {"token_level_rewards": rewards, "response_mask": mask}).batch["advantages"]
+    grpo = verls("grpo", {"token_level_rewards": rewards, "response_mask": mask}).batch["advantages"]
+    assert (ours - grpo).abs().max().item() < 1e-6
+    assert grpo.abs().max().item() > 0.1
+
+    one = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    hand = DataProto.from_dict(tensors={"token_level_rewards": one, "response_mask": torch.ones(4, 1)},
+                               non_tensors={"uid": np.array(["g"] * 4, dtype=object)})
+    got = compute_advantage(hand, adv_estimator="codistill", norm_adv_by_std_in_grpo=norm, config=algo)
+    want = [1.5, -0.5, -0.5, -0.5] if norm else [0.75, -0.25, -0.25, -0.25]  # std of [1,0,0,0] is 0.5
+    assert got.batch["advantages"][:, 0].tolist() == pytest.approx(want, abs=1e-5)
+
+
 def test_registered_estimator_applies_schedule_and_task_reward():
     rewards, mask, labels, ls, ll = make_batch(6)
     algo = {

@@ -230,12 +230,22 @@ def _codistill_from(config: Any) -> CoDistillConfig:
     return CoDistillConfig.from_dict(block)
 
 
+def _norm_by_std_from(config: Any) -> bool:
+    """``algorithm.norm_adv_by_std_in_grpo`` of the algorithm config (verl's default True)."""
+    if config is None or isinstance(config, CoDistillConfig):
+        return True
+    value = config.get("norm_adv_by_std_in_grpo", True) if hasattr(config, "get") else getattr(
+        config, "norm_adv_by_std_in_grpo", True
+    )
+    return True if value is None else bool(value)
+
+
 def compute_codistill_advantage_from_config(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: Optional[bool] = None,
     config: Optional[Any] = None,
     small_log_probs: Optional[torch.Tensor] = None,
     large_log_probs: Optional[torch.Tensor] = None,
@@ -245,7 +255,9 @@ def compute_codistill_advantage_from_config(
     """verl adv estimator ``codistill`` (``algorithm.adv_estimator=codistill``), settings from ``config``.
 
     ``config`` is the algorithm config (``DictConfig``/dict holding ``codistill``, or a
-    ``CoDistillConfig``).
+    ``CoDistillConfig``). ``norm_adv_by_std_in_grpo`` left at None is read from the algorithm
+    config's ``norm_adv_by_std_in_grpo`` (default True): verl's generic estimator call passes
+    only the config, and its GRPO path reads the same key.
 
     verl's own advantage pass (``compute_advantage`` in ``RayPPOTrainer.fit``) calls this with
     rewards, mask, ``uid`` and config only, so without log-probs it returns the outcome part
@@ -258,6 +270,8 @@ def compute_codistill_advantage_from_config(
         advantages, returns: ``(bs, T)``.
     """
     cfg = _codistill_from(config)
+    if norm_adv_by_std_in_grpo is None:
+        norm_adv_by_std_in_grpo = _norm_by_std_from(config)
     if (small_log_probs is None) != (large_log_probs is None):
         raise ValueError(
             "adv estimator 'codistill' needs both keyword tensors small_log_probs (batch 'old_log_probs') "
