@@ -179,6 +179,14 @@ def test_rollout_behavior_needs_the_rollouts_log_probs():
     )
 
 
+@pytest.mark.parametrize("key", ["actor_rollout_ref.actor.checkpoint.async_save", "large_actor.actor.checkpoint.async_save"])
+def test_async_checkpoint_save_is_refused(key):
+    """Issue 16 item 4: verl writes no tracker for async saves, so such a run could never resume."""
+    msg = _error([f"{'+' if key.startswith('large_actor') else ''}{key}=true"])
+    assert msg.startswith(f"{key}=true is not supported: verl writes no tracker file for an async save")
+    assert msg.endswith("set it to false")
+
+
 def test_allocation_must_fit():
     plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
                                     "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
