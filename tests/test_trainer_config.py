@@ -617,3 +617,19 @@ def test_resuming_at_the_last_step_trains_nothing(tmp_path, tiny_pair, monkeypat
         trainer._load_checkpoint()
     monkeypatch.setattr(RayPPOTrainer, "_load_checkpoint", loaded(2))
     assert trainer._load_checkpoint() == 2
+
+
+def test_kd_only_keeps_the_large_models_outcome_advantage():
+    """Issue 16 item 13: exp=kd_only (task_reward=false) drops A_R from the small model's advantage only;
+    the large model's A_l is still the outcome advantage of the rewards (loop reference)."""
+    cd = OmegaConf.to_container(resolved(cpu_config(exp="kd_only")).algorithm.codistill)
+    assert cd["task_reward"] is False and cd["large"]["train"] is True and cd["large"]["advantage"] == "grpo"
+    batch = _batch(cd, seed=7)
+    _trainer_stub(cd)._codistill_advantages(batch)
+    b = batch.batch
+    a_r = _loop_grpo(batch)
+    assert max(abs(x) for x in a_r) > 0.1
+    for i in range(b["response_mask"].shape[0]):
+        for t in range(b["response_mask"].shape[1]):
+            m = b["response_mask"][i, t].item()
+            assert abs(b["large_advantages"][i, t].item() - a_r[i] * m) < 1e-5
