@@ -266,3 +266,34 @@ def test_entry_point_output_dir_under_a_file_is_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"codistill: cannot build the CPU stand-in pair in {out}/tiny (")
     assert last.endswith("Not a directory); set CODISTILL_OUTPUT_DIR to a writable folder")
+
+
+def test_a_new_run_waits_for_an_earlier_attempts_trainer(tmp_path):
+    """Issue 16 item 10: killing the launcher leaves Ray's trainer process running a moment; a new launcher
+    into the folder (its .lock free) does not start while that trainer holds .lock.trainer."""
+    from recipe.codistill_grpo.run_folder import hold_trainer_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = (
+        "import sys, time\n"
+        "from recipe.codistill_grpo.run_folder import hold_trainer_lock\n"
+        "h = hold_trainer_lock(sys.argv[1])\n"
+        "print('writing', flush=True); time.sleep(60)\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "writing"
+        with pytest.raises(RunFolderError) as err:
+            with open_run(run, fresh=False, say=lambda _: None, trainer_wait_s=0.5):
+                pass
+        assert str(err.value).startswith(f"run folder {run} is still written by the trainer of an earlier attempt "
+                                         f"(pid {trainer.pid} on host")
+        with pytest.raises(RunFolderError, match="is still written by the trainer of another attempt"):
+            hold_trainer_lock(run)  # nor can a second trainer take it
+    finally:
+        trainer.kill()
+        trainer.wait()
+    with open_run(run, fresh=False, say=lambda _: None, trainer_wait_s=5):
+        handle = hold_trainer_lock(run)  # this attempt's trainer
+        handle.close()

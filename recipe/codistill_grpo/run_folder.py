@@ -2,6 +2,7 @@
 
     <run.dir>/
       .lock                     held (flock) by the running driver; names its pid and host
+      .lock.trainer             held (flock) by the attempt's trainer process (a Ray actor) while it runs
       checkpoints/              verl's global_step_N/{actor,large_actor,data.pt} + tracker file;
                                 global_step_N/metrics_row.json: step N's row as known at its checkpoint
       metrics.jsonl             one JSON line per step ({"step": N, "data": {...}}), every step once
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 LOCK_FILE = ".lock"
+TRAINER_LOCK_FILE = ".lock.trainer"
+TRAINER_WAIT_S = 60.0
 METRICS_FILE = "metrics.jsonl"
 SUPERSEDED_FILE = "metrics.superseded.jsonl"
 ATTEMPT_FILE = ".metrics.attempt.jsonl"
@@ -222,9 +225,54 @@ def _take_lock(folder: Path):
     return handle
 
 
+def hold_trainer_lock(folder: str | os.PathLike):
+    """Taken by the trainer process (a Ray actor, not the driver) before it writes into the run folder,
+    held until that process ends: killing the launcher leaves Ray's processes running a moment, and a
+    new launcher waits for them (``open_run``). Returns the open handle (keep a reference)."""
+    path = Path(folder) / TRAINER_LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "an unknown process"
+        handle.close()
+        raise RunFolderError(f"run folder {folder} is still written by the trainer of another attempt ({holder}, "
+                             f"lock: {path}); stop it first (see README: how to stop a run)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _wait_for_old_trainer(folder: Path, wait_s: float) -> None:
+    """Wait until no trainer of an earlier attempt holds ``.lock.trainer`` (a killed launcher's Ray
+    processes end shortly after it); refuse with one line after ``wait_s`` seconds."""
+    path = folder / TRAINER_LOCK_FILE
+    if not path.exists():
+        return
+    deadline = time.monotonic() + wait_s
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "an unknown process"
+                    raise RunFolderError(
+                        f"run folder {folder} is still written by the trainer of an earlier attempt ({holder}, lock: "
+                        f"{path}) after {wait_s:.0f} s; stop it (ray stop, or scancel the job) and run again"
+                    ) from None
+                time.sleep(0.2)
+
+
 def _move_aside(folder: Path) -> Optional[Path]:
     """Move everything but the lock to ``<folder>.old-<time>``; None if there was nothing."""
-    entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
+    entries = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, TRAINER_LOCK_FILE)]
     if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -257,12 +305,12 @@ def _supersede_after(folder: Path, step: int) -> int:
 @contextmanager
 def open_run(folder: str | os.PathLike, fresh: bool, say: Callable[[str], None] = print,
              on_row: Optional[Callable[[dict], None]] = None,
-             total_steps: Optional[int] = None) -> Iterator[MetricsAppender]:
+             total_steps: Optional[int] = None, trainer_wait_s: float = TRAINER_WAIT_S) -> Iterator[MetricsAppender]:
     """Lock the run folder, decide new / resume / fresh (and say which), keep metrics.jsonl appended.
 
     Yields the ``MetricsAppender`` (started); on exit its last rows are appended and the lock released.
     Raises ``RunComplete`` (the lock released, nothing else changed) if the checkpoint is step
-    ``total_steps`` or later.
+    ``total_steps`` or later. Waits up to ``trainer_wait_s`` for an earlier attempt's trainer to end.
     """
     folder = Path(folder).resolve()
     try:
@@ -274,6 +322,7 @@ def open_run(folder: str | os.PathLike, fresh: bool, say: Callable[[str], None] 
         raise _os_error("write to the run folder", folder, e) from None
     lock = _take_lock(folder)
     try:
+        _wait_for_old_trainer(folder, trainer_wait_s)
         if fresh:
             moved = _move_aside(folder)
             say(f"fresh run in {folder}" + (f": the previous run was moved to {moved} (nothing deleted)" if moved else ""))

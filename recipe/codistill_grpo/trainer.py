@@ -40,7 +40,7 @@ from verl.utils.profiler import marked_timer
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from recipe.codistill_grpo.configuration import skip_small_zero_grad
-from recipe.codistill_grpo.run_folder import STEP_ROW_FILE
+from recipe.codistill_grpo.run_folder import STEP_ROW_FILE, hold_trainer_lock
 from recipe.codistill_grpo.workers import SKIP_FIELD, CoDistillActorWorker
 from verl_ext.codistill.config import CoDistillConfig
 from verl_ext.codistill.zero_grad import zero_gradient_rows
@@ -121,6 +121,10 @@ class CoDistillTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ workers
     def init_workers(self):
+        run_dir = OmegaConf.select(self.config, "run.dir")
+        if run_dir:
+            # held while this process lives: a new launcher into the folder waits for it (run_folder.open_run)
+            self._trainer_lock = hold_trainer_lock(run_dir)
         super().init_workers()
         if self.cd.large.enable:
             self._init_large_workers()
