@@ -379,3 +379,26 @@ def test_registry_refuses_a_different_function_under_our_name():
             codistill.register()
     finally:
         core_algos.ADV_ESTIMATOR_REGISTRY["codistill"] = saved
+
+
+@pytest.mark.parametrize("credit", ["token", "reward_to_go", "sequence"])
+def test_one_computation_of_the_small_advantage(credit, monkeypatch):
+    """Issue 16 item 16: the full-advantage entry is verl's outcome pass followed by add_kd_advantage (what
+    training calls), bit for bit, and it goes through add_kd_advantage rather than a second copy."""
+    import verl_ext.codistill.advantage as adv_mod
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    rewards, mask, labels, ls, ll = make_batch(9)
+    algo = OmegaConf.create({"adv_estimator": "codistill", "codistill": {"kd": {"coef": 0.7, "credit": credit}}})
+    batch = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels})
+    outcome = compute_advantage(batch, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo).batch["advantages"]
+    trained, _ = adv_mod.add_kd_advantage(outcome, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    full, _ = compute_codistill_outcome_advantage(rewards, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    assert torch.equal(full, trained)
+
+    calls = []
+    real = adv_mod.add_kd_advantage
+    monkeypatch.setattr(adv_mod, "add_kd_advantage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compute_codistill_outcome_advantage(rewards, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    assert calls == [1]
