@@ -97,7 +97,9 @@ if [[ $dry_run -eq 1 ]]; then
   "${entry[@]}" run.dry_run=true
   if [[ "$mode" != cpu-smoke ]]; then
     "$py" scripts/cost_model.py --pair "$pair" --exp "$exp" --line -- "${args[@]:2}" | sed 's/^/codistill: /' || true
-    say "would submit: ${sbatch_cmd[*]}"
+    # shell-quoted: pasting the line runs exactly this command, never a part of an argument
+    quoted="$(printf '%q ' "${sbatch_cmd[@]}")"
+    say "would submit: ${quoted% }"
   fi
   say "dry run: nothing was run or submitted"
   exit 0

@@ -23,7 +23,14 @@ class DumpingTrainer(CoDistillTrainer):
     """Writes ``<run.dir>/dump/batch_step_N.pt`` (the step's tensors once every advantage is in) and the
     rollout server's weights that generated the step (``rollout_weights_step_N.pt``)."""
 
-    def on_batch_ready(self, batch):
+    def _update_actor(self, batch):
+        # the recipe's _update_actor writes every advantage and weight into ``batch`` (in place) before the
+        # updates; the rollout server still holds the weights that generated the step (verl syncs them later)
+        output = super()._update_actor(batch)
+        self._dump(batch)
+        return output
+
+    def _dump(self, batch):
         folder = os.path.join(self.config.run.dir, "dump")
         os.makedirs(folder, exist_ok=True)
         record = {k: batch.batch[k].detach().cpu().clone() for k in DUMP_KEYS if k in batch.batch.keys()}

@@ -289,6 +289,36 @@ def test_verls_pass_then_kd_part_equals_the_loop_reference(credit, task_reward):
     assert want.abs().max().item() > 0.1
 
 
+@pytest.mark.parametrize("norm", [True, False])
+def test_verls_compute_advantage_honours_norm_adv_by_std_in_grpo(norm):
+    """Issue 16 item 1: through verl's own compute_advantage, the registered estimator with kd_coef=0
+    gives verl's GRPO advantages for both values of algorithm.norm_adv_by_std_in_grpo (Dr. GRPO's
+    false included); the hand-worked group [1, 0, 0, 0] gives [1.5, -0.5, ...] divided by
+    std = 0.5 (+eps) with the flag, [0.75, -0.25, ...] without."""
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    rewards, mask, labels, _, _ = make_batch(5)
+    algo = OmegaConf.create({"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": norm,
+                             "codistill": {"kd": {"coef": 0.0}}})
+
+    def verls(estimator, tensors):
+        batch = DataProto.from_dict(tensors=dict(tensors), non_tensors={"uid": labels})
+        return compute_advantage(batch, adv_estimator=estimator, norm_adv_by_std_in_grpo=norm, config=algo)
+
+    ours = verls("codistill", {"token_level_rewards": rewards, "response_mask": mask}).batch["advantages"]
+    grpo = verls("grpo", {"token_level_rewards": rewards, "response_mask": mask}).batch["advantages"]
+    assert (ours - grpo).abs().max().item() < 1e-6
+    assert grpo.abs().max().item() > 0.1
+
+    one = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    hand = DataProto.from_dict(tensors={"token_level_rewards": one, "response_mask": torch.ones(4, 1)},
+                               non_tensors={"uid": np.array(["g"] * 4, dtype=object)})
+    got = compute_advantage(hand, adv_estimator="codistill", norm_adv_by_std_in_grpo=norm, config=algo)
+    want = [1.5, -0.5, -0.5, -0.5] if norm else [0.75, -0.25, -0.25, -0.25]  # std of [1,0,0,0] is 0.5
+    assert got.batch["advantages"][:, 0].tolist() == pytest.approx(want, abs=1e-5)
+
+
 def test_registered_estimator_applies_schedule_and_task_reward():
     rewards, mask, labels, ls, ll = make_batch(6)
     algo = {
@@ -349,3 +379,26 @@ def test_registry_refuses_a_different_function_under_our_name():
             codistill.register()
     finally:
         core_algos.ADV_ESTIMATOR_REGISTRY["codistill"] = saved
+
+
+@pytest.mark.parametrize("credit", ["token", "reward_to_go", "sequence"])
+def test_one_computation_of_the_small_advantage(credit, monkeypatch):
+    """Issue 16 item 16: the full-advantage entry is verl's outcome pass followed by add_kd_advantage (what
+    training calls), bit for bit, and it goes through add_kd_advantage rather than a second copy."""
+    import verl_ext.codistill.advantage as adv_mod
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    rewards, mask, labels, ls, ll = make_batch(9)
+    algo = OmegaConf.create({"adv_estimator": "codistill", "codistill": {"kd": {"coef": 0.7, "credit": credit}}})
+    batch = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels})
+    outcome = compute_advantage(batch, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo).batch["advantages"]
+    trained, _ = adv_mod.add_kd_advantage(outcome, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    full, _ = compute_codistill_outcome_advantage(rewards, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    assert torch.equal(full, trained)
+
+    calls = []
+    real = adv_mod.add_kd_advantage
+    monkeypatch.setattr(adv_mod, "add_kd_advantage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compute_codistill_outcome_advantage(rewards, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
+    assert calls == [1]

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from recipe.codistill_grpo.run_folder import ATTEMPT_FILE, MetricsAppender, RunFolderError, open_run
+from recipe.codistill_grpo.run_folder import (
+    ATTEMPT_FILE,
+    STEP_ROW_FILE,
+    MetricsAppender,
+    RunComplete,
+    RunFolderError,
+    open_run,
+)
 
 
 def rows(path: Path) -> list[dict]:
@@ -86,6 +93,83 @@ def test_a_rerun_resumes_and_keeps_each_step_once(tmp_path):
     assert (run / "checkpoints" / "global_step_2" / "actor" / "weights.pt").read_text() == "w"
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_finished_run_is_complete_and_left_untouched(tmp_path):
+    """Issue 16 item 2: a run whose tracker names its last step trains nothing and changes nothing."""
+    run = tmp_path / "run"
+    checkpointed(run, 2)
+    write_rows(run / "metrics.jsonl", [1, 2])
+    before = _snapshot(run)
+    said = []
+    with pytest.raises(RunComplete) as err:
+        with open_run(run, fresh=False, say=said.append, total_steps=2):
+            pytest.fail("a complete run must not start")
+    assert str(err.value) == (f"run {run} is complete: checkpoints/global_step_2 is step 2 of 2; nothing to do "
+                              "(raise trainer.total_training_steps to train on, or start over with --fresh)")
+    assert _snapshot(run) == before
+    with open_run(run, fresh=False, say=said.append, total_steps=3):  # one more step asked for: it resumes
+        assert said[-1] == f"resuming run {run} from step 2 (checkpoints/global_step_2)"
+
+
+def test_a_stop_between_checkpoint_and_log_keeps_the_steps_row(tmp_path):
+    """Issue 16 item 3: step 3's checkpoint (with the row known at save time) exists but verl never logged
+    the step: the resumed run's metrics.jsonl holds every checkpointed step once, 1, 2, 3."""
+    run = tmp_path / "run"
+    checkpointed(run, 3)
+    write_rows(run / "metrics.jsonl", [1, 2])
+    row3 = {"step": 3, "data": {"tag": "ckpt", "x": 3}, "at_checkpoint": True}
+    (run / "checkpoints" / "global_step_3" / STEP_ROW_FILE).write_text(json.dumps(row3))
+    said = []
+    with open_run(run, fresh=False, say=said.append) as appender:
+        assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]
+        assert rows(run / "metrics.jsonl")[-1] == row3
+        assert any(line.startswith("step 3: its metrics row was restored from checkpoints/global_step_3/") for line in said)
+        write_rows(run / ATTEMPT_FILE, [3, 4], tag="new")  # verl resumes at step 4; a stray 3 is not doubled
+        appender.sync()
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert not (run / "metrics.superseded.jsonl").exists()
+
+
+@pytest.mark.parametrize("content", ["", "3\x00", "garbage"])
+def test_a_corrupt_tracker_resumes_from_the_newest_complete_checkpoint(tmp_path, content):
+    """Issue 16 item 5: an empty/corrupt tracker is said in one line and rewritten to the newest folder with
+    verl's data.pt; no metrics row is superseded on the guess."""
+    run = tmp_path / "run"
+    checkpointed(run, 2)
+    checkpointed(run, 3)
+    (run / "checkpoints" / "global_step_2" / "data.pt").write_text("d")
+    (run / "checkpoints" / "global_step_3" / "data.pt").write_text("d")
+    (run / "checkpoints" / "global_step_4" / "actor").mkdir(parents=True)  # a save cut short: no data.pt
+    tracker = run / "checkpoints" / "latest_checkpointed_iteration.txt"
+    tracker.write_text(content)
+    write_rows(run / "metrics.jsonl", [1, 2, 3])
+    said = []
+    with open_run(run, fresh=False, say=said.append):
+        assert said[0].startswith(f"the checkpoint tracker {tracker} was corrupt (")
+        assert said[0].endswith("it now names the newest complete checkpoint, global_step_3")
+        assert said[1] == f"resuming run {run} from step 3 (checkpoints/global_step_3)"
+    assert tracker.read_text() == "3"
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]
+    assert not (run / "metrics.superseded.jsonl").exists()
+
+
+def test_a_corrupt_tracker_without_a_complete_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "global_step_1" / "actor").mkdir(parents=True)
+    tracker = run / "checkpoints" / "latest_checkpointed_iteration.txt"
+    tracker.write_text("")
+    write_rows(run / "metrics.jsonl", [1])
+    with pytest.raises(RunFolderError) as err:
+        with open_run(run, fresh=False, say=lambda _: None):
+            pass
+    assert str(err.value) == (f"the checkpoint tracker {tracker} is corrupt (empty) and no complete checkpoint "
+                              "folder is there to resume from; move the folder aside or start over with --fresh")
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1] and tracker.read_text() == ""
+
+
 def test_fresh_moves_the_old_run_aside_and_deletes_nothing(tmp_path):
     run = tmp_path / "run"
     checkpointed(run, 2)
@@ -151,3 +235,65 @@ def test_entry_point_refuses_a_folder_in_use_and_a_typo_touches_nothing(tmp_path
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"codistill: run folder {run} is in use by pid {os.getpid()} on host")
     assert "ray init kwargs" not in proc.stdout
+
+
+def test_entry_point_on_a_finished_run_says_complete_and_exits_0(tmp_path, tiny_dir):
+    """Issue 16 item 2, through the real entry point (platform=cpu: 2 steps): the tracker names step 2,
+    so nothing starts (no Ray), nothing is written, the exit status is 0."""
+    run = tmp_path / "run"
+    checkpointed(run, 2)
+    write_rows(run / "metrics.jsonl", [1, 2])
+    before = _snapshot(run)
+    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"run.dir={run}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"codistill: run {run} is complete: checkpoints/global_step_2 is step 2 of 2; nothing to do "
+        "(raise trainer.total_training_steps to train on, or start over with --fresh)")
+    assert "ray init kwargs" not in proc.stdout
+    assert _snapshot(run) == before
+
+
+def test_entry_point_output_dir_under_a_file_is_one_line(tmp_path):
+    """Issue 16 item 7: CODISTILL_OUTPUT_DIR under a regular file: one line naming the stand-in folder, no traceback."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out"
+    env = {**os.environ, "CODISTILL_OUTPUT_DIR": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"codistill: cannot build the CPU stand-in pair in {out}/tiny (")
+    assert last.endswith("Not a directory); set CODISTILL_OUTPUT_DIR to a writable folder")
+
+
+def test_a_new_run_waits_for_an_earlier_attempts_trainer(tmp_path):
+    """Issue 16 item 10: killing the launcher leaves Ray's trainer process running a moment; a new launcher
+    into the folder (its .lock free) does not start while that trainer holds .lock.trainer."""
+    from recipe.codistill_grpo.run_folder import hold_trainer_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = (
+        "import sys, time\n"
+        "from recipe.codistill_grpo.run_folder import hold_trainer_lock\n"
+        "h = hold_trainer_lock(sys.argv[1])\n"
+        "print('writing', flush=True); time.sleep(60)\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "writing"
+        with pytest.raises(RunFolderError) as err:
+            with open_run(run, fresh=False, say=lambda _: None, trainer_wait_s=0.5):
+                pass
+        assert str(err.value).startswith(f"run folder {run} is still written by the trainer of an earlier attempt "
+                                         f"(pid {trainer.pid} on host")
+        with pytest.raises(RunFolderError, match="is still written by the trainer of another attempt"):
+            hold_trainer_lock(run)  # nor can a second trainer take it
+    finally:
+        trainer.kill()
+        trainer.wait()
+    with open_run(run, fresh=False, say=lambda _: None, trainer_wait_s=5):
+        handle = hold_trainer_lock(run)  # this attempt's trainer
+        handle.close()

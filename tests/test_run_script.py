@@ -291,3 +291,20 @@ def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (run / "checkpoints" / "global_step_2" / "large_actor").is_dir()
+
+
+def test_dry_run_sbatch_line_is_shell_quoted(tmp_path):
+    """Issue 16 item 6: the printed "would submit:" line, pasted into a shell, runs sbatch with exactly the
+    arguments given (the `;` and `$(...)` stay inside them) and nothing else."""
+    e = Env(tmp_path)
+    proc = e.run("--partition", "gpu;touch INJECTED_A", "--account", "$(touch INJECTED_B)", "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("codistill: would submit: ")]
+    pasted = line.removeprefix("codistill: would submit: ")
+    ran = subprocess.run(["bash", "-c", pasted], env=e.env, capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert not (tmp_path / "INJECTED_A").exists() and not (tmp_path / "INJECTED_B").exists()
+    (logged,) = e.lines("sbatch.log")
+    argv = shlex.split(logged)
+    assert "--partition=gpu;touch INJECTED_A" in argv and "--account=$(touch INJECTED_B)" in argv
+    assert argv[:2] == ["sbatch", "--parsable"] and "scripts/slurm/codistill.sbatch" in argv

@@ -179,6 +179,14 @@ def test_rollout_behavior_needs_the_rollouts_log_probs():
     )
 
 
+@pytest.mark.parametrize("key", ["actor_rollout_ref.actor.checkpoint.async_save", "large_actor.actor.checkpoint.async_save"])
+def test_async_checkpoint_save_is_refused(key):
+    """Issue 16 item 4: verl writes no tracker for async saves, so such a run could never resume."""
+    msg = _error([f"{'+' if key.startswith('large_actor') else ''}{key}=true"])
+    assert msg.startswith(f"{key}=true is not supported: verl writes no tracker file for an async save")
+    assert msg.endswith("set it to false")
+
+
 def test_allocation_must_fit():
     plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
                                     "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
@@ -488,14 +496,140 @@ def test_old_checkpoints_go_only_after_the_tracker_names_the_new_step(tmp_path, 
     assert (root / "global_step_2" / "large_actor" / "model.pt").read_text() == "2"
 
 
-def test_disk_full_at_a_checkpoint_is_one_line_naming_the_folder(tmp_path, tiny_pair):
+def _scored_batch():
+    """Two prompts of 2 tokens, responses of 3 with lengths 3 and 1; scores 1 and 0 (hand-checkable)."""
+    from verl import DataProto
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    scores = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    return DataProto.from_dict(tensors={
+        "token_level_scores": scores, "token_level_rewards": scores, "advantages": mask * 0.5, "returns": mask * 0.5,
+        "prompts": torch.ones(2, 2, dtype=torch.long), "responses": torch.ones(2, 3, dtype=torch.long),
+        "response_mask": mask, "attention_mask": torch.cat([torch.ones(2, 2), mask], dim=1),
+    })
+
+
+def test_the_steps_metrics_row_is_in_its_checkpoint_before_the_tracker(tmp_path, tiny_pair):
+    """Issue 16 item 3: verl logs a step after its checkpoint; the checkpoint carries the row known at save
+    time (the update's metrics and verl's data metrics), written before the tracker names the step."""
+    from recipe.codistill_grpo.run_folder import STEP_ROW_FILE
+
+    root = tmp_path / "checkpoints"
+    trainer = _saving_trainer(tmp_path, tiny_pair, keep=None, small=_Group(fail_at=2, error=RuntimeError("killed")))
+    trainer._checkpoint_row = (_scored_batch(), {"small/pg_loss": [0.25, 0.75], "large/is_ess": 0.5})
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    row = json.loads((root / "global_step_1" / STEP_ROW_FILE).read_text())
+    assert row["step"] == 1 and row["at_checkpoint"] is True
+    data = row["data"]
+    assert data["small/pg_loss"] == 0.5 and data["large/is_ess"] == 0.5
+    assert data["critic/score/mean"] == 0.5 and data["critic/score/max"] == 1.0
+    assert data["response_length/mean"] == 2.0  # lengths 3 and 1
+    trainer.global_steps = 2
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer._save_checkpoint()
+    assert (root / "global_step_2" / STEP_ROW_FILE).is_file()  # written first ...
+    assert (root / "latest_checkpointed_iteration.txt").read_text() == "1"  # ... the tracker never named it
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_and_its_traceback_goes_to_train_log(tmp_path, tiny_pair):
+    """One line naming the folder; the traceback is appended to <run.dir>/train.log (issue 16 item 15)."""
     import errno
 
     from recipe.codistill_grpo.trainer import CoDistillRunError
 
     full = _Group(fail_at=4, error=OSError(errno.ENOSPC, "No space left on device"))
     trainer = _saving_trainer(tmp_path, tiny_pair, large=full)
+    trainer.config.run = {"dir": str(tmp_path)}
+    (tmp_path / "train.log").write_text("earlier lines\n")
     trainer.global_steps = 4
     with pytest.raises(CoDistillRunError) as err:
         trainer._save_checkpoint()
-    assert str(err.value) == f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints/global_step_4: disk full"
+    assert str(err.value) == (f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints/global_step_4: "
+                              f"disk full (traceback in {tmp_path}/train.log)")
+    log = (tmp_path / "train.log").read_text()
+    assert log.startswith("earlier lines\n") and "Traceback (most recent call last):" in log
+    assert "OSError: [Errno 28] No space left on device" in log and "save_checkpoint" in log
+
+
+def test_rollout_rejection_mask_is_the_large_models_mask():
+    """Issue 16 item 12: verl's rollout rejection rewrites response_mask after the log-prob pass; the large
+    loss uses the mask its advantage and weights were computed with, not the log-prob pass's."""
+    cd = {"kd": {"coef": 0.5}}
+    batch = _batch(cd, seed=2)
+    before = batch.batch["response_mask"].clone()
+    batch.batch["large_response_mask"] = before.clone()  # as the log-prob pass left it on main
+    rejected = before.clone()
+    rejected[[0, 5]] = 0.0  # rollout_rs rejects two sequences
+    batch.batch["response_mask"] = rejected
+    _trainer_stub(cd)._codistill_advantages(batch)
+    assert torch.equal(batch.batch["large_response_mask"], rejected)
+    assert batch.batch["large_advantages"][[0, 5]].abs().sum() == 0
+
+
+def test_frozen_optimizer_check_fails_loudly_when_verl_renames_attributes(monkeypatch):
+    """Issue 16 item 14: the frozen teacher's "no optimizer" check reads worker.ref.engine.optimizer; a
+    renamed attribute stops the run instead of passing."""
+    from types import SimpleNamespace
+
+    import recipe.codistill_grpo.trainer as tr
+
+    class Worker:
+        def __init__(self, obj):
+            self.__ray_call__ = SimpleNamespace(remote=lambda fn: fn(obj))
+
+    def check(*objs):
+        trainer = tr.CoDistillTrainer.__new__(tr.CoDistillTrainer)
+        trainer.large_wg = SimpleNamespace(workers=[Worker(o) for o in objs])
+        trainer._check_no_large_optimizer()
+
+    monkeypatch.setattr(tr.ray, "get", lambda refs: list(refs))
+    ok = SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optimizer=None)))
+    check(ok, ok)
+    for renamed, missing in [(SimpleNamespace(reference=ok.ref), "worker has no attribute 'ref'"),
+                             (SimpleNamespace(ref=SimpleNamespace(train_engine=ok.ref.engine)), "worker.ref has no attribute 'engine'"),
+                             (SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optim=None))), "worker.ref.engine has no attribute 'optimizer'")]:
+        with pytest.raises(tr.CoDistillRunError, match=f"cannot verify that the frozen large model has no optimizer: {missing}"):
+            check(ok, renamed)
+    with pytest.raises(tr.CoDistillRunError, match="has an optimizer; expected none"):
+        check(SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optimizer=object()))))
+
+
+def test_resuming_at_the_last_step_trains_nothing(tmp_path, tiny_pair, monkeypatch):
+    """Issue 16 item 2 (the trainer's own guard, for runs whose total verl derives from the data): a
+    checkpoint at the total stops before verl's fit would train step total+1."""
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    from recipe.codistill_grpo.trainer import CoDistillRunComplete
+
+    trainer = _saving_trainer(tmp_path, tiny_pair)
+    trainer.cd = trainer.cd.from_dict({"large": {"train": False}})
+    trainer.total_training_steps = 3
+
+    def loaded(step):
+        def load(self):
+            self.global_steps = step
+            return step
+        return load
+
+    monkeypatch.setattr(RayPPOTrainer, "_load_checkpoint", loaded(3))
+    with pytest.raises(CoDistillRunComplete, match=r"^the run is complete: its checkpoint is step 3 of 3; nothing to do"):
+        trainer._load_checkpoint()
+    monkeypatch.setattr(RayPPOTrainer, "_load_checkpoint", loaded(2))
+    assert trainer._load_checkpoint() == 2
+
+
+def test_kd_only_keeps_the_large_models_outcome_advantage():
+    """Issue 16 item 13: exp=kd_only (task_reward=false) drops A_R from the small model's advantage only;
+    the large model's A_l is still the outcome advantage of the rewards (loop reference)."""
+    cd = OmegaConf.to_container(resolved(cpu_config(exp="kd_only")).algorithm.codistill)
+    assert cd["task_reward"] is False and cd["large"]["train"] is True and cd["large"]["advantage"] == "grpo"
+    batch = _batch(cd, seed=7)
+    _trainer_stub(cd)._codistill_advantages(batch)
+    b = batch.batch
+    a_r = _loop_grpo(batch)
+    assert max(abs(x) for x in a_r) > 0.1
+    for i in range(b["response_mask"].shape[0]):
+        for t in range(b["response_mask"].shape[1]):
+            m = b["response_mask"][i, t].item()
+            assert abs(b["large_advantages"][i, t].item() - a_r[i] * m) < 1e-5

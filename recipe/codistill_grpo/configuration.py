@@ -221,7 +221,8 @@ def check_config(config: DictConfig) -> RunPlan:
     - the large model: path set, no KL-to-reference loss (not supported), its own batch,
       mini-batch, micro-batch and sequence-parallel values against its own data-parallel size;
     - the zero-gradient skip only where it is exact;
-    - ``is.behavior=rollout`` needs the rollout's log-probs.
+    - ``is.behavior=rollout`` needs the rollout's log-probs;
+    - no async checkpoint saves (verl writes no tracker for them: nothing would be resumable).
     """
     cfg = resolved(config)
     try:
@@ -244,6 +245,12 @@ def check_config(config: DictConfig) -> RunPlan:
     if "file" not in loggers:
         raise ConfigError(f"trainer.logger={loggers} must include 'file' (it writes the run's metrics.jsonl)")
 
+    for key in ("actor_rollout_ref.actor.checkpoint.async_save", "large_actor.actor.checkpoint.async_save"):
+        if OmegaConf.select(cfg, key):
+            raise ConfigError(
+                f"{key}=true is not supported: verl writes no tracker file for an async save, so the run could not "
+                "resume and the recipe could not tell when older checkpoints may go; set it to false"
+            )
     gpus = int(cfg.trainer.nnodes) * int(cfg.trainer.n_gpus_per_node)
     _check_batches(cfg, cfg.actor_rollout_ref, gpus, "small actor", "actor_rollout_ref")
 

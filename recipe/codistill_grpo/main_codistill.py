@@ -14,6 +14,7 @@ The console shows one line per step; every metric goes to ``<run.dir>/metrics.js
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -21,13 +22,14 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.codistill_grpo import configuration, preflight
-from recipe.codistill_grpo.run_folder import RunFolderError, open_run
+from recipe.codistill_grpo.run_folder import RunComplete, RunFolderError, open_run
 
 
 def say(message: str) -> None:
@@ -104,7 +106,15 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
         if not dry_run and plan.config.run.get("cpu_pair"):
             from recipe.codistill_grpo.cpu.stand_in import ensure_stand_in
 
-            lines.append(ensure_stand_in(plan.config.run.cpu_pair, _needed_models(plan)))
+            try:
+                lines.append(ensure_stand_in(plan.config.run.cpu_pair, _needed_models(plan)))
+            except OSError as e:
+                reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                where = e.filename or plan.config.run.cpu_pair.dir
+                raise configuration.ConfigError(
+                    f"cannot build the CPU stand-in pair in {plan.config.run.cpu_pair.dir} ({where}: {reason}); "
+                    "set CODISTILL_OUTPUT_DIR to a writable folder"
+                ) from None
         large_path = str(plan.large.model.path) if plan.large is not None else None
         more, plan.data_report = preflight.check_files(plan.config, large_path, strict=not dry_run)
         lines += more
@@ -147,7 +157,9 @@ def run(config: DictConfig) -> None:
         )
     try:
         notes: list[str] = []
-        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config)) as metrics:
+        total = plan.config.trainer.total_training_steps
+        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config),
+                      total_steps=total) as metrics:
             with _teed(os.path.join(folder, "train.log")):
                 for line in notes + lines:
                     say(line)
@@ -163,29 +175,41 @@ def run(config: DictConfig) -> None:
                 say("\n  ".join(["launch plan:"] + configuration.launch_plan(plan)))
                 first = metrics.last_step
                 try:
-                    _run_ppo(config)
+                    complete = _run_ppo(config)
                 finally:
                     metrics.stop()  # the last steps' lines go to train.log too
+                if complete is not None:
+                    say(complete)
+                    return
                 _summary(plan, first, metrics.last_step, metrics.rows_since(first))
+    except RunComplete as e:
+        for line in notes:
+            say(line)
+        say(str(e))  # exit status 0: nothing was changed
     except RunFolderError as e:
         raise SystemExit(f"codistill: {e}") from None
 
 
-def _run_ppo(config: DictConfig) -> None:
+def _run_ppo(config: DictConfig) -> Optional[str]:
+    """verl's ``run_ppo`` with the recipe's task runner; the trainer's "run is complete" line, or None."""
     import ray
 
     from verl.trainer.main_ppo import run_ppo
 
     from recipe.codistill_grpo.task_runner import CoDistillTaskRunner
-    from recipe.codistill_grpo.trainer import CoDistillRunError
+    from recipe.codistill_grpo.trainer import CoDistillRunComplete, CoDistillRunError
 
     try:
         run_ppo(config, task_runner_class=CoDistillTaskRunner)
     except ray.exceptions.RayTaskError as e:
         cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
-        if isinstance(cause, CoDistillRunError) or isinstance(getattr(e, "cause", None), CoDistillRunError):
-            raise SystemExit(f"codistill: {getattr(e, 'cause', None) or cause}") from None
+        inner = getattr(e, "cause", None)
+        if isinstance(cause, CoDistillRunComplete) or isinstance(inner, CoDistillRunComplete):
+            return str(inner or cause)
+        if isinstance(cause, CoDistillRunError) or isinstance(inner, CoDistillRunError):
+            raise SystemExit(f"codistill: {inner or cause}") from None
         raise
+    return None
 
 
 def check_group_arguments(argv: list[str]) -> None:

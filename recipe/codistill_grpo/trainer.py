@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import ray
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs
@@ -41,6 +41,7 @@ from verl.utils.profiler import marked_timer
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from recipe.codistill_grpo.configuration import skip_small_zero_grad, val_teacher
+from recipe.codistill_grpo.run_folder import STEP_ROW_FILE, hold_trainer_lock
 from recipe.codistill_grpo.workers import SKIP_FIELD, CoDistillActorWorker
 from verl_ext.codistill.config import CoDistillConfig
 from verl_ext.codistill.zero_grad import zero_gradient_rows
@@ -53,6 +54,10 @@ LARGE_FIELDS = ("large_old_log_probs", "large_advantages", "large_is_weights", "
 
 class CoDistillRunError(RuntimeError):
     """A run that must stop, said in one line (the entry point prints it without a traceback)."""
+
+
+class CoDistillRunComplete(CoDistillRunError):
+    """The run's checkpoint is already its last step: nothing to train (the entry point exits 0)."""
 
 
 def model_signature(path: str) -> dict[str, Any]:
@@ -89,6 +94,19 @@ def _log_probs(worker_group, batch: DataProto, ref: bool = False) -> torch.Tenso
     return no_padding_2_padding(tu.get(output, "log_probs"), batch_td).float()
 
 
+def frozen_optimizer_state(worker: Any) -> str:
+    """``"none"``/``"present"``: the optimizer of a frozen large worker's ``ref`` engine; otherwise
+    which attribute verl's worker no longer has (runs inside the worker)."""
+    obj, path = worker, "worker"
+    for name in ("ref", "engine"):
+        if not hasattr(obj, name) or getattr(obj, name) is None:
+            return f"{path} has no attribute {name!r}"
+        obj, path = getattr(obj, name), f"{path}.{name}"
+    if not hasattr(obj, "optimizer"):
+        return f"{path} has no attribute 'optimizer'"
+    return "none" if obj.optimizer is None else "present"
+
+
 def _count_nonfinite(values: torch.Tensor, mask: torch.Tensor) -> int:
     return int((~torch.isfinite(values) & mask.bool()).sum())
 
@@ -114,6 +132,10 @@ class CoDistillTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ workers
     def init_workers(self):
+        run_dir = OmegaConf.select(self.config, "run.dir")
+        if run_dir:
+            # held while this process lives: a new launcher into the folder waits for it (run_folder.open_run)
+            self._trainer_lock = hold_trainer_lock(run_dir)
         super().init_workers()
         if self.cd.large.enable or self._val_teacher:
             self._init_large_workers()
@@ -142,16 +164,21 @@ class CoDistillTrainer(RayPPOTrainer):
             self._check_no_large_optimizer()
 
     def _check_no_large_optimizer(self) -> None:
-        """Frozen teacher: verl's ``ref`` role builds a forward-only engine; verify no optimizer exists."""
-        has_optimizer = ray.get(
-            [
-                w.__ray_call__.remote(lambda self: getattr(getattr(self.ref, "engine", None), "optimizer", None) is not None)
-                for w in self.large_wg.workers
-            ]
-        )
-        if any(has_optimizer):
-            raise RuntimeError("codistill: the frozen large model (large.train=false) has an optimizer; expected none")
-        print(f"codistill: frozen large model loaded forward-only on {len(has_optimizer)} rank(s), optimizer state: none")
+        """Frozen teacher: verl's ``ref`` role builds a forward-only engine; verify no optimizer exists.
+
+        Reads ``worker.ref.engine.optimizer`` on every rank; if verl no longer has one of these
+        attributes the check cannot be made and the run stops (it never passes by default).
+        """
+        states = ray.get([w.__ray_call__.remote(frozen_optimizer_state) for w in self.large_wg.workers])
+        unknown = [state for state in states if state not in ("none", "present")]
+        if unknown:
+            raise CoDistillRunError(
+                f"cannot verify that the frozen large model has no optimizer: {unknown[0]} "
+                "(verl's worker layout changed; the check reads worker.ref.engine.optimizer)"
+            )
+        if "present" in states:
+            raise CoDistillRunError("the frozen large model (large.train=false) has an optimizer; expected none")
+        print(f"codistill: frozen large model loaded forward-only on {len(states)} rank(s), optimizer state: none")
 
     # ------------------------------------------------------------------ log-probs
     def _compute_old_log_prob(self, batch: DataProto):
@@ -163,7 +190,6 @@ class CoDistillTrainer(RayPPOTrainer):
             with marked_timer("large_log_prob", self._timing):
                 large_lp = self._compute_large_log_prob(batch)
             old_log_prob.batch["large_old_log_probs"] = large_lp
-            old_log_prob.batch["large_response_mask"] = mask.clone()
             checks.append(("large", large_lp))
         for who, values in checks:
             bad = _count_nonfinite(values, mask)
@@ -237,7 +263,7 @@ class CoDistillTrainer(RayPPOTrainer):
         """Adds the KD part to verl's outcome advantage; the large model's weights and advantage, in place.
 
         ``advantages``/``returns`` (B*G, T) become ``A_s = A_R * m + beta * K * m``; with a trained
-        large model ``large_is_weights`` and ``large_advantages`` (B*G, T) are added.
+        large model ``large_is_weights``, ``large_advantages`` and ``large_response_mask`` (B*G, T) are added.
         """
         from verl_ext.codistill.advantage import add_kd_advantage
         from verl_ext.codistill.config import kd_coef_at
@@ -275,6 +301,9 @@ class CoDistillTrainer(RayPPOTrainer):
             )  # fmt: skip
             batch.batch["large_is_weights"] = weights
             batch.batch["large_advantages"] = large_adv
+            # the mask of this pass (after verl's rollout rejection, which rewrites response_mask), not the
+            # log-prob pass's: the large loss averages over exactly the tokens A_l and w were computed on
+            batch.batch["large_response_mask"] = mask.clone()
         return metrics
 
     def _reward_metrics(self, batch: DataProto) -> dict[str, float]:
@@ -291,7 +320,6 @@ class CoDistillTrainer(RayPPOTrainer):
         if self.cd.large.enable:
             with marked_timer("kd_advantage", self._timing):
                 metrics.update(self._codistill_advantages(batch))
-        self.on_batch_ready(batch)
 
         # the small actor gets every field but the large model's
         small_view = DataProto(
@@ -314,10 +342,22 @@ class CoDistillTrainer(RayPPOTrainer):
         step_metrics.update(metrics)
         step_metrics.update({f"timing_s/{k}": v for k, v in self._timing.items()})
         actor_output.meta_info["metrics"] = step_metrics
+        self._checkpoint_row = (batch, step_metrics)
         return actor_output
 
-    def on_batch_ready(self, batch: DataProto) -> None:
-        """Called with the step's batch once every advantage and weight is in it (a subclass hook)."""
+    def _step_row_at_checkpoint(self) -> Optional[dict]:
+        """The step's metrics row as known when its checkpoint is written (verl logs the full row later,
+        at the end of the step): the update's metrics and verl's data metrics of the step's batch."""
+        from verl.trainer.ppo.metric_utils import compute_data_metrics
+        from verl.utils.metric import reduce_metrics
+
+        if getattr(self, "_checkpoint_row", None) is None:
+            return None
+        batch, step_metrics = self._checkpoint_row
+        data = reduce_metrics(dict(step_metrics))
+        data.update(compute_data_metrics(batch=batch, use_critic=self.use_critic))
+        data = {k: float(v) for k, v in data.items() if isinstance(v, (int, float, np.floating, np.integer))}
+        return {"step": self.global_steps, "data": data, "at_checkpoint": True}
 
     def _update_large_actor(self, batch: DataProto) -> dict[str, float]:
         """One PPO update of the large model on the small model's samples (its own fields only)."""
@@ -356,11 +396,16 @@ class CoDistillTrainer(RayPPOTrainer):
         return bool(self.cd.large.enable and self.cd.large.train)
 
     def _save_checkpoint(self):
-        """Both actors' step-N checkpoints, then verl's tracker file, then (only then) old steps go.
+        """Both actors' step-N checkpoints and the step's metrics row, then verl's tracker file, then
+        (only then) old steps go.
 
         verl's checkpoint managers delete the previous checkpoints while saving the new one, before
         the tracker names it: a crash in between would leave nothing to resume. Here the workers
         keep everything and ``trainer.max_actor_ckpt_to_keep`` is applied after the tracker is written.
+        verl logs a step's metrics at the end of the step, after its checkpoint: the row as known
+        here goes into ``global_step_N/metrics_row.json``, from which the launcher restores a row
+        that a stop in between never logged (``run_folder.open_run``). A failed write stops the run
+        with one line; its traceback goes to ``<run.dir>/train.log``.
         """
         trainer = self.config.trainer
         keep = 1 if trainer.get("remove_previous_ckpt_in_save", False) else trainer.get("max_actor_ckpt_to_keep", None)
@@ -377,6 +422,11 @@ class CoDistillTrainer(RayPPOTrainer):
                 }
                 with open(os.path.join(large_path, LARGE_META_FILE), "w") as f:
                     json.dump(meta, f, indent=1)
+            row = self._step_row_at_checkpoint()
+            if row is not None:
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, STEP_ROW_FILE), "w") as f:
+                    json.dump(row, f)
             with open_dict(trainer):
                 trainer.max_actor_ckpt_to_keep, trainer.remove_previous_ckpt_in_save = None, False
                 try:
@@ -386,10 +436,30 @@ class CoDistillTrainer(RayPPOTrainer):
         except Exception as e:
             if isinstance(e, OSError) or "No space left on device" in str(e) or "Errno 28" in str(e):
                 reason = "disk full" if "No space left" in str(e) or getattr(e, "errno", None) == 28 else str(e).splitlines()[0]
-                raise CoDistillRunError(f"step {self.global_steps}: the checkpoint could not be written to {folder}: {reason}") from None
+                log = self._log_traceback()
+                raise CoDistillRunError(
+                    f"step {self.global_steps}: the checkpoint could not be written to {folder}: {reason}"
+                    + (f" (traceback in {log})" if log else "")
+                ) from e
             raise
         if keep:
             self._remove_old_checkpoints(int(keep))
+
+    def _log_traceback(self) -> Optional[str]:
+        """Append the exception being handled, with its traceback, to ``<run.dir>/train.log``; its path,
+        or None if it could not be written (a full disk may refuse it too)."""
+        import traceback
+
+        run_dir = OmegaConf.select(self.config, "run.dir") or os.path.dirname(
+            os.path.abspath(str(self.config.trainer.default_local_dir))
+        )
+        path = os.path.join(str(run_dir), "train.log")
+        try:
+            with open(path, "a") as f:
+                f.write(f"codistill: step {self.global_steps}: checkpoint write failed:\n{traceback.format_exc()}")
+        except OSError:
+            return None
+        return path
 
     def _remove_old_checkpoints(self, keep: int) -> None:
         """Delete ``global_step_*`` folders beyond the newest ``keep`` (asked for by max_actor_ckpt_to_keep)."""
@@ -441,6 +511,13 @@ class CoDistillTrainer(RayPPOTrainer):
             if folder is not None:
                 large_path = self.check_large_checkpoint(folder)
         result = super()._load_checkpoint()
+        total = getattr(self, "total_training_steps", None)
+        if total is not None and self.global_steps >= total:
+            # verl's fit would train step N+1 (and save it) past the run's total
+            raise CoDistillRunComplete(
+                f"the run is complete: its checkpoint is step {self.global_steps} of {total}; nothing to do "
+                "(raise trainer.total_training_steps to train on, or start over with --fresh)"
+            )
         if large_path is not None:
             self.large_wg.load_checkpoint(large_path, del_local_after_load=self.config.trainer.del_local_ckpt_after_load)
         return result

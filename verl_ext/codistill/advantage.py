@@ -134,49 +134,26 @@ def _kd_reward(ls: torch.Tensor, ll: torch.Tensor, mask: torch.Tensor, clamp: fl
 
 
 @torch.no_grad()
-def _small_advantage_parts(
+def _outcome_part(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Any,
-    small_log_probs: torch.Tensor,
-    large_log_probs: torch.Tensor,
-    kd_coef: float,
-    kd_credit: str,
-    kd_clamp: float,
     epsilon: float,
     norm_adv_by_std_in_grpo: bool,
     task_reward: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(A_s (bs,T), d (bs,T), A_R (bs,), K ((bs,T) or (bs,)))``; ``K`` is 0 on masked tokens."""
-    if kd_credit not in KD_CREDITS:
-        raise ValueError(f"kd_credit={kd_credit!r} not in {list(KD_CREDITS)}")
-    if not kd_clamp > 0:
-        raise ValueError(f"kd clamp={kd_clamp!r} must be > 0")
-    shape = small_log_probs.shape
-    _check_2d("token_level_rewards", token_level_rewards, shape)
-    _check_2d("large_log_probs", large_log_probs, shape)
+) -> torch.Tensor:
+    """``A_R[i] * m[i,t]`` (bs, T), 0 with ``task_reward=False``: what verl's own advantage pass gets."""
+    shape = token_level_rewards.shape
     _check_2d("response_mask", response_mask, shape)
-    dtype = _result_dtype(token_level_rewards, small_log_probs, large_log_probs)
+    dtype = _result_dtype(token_level_rewards)
     mask = response_mask.to(dtype)
-    gidx, num_groups = group_ids(index, shape[0], small_log_probs.device)
-
-    if task_reward:
-        a_r = compute_outcome_advantage_scalar(
-            token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
-        ).to(dtype)
-    else:
-        a_r = torch.zeros(shape[0], dtype=dtype, device=small_log_probs.device)
-
-    d = _kd_reward(small_log_probs, large_log_probs, mask, kd_clamp, dtype)
-    if kd_credit == "sequence":
-        seq_d = d.sum(-1) / mask.sum(-1).clamp_min(1.0)
-        mean, std = group_mean_std(seq_d, gidx, num_groups)
-        k = ((seq_d.to(torch.float64) - mean) / (std + epsilon)).to(dtype)
-        adv = (a_r + kd_coef * k).unsqueeze(-1) * mask
-        return adv, d, a_r, k
-    k = d if kd_credit == "token" else d.flip(-1).cumsum(-1).flip(-1).mul_(mask)
-    adv = torch.add(a_r.unsqueeze(-1), k, alpha=kd_coef).mul_(mask)
-    return adv, d, a_r, k
+    if not task_reward:
+        return torch.zeros_like(mask)
+    gidx, num_groups = group_ids(index, shape[0], token_level_rewards.device)
+    a_r = compute_outcome_advantage_scalar(
+        token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
+    )
+    return a_r.to(dtype).unsqueeze(-1) * mask
 
 
 def compute_codistill_outcome_advantage(
@@ -209,12 +186,17 @@ def compute_codistill_outcome_advantage(
         epsilon, norm_adv_by_std_in_grpo: as in verl's ``compute_grpo_outcome_advantage``.
         task_reward: False sets ``A_R = 0`` (KD-only ablation).
 
+    One computation: the outcome part ``A_R * m`` (as verl's advantage pass gets it), then
+    ``add_kd_advantage`` (what training calls).
+
     Returns:
         advantages, returns: both ``(bs, T)``, the same tensor (outcome-only estimator).
     """
-    adv, _, _, _ = _small_advantage_parts(
-        token_level_rewards, response_mask, index, small_log_probs, large_log_probs,
-        kd_coef, kd_credit, kd_clamp, epsilon, norm_adv_by_std_in_grpo, task_reward,
+    _check_2d("token_level_rewards", token_level_rewards, small_log_probs.shape)
+    outcome = _outcome_part(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, task_reward)
+    adv, _ = add_kd_advantage(
+        outcome, response_mask, index, small_log_probs, large_log_probs,
+        kd_coef=kd_coef, kd_credit=kd_credit, kd_clamp=kd_clamp, epsilon=epsilon,
     )  # fmt: skip
     return adv, adv
 
@@ -230,12 +212,22 @@ def _codistill_from(config: Any) -> CoDistillConfig:
     return CoDistillConfig.from_dict(block)
 
 
+def _norm_by_std_from(config: Any) -> bool:
+    """``algorithm.norm_adv_by_std_in_grpo`` of the algorithm config (verl's default True)."""
+    if config is None or isinstance(config, CoDistillConfig):
+        return True
+    value = config.get("norm_adv_by_std_in_grpo", True) if hasattr(config, "get") else getattr(
+        config, "norm_adv_by_std_in_grpo", True
+    )
+    return True if value is None else bool(value)
+
+
 def compute_codistill_advantage_from_config(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
+    norm_adv_by_std_in_grpo: Optional[bool] = None,
     config: Optional[Any] = None,
     small_log_probs: Optional[torch.Tensor] = None,
     large_log_probs: Optional[torch.Tensor] = None,
@@ -245,7 +237,9 @@ def compute_codistill_advantage_from_config(
     """verl adv estimator ``codistill`` (``algorithm.adv_estimator=codistill``), settings from ``config``.
 
     ``config`` is the algorithm config (``DictConfig``/dict holding ``codistill``, or a
-    ``CoDistillConfig``).
+    ``CoDistillConfig``). ``norm_adv_by_std_in_grpo`` left at None is read from the algorithm
+    config's ``norm_adv_by_std_in_grpo`` (default True): verl's generic estimator call passes
+    only the config, and its GRPO path reads the same key.
 
     verl's own advantage pass (``compute_advantage`` in ``RayPPOTrainer.fit``) calls this with
     rewards, mask, ``uid`` and config only, so without log-probs it returns the outcome part
@@ -258,24 +252,15 @@ def compute_codistill_advantage_from_config(
         advantages, returns: ``(bs, T)``.
     """
     cfg = _codistill_from(config)
+    if norm_adv_by_std_in_grpo is None:
+        norm_adv_by_std_in_grpo = _norm_by_std_from(config)
     if (small_log_probs is None) != (large_log_probs is None):
         raise ValueError(
             "adv estimator 'codistill' needs both keyword tensors small_log_probs (batch 'old_log_probs') "
             "and large_log_probs (batch 'large_old_log_probs'), or neither (outcome part only)"
         )
     if small_log_probs is None:
-        shape = token_level_rewards.shape
-        _check_2d("response_mask", response_mask, shape)
-        dtype = _result_dtype(token_level_rewards)
-        mask = response_mask.to(dtype)
-        if not cfg.task_reward:
-            adv = torch.zeros_like(mask)
-            return adv, adv
-        gidx, num_groups = group_ids(index, shape[0], token_level_rewards.device)
-        a_r = compute_outcome_advantage_scalar(
-            token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
-        )
-        adv = a_r.to(dtype).unsqueeze(-1) * mask
+        adv = _outcome_part(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, cfg.task_reward)
         return adv, adv
     return compute_codistill_outcome_advantage(
         token_level_rewards,
@@ -306,8 +291,8 @@ def add_kd_advantage(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The KD part of the small-model advantage, added to verl's outcome part.
 
-    ``A_s[i,t] = A_R[i] * m[i,t] + beta * K[i,t] * m[i,t]`` with ``K`` by ``kd_credit`` as in
-    ``compute_codistill_outcome_advantage`` (same result up to float rounding).
+    ``A_s[i,t] = A_R[i] * m[i,t] + beta * K[i,t] * m[i,t]`` with ``K`` by ``kd_credit`` as described
+    in ``compute_codistill_outcome_advantage`` (which calls this function: one computation).
 
     Args:
         outcome_advantages: ``(bs, T)`` ``A_R * m``, what the registered estimator returned in

@@ -14,6 +14,7 @@ import numpy as np
 __all__ = ["bracket_depth", "find_last_boxed", "last_boxed_content", "normalize_answer", "valid_text"]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_TOKEN_RE = re.compile(r"[^\s$]+")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -34,21 +35,24 @@ def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _balanced_group_end(text: str, open_idx: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_idx``, or -1 if it never closes.
+def _group_ends(text: str) -> dict[int, int]:
+    """``{index of an unescaped "{": index of the "}" closing it}`` for every group that closes.
 
-    Vectorised brace matching: with ``delta[k] = +1`` for ``{``, ``-1`` for ``}`` and 0
-    otherwise (escaped ``\\{``/``\\}`` count 0), the group closes at the first ``k`` where
-    ``cumsum(delta[open_idx:])[k] == 0``.
+    One pass over the braces (a stack), so the whole text costs ``O(len(text))``. Escaped
+    ``\\{``/``\\}`` (a backslash right before) count as neither.
     """
-    codes = _code_points(text[open_idx:])
-    delta = (codes == ord("{")).astype(np.int32) - (codes == ord("}")).astype(np.int32)
-    escaped = np.zeros_like(delta, dtype=bool)
-    escaped[1:] = codes[:-1] == ord("\\")
-    delta[escaped] = 0
-    depth = np.cumsum(delta)
-    closing = np.flatnonzero(depth == 0)
-    return int(open_idx + closing[0]) if closing.size else -1
+    codes = _code_points(text)
+    brace = (codes == ord("{")) | (codes == ord("}"))
+    brace[1:] &= codes[:-1] != ord("\\")
+    ends: dict[int, int] = {}
+    stack: list[int] = []
+    positions = np.flatnonzero(brace)
+    for k, is_open in zip(positions.tolist(), (codes[positions] == ord("{")).tolist()):
+        if is_open:
+            stack.append(k)
+        elif stack:
+            ends[stack.pop()] = k
+    return ends
 
 
 def bracket_depth(text: str) -> int:
@@ -72,19 +76,22 @@ def find_last_boxed(text: str) -> tuple[int, int] | None:
     ``\\boxed 5`` (no braces) yields the single following token. An unclosed last box
     falls back to the previous closed one; ``None`` if there is no closed box.
     """
+    ends = None  # the brace matching of the whole text, computed once (linear in its length)
     for match in reversed(list(_BOXED_RE.finditer(text))):
         start = match.end()
         if start >= len(text):
             continue
         if text[start] == "{":
-            end = _balanced_group_end(text, start)
+            if ends is None:
+                ends = _group_ends(text)
+            end = ends.get(start, -1)
             if end >= 0:
                 return start + 1, end
             continue
         if match.group(0)[-1].isspace():
-            token = re.match(r"[^\s$]+", text[start:])
+            token = _TOKEN_RE.match(text, start)
             if token:
-                return start, start + token.end()
+                return start, token.end()
     return None
 
 
