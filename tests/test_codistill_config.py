@@ -1,51 +1,65 @@
-"""``algorithm.codistill`` validation: defaults, every error message, the KD schedule."""
+"""``algorithm.codistill``: the project's rules and their one-line errors (each names the full key and
+the allowed values; the cross-field rules), the defaults against docs/algorithm.md's table (parsed
+here), and the KD schedule against hand-worked values."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
-from verl_ext.codistill.config import CoDistillConfig, ISConfig, KDConfig, LargeConfig, kd_coef_at
+from verl_ext.codistill.config import CoDistillConfig, KDConfig, kd_coef_at
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "algorithm.md"
 
 
-def test_defaults_follow_algorithm_md():
-    cfg = CoDistillConfig.from_dict({})
-    assert cfg.kd == KDConfig(
-        coef=1.0, credit="token", clamp=10.0, coef_schedule="constant", coef_final=0.0, decay_steps=0
-    )
-    assert cfg.is_ == ISConfig(level="token", mode="truncate", threshold=2.0, self_normalize=False, behavior="fsdp")
-    assert cfg.large == LargeConfig(
-        enable=True, train=True, advantage="grpo", placement="colocate", nnodes=1, n_gpus_per_node=8, skip_zero_grad=True
-    )
-    assert cfg.task_reward is True
-    assert CoDistillConfig.from_dict(None) == cfg
+def documented_defaults() -> dict[str, object]:
+    """``{dotted key: default}`` from the table under "Every key of `algorithm.codistill`" in
+    docs/algorithm.md (each default cell parsed as YAML: `1.0` a float, `true` a bool, `8` an int)."""
+    text = DOC.read_text().split("## Every key of `algorithm.codistill` and its default", 1)[1]
+    out = {}
+    for line in text.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[1].startswith("`"):
+            out[cells[0].strip("`")] = yaml.safe_load(cells[1].strip("`"))
+    return out
 
 
-def test_contract_yaml_block_from_dictconfig():
-    yaml = """
-    kd: {coef: 0.5, credit: sequence, clamp: 5.0, coef_schedule: linear, coef_final: 0.1, decay_steps: 10}
-    is: {level: geo_mean, mode: mask, threshold: 3, self_normalize: true, behavior: rollout}
-    large: {enable: true, train: false, advantage: is_baseline, placement: separate, nnodes: 2, n_gpus_per_node: 4}
-    task_reward: false
-    """
-    cfg = CoDistillConfig.from_dict(OmegaConf.create(yaml))
-    assert cfg.kd == KDConfig(coef=0.5, credit="sequence", clamp=5.0, coef_schedule="linear", coef_final=0.1, decay_steps=10)
-    assert cfg.is_ == ISConfig(level="geo_mean", mode="mask", threshold=3.0, self_normalize=True, behavior="rollout")
-    assert cfg.large == LargeConfig(enable=True, train=False, advantage="is_baseline", placement="separate", nnodes=2,
-                                    n_gpus_per_node=4)
-    assert cfg.task_reward is False
-    assert cfg.to_dict()["is"] == {
-        "level": "geo_mean", "mode": "mask", "threshold": 3.0, "self_normalize": True, "behavior": "rollout"
-    }
-    assert CoDistillConfig.from_dict(cfg.to_dict()) == cfg
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def test_interpolations_are_resolved():
-    root = OmegaConf.create({"beta": 0.25, "algorithm": {"codistill": {"kd": {"coef": "${beta}"}}}})
-    assert CoDistillConfig.from_dict(root.algorithm.codistill).kd.coef == 0.25
+def test_documented_table_is_complete():
+    doc = documented_defaults()
+    assert len(doc) == 19 and doc["kd.coef"] == 1.0 and doc["is.threshold"] == 2.0 and doc["task_reward"] is True
+
+
+def test_defaults_are_the_documented_ones():
+    doc = documented_defaults()
+    for cfg in (CoDistillConfig.from_dict({}), CoDistillConfig.from_dict(None)):
+        got = flatten(cfg.to_dict())
+        assert got == doc
+        # the same types as written in the doc (2.0 a float, 8 an int, true a bool)
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in doc.items()}
+
+
+def test_interpolations_are_resolved_before_the_checks():
+    root = OmegaConf.create({"beta": -0.25, "algorithm": {"codistill": {"kd": {"coef": "${beta}"}}}})
+    with pytest.raises(ValueError, match=re.escape("algorithm.codistill.kd.coef=-0.25 must be >= 0")):
+        CoDistillConfig.from_dict(root.algorithm.codistill)
+    root.beta = 0.25
+    cfg = CoDistillConfig.from_dict(root.algorithm.codistill)
+    assert kd_coef_at(7, cfg.kd) == 0.25
 
 
 P = "algorithm.codistill"
@@ -107,9 +121,15 @@ def test_top_level_must_be_a_mapping():
         CoDistillConfig.from_dict(3)
 
 
-def test_grpo_small_baseline_config_is_valid():
-    cfg = CoDistillConfig.from_dict({"kd": {"coef": 0.0}, "large": {"enable": False}})
-    assert cfg.large.enable is False and cfg.kd.coef == 0.0
+@pytest.mark.parametrize("block", [
+    {"kd": {"coef": 0.0}, "large": {"enable": False}},  # grpo_small / grpo_large
+    {"task_reward": False, "kd": {"coef": 0.5}},  # kd_only
+    {"large": {"enable": False, "train": False}, "kd": {"coef": 0}},  # an int 0 is a zero coefficient
+    {"is": {"mode": "mask", "threshold": 1}},  # the mask boundary C = 1 is allowed
+    {"is": {"mode": "truncate", "threshold": 0.5}},  # C < 1 is only refused for mask
+])  # fmt: skip
+def test_cross_field_rules_accept_their_boundaries(block):
+    CoDistillConfig.from_dict(block)
 
 
 def test_kd_coef_schedule_constant_and_linear():
@@ -123,6 +143,9 @@ def test_kd_coef_schedule_constant_and_linear():
     up = {"coef": 0.0, "coef_schedule": "linear", "coef_final": 2.0, "decay_steps": 2}
     assert [kd_coef_at(s, up) for s in range(4)] == pytest.approx([0.0, 1.0, 2.0, 2.0])
     assert kd_coef_at(np.int64(1), lin) == pytest.approx(0.8)
+    # 0.5 -> 0.1 over 3 steps: 0.5 - 0.4 k / 3 = 1/2, 11/30, 7/30, 1/10, then 1/10
+    odd = KDConfig(coef=0.5, coef_schedule="linear", coef_final=0.1, decay_steps=3)
+    assert [kd_coef_at(s, odd) for s in (0, 1, 2, 3, 10)] == pytest.approx([0.5, 11 / 30, 7 / 30, 0.1, 0.1], rel=1e-12)
 
 
 def test_kd_coef_at_rejects_bad_step_and_bad_mapping():
@@ -132,25 +155,13 @@ def test_kd_coef_at_rejects_bad_step_and_bad_mapping():
         kd_coef_at(1.5, KDConfig())
     with pytest.raises(ValueError, match=re.escape(f"{P}.kd.coef_schedule='step' not in ['constant', 'linear']")):
         kd_coef_at(0, {"coef_schedule": "step"})
+    with pytest.raises(ValueError, match=re.escape(f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'")):
+        kd_coef_at(3, {"coef_schedule": "linear"})
 
 
-def test_schema_is_the_recipe_configs_node():
-    """The composed config's algorithm.codistill holds every schema key with its default (written once)."""
+def test_recipe_config_node_holds_the_documented_defaults():
+    """The composed config's algorithm.codistill has every documented key with its documented default."""
     from recipe.codistill_grpo.configuration import compose_config
 
     node = OmegaConf.to_container(compose_config("qwen2.5-math-1.5b_7b", "codistill").algorithm.codistill)
-    assert node == {
-        "kd": {"coef": 1.0, "credit": "token", "clamp": 10.0, "coef_schedule": "constant", "coef_final": 0.0, "decay_steps": 0},
-        "is": {"level": "token", "mode": "truncate", "threshold": 2.0, "self_normalize": False, "behavior": "fsdp"},
-        "large": {"enable": True, "train": True, "advantage": "grpo", "placement": "colocate", "nnodes": 1,
-                  "n_gpus_per_node": 8, "skip_zero_grad": True},
-        "task_reward": True,
-    }
-
-
-def test_config_objects_are_frozen_like_verls():
-    from dataclasses import FrozenInstanceError
-
-    cfg = CoDistillConfig.from_dict({})
-    with pytest.raises(FrozenInstanceError):
-        cfg.kd.coef = 2.0
+    assert flatten(node) == documented_defaults()
