@@ -437,6 +437,17 @@ def suite_sampling(suite: str, args) -> dict[str, Any]:
             "max_tokens": args.max_tokens, "seed": args.seed}
 
 
+def _sampled(text: str) -> tuple[int, float]:
+    try:
+        n, temperature = text.split(",")
+        n, temperature = int(n), float(temperature)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects N,T (samples per item, temperature), got {text!r}") from None
+    if n < 1 or temperature <= 0:
+        raise argparse.ArgumentTypeError(f"needs N >= 1 and T > 0, got {text!r}")
+    return n, temperature
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", required=True, help="HF model folder or verl global_step_N/actor (repeatable)")
@@ -451,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-seed", type=int, default=None, help="the training run's seed (for make_tables: mean +- std)")
     p.add_argument("--n", type=int, default=1, help="samples per item for suites not in --suite-n (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--sampled", default=None, metavar="N,T", type=_sampled,
+                   help="also evaluate N samples per item at temperature T into <out>/<name>-sampled (same model load)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--suite-n", default="", help="per-suite samples for mean@k, e.g. aime24=16,amc23=16")
@@ -506,15 +519,21 @@ def main(argv: list[str] | None = None) -> int:
             header = {"model": name, "checkpoint": source, "model_dir": str(model_dir),
                       "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role,
                                                           **({"seed": args.run_seed} if args.run_seed is not None else {})}}
-            (Path(args.out) / name).mkdir(parents=True, exist_ok=True)
-            for suite in suites:
-                out_file = Path(args.out) / name / f"{suite}.json"
-                counts = evaluate_suite(
-                    get_generator, frames[suite], suite, out_file, suite_sampling(suite, args), header, batch_size,
-                    args.timeout, args.reward_workers, args.fallback_unboxed, args.overwrite, not args.no_progress,
-                )
-                agg = json.loads(out_file.read_text())["aggregate"]
-                summary.append((name, suite, agg, counts))
+            # the model's own settings, then (--sampled) n samples at a temperature with the model still loaded
+            variants = [(name, {})] + ([(f"{name}-sampled", {"n": args.sampled[0], "temperature": args.sampled[1],
+                                                              "suite_n_map": {}})] if args.sampled else [])
+            for folder, change in variants:
+                (Path(args.out) / folder).mkdir(parents=True, exist_ok=True)
+                for suite in suites:
+                    out_file = Path(args.out) / folder / f"{suite}.json"
+                    counts = evaluate_suite(
+                        get_generator, frames[suite], suite, out_file,
+                        suite_sampling(suite, argparse.Namespace(**{**vars(args), **change})), {**header, "model": folder},
+                        batch_size, args.timeout, args.reward_workers, args.fallback_unboxed, args.overwrite,
+                        not args.no_progress,
+                    )  # fmt: skip
+                    agg = json.loads(out_file.read_text())["aggregate"]
+                    summary.append((folder, suite, agg, counts))
             if generator is not None:
                 generator.close()
     except EvalError as error:

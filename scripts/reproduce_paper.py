@@ -288,25 +288,25 @@ def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, ro
     results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
     facts = plan.pairs[pair]
     results = plan.out / "results" / pair
-    variants = [(name, [])]
+    sampling, folders = [], [name]
     if {"aime24", "amc23"} & set(facts["suites"]):
-        variants = [(name, ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"])]
-    if facts["sampled"]:
+        sampling = ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
+    if facts["sampled"]:  # one evaluate call, one model load: greedy, then sampled into <name>-sampled
         sampled = facts["sampled"]
-        variants.append((f"{name}-sampled", ["--n", str(sampled["n"]), "--temperature", str(sampled["temperature"])]))
-    for folder, sampling in variants:
-        if _complete(results / folder, facts["suites"]):
-            say(f"skip evaluation {pair}/{folder}: results complete")
-            continue
-        cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", folder, "--data-dir",
-               facts["data_dir"], "--suites", ",".join(facts["suites"]), "--out", str(results),
-               "--backend", "hf" if plan.where == "cpu" else "vllm", "--pair", pair, "--method", method, "--role", role,
-               "--max-tokens", str(facts["max_tokens"]),
-               "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
-        cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
-        cmd += ["--batch-size", "64"] if plan.where == "cpu" else []  # the toy models: one generate call per 64 items
-        if act(plan.args, cmd):
-            raise SystemExit(f"[reproduce] error: evaluating {pair}/{folder} failed")
+        sampling += ["--sampled", f"{sampled['n']},{sampled['temperature']}"]
+        folders.append(f"{name}-sampled")
+    if all(_complete(results / folder, facts["suites"]) for folder in folders):
+        say(f"skip evaluation {pair}/{name}: results complete")
+        return
+    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir",
+           facts["data_dir"], "--suites", ",".join(facts["suites"]), "--out", str(results),
+           "--backend", "hf" if plan.where == "cpu" else "vllm", "--pair", pair, "--method", method, "--role", role,
+           "--max-tokens", str(facts["max_tokens"]),
+           "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
+    cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
+    cmd += ["--batch-size", "64"] if plan.where == "cpu" else []  # the toy models: one generate call per 64 items
+    if act(plan.args, cmd):
+        raise SystemExit(f"[reproduce] error: evaluating {pair}/{name} failed")
 
 
 def stage_eval(plan: Plan) -> None:

@@ -56,7 +56,7 @@ def plans():
 
 
 def test_all_names_present():
-    assert available("pair") == sorted(PAIRS + ["toy"])
+    assert available("pair") == sorted(PAIRS + ["toy", "toy_strong"])
     assert available("exp") == EXPS
     assert available("platform") == ["cpu", "gpu"]
 

@@ -201,6 +201,31 @@ def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
     assert result["meta"] == {"pair": "tiny", "method": "base", "role": "small"} and result["aggregate"]["n_items"] == 2
 
 
+def test_sampled_flag_adds_a_sampled_result_from_the_same_load(tiny_pair, suite_dir, tmp_path, capsys, monkeypatch):
+    loads = []
+    real = evaluate.HFGenerator.__init__
+
+    def counting(self, *a, **kw):
+        loads.append(a[0])
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(evaluate.HFGenerator, "__init__", counting)
+    args = ["--backend", "hf", "--checkpoint", tiny_pair["small"], "--name", "m", "--data-dir", str(suite_dir),
+            "--suites", "tiny", "--out", str(tmp_path / "res"), "--max-tokens", "4", "--limit", "2",
+            "--reward-workers", "1", "--no-progress", "--sampled", "3,0.7"]
+    assert evaluate.main(args) == 0
+    assert len(loads) == 1  # one model load for both evaluations
+    greedy = json.loads((tmp_path / "res" / "m" / "tiny.json").read_text())
+    sampled = json.loads((tmp_path / "res" / "m-sampled" / "tiny.json").read_text())
+    assert (greedy["sampling"]["n"], greedy["sampling"]["temperature"]) == (1, 0.0)
+    assert (sampled["sampling"]["n"], sampled["sampling"]["temperature"]) == (3, 0.7)
+    assert sampled["model"] == "m-sampled" and [len(it["correct"]) for it in sampled["items"]] == [3, 3]
+    for bad in ("3", "0,1.0", "2,0"):
+        with pytest.raises(SystemExit):
+            evaluate.main(args[:-1] + [bad])
+    assert "--sampled: " in capsys.readouterr().err
+
+
 def test_hf_sampling_k_per_item_is_seeded(tiny_pair, suite_dir, tmp_path):
     frame = pd.read_parquet(suite_dir / "tiny.parquet").iloc[:2]
     generator = evaluate.HFGenerator(Path(tiny_pair["small"]), seed=7)

@@ -52,22 +52,22 @@ def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     assert lines[1] == (f"[reproduce] 9 runs: grpo_small, codistill, grpo_large x seeds 1, 2, 3 on toy; "
                         f"output in {out / 'reproduce'}")
     cmds = would_run(proc)
-    train, build, evals, tables = cmds[:9], cmds[9], cmds[10:14], cmds[14:]
+    train, build, evals, tables = cmds[:9], cmds[9], cmds[10:12], cmds[12:]
     assert build == [PY, "-m", "recipe.codistill_grpo.cpu.stand_in", "--pair", "toy", "--out", str(out / "toy")]
     assert [c[:3] for c in train] == [[PY, "-m", "recipe.codistill_grpo.main_codistill"]] * 9
     assert [(c[3], c[4], c[5], c[6]) for c in train[:3]] == [
         ("pair=toy", f"exp={x}", "platform=cpu", "run.seed=1") for x in ("grpo_small", "codistill", "grpo_large")]
     assert train[4][7] == f"run.dir={out}/reproduce/runs/toy/codistill/seed2"
-    # every model twice: greedy into <name>, then 8 samples per item at temperature 1 into <name>-sampled
-    assert [arg(c, "--name") for c in evals] == ["base_small", "base_small-sampled", "base_large", "base_large-sampled"]
-    for role, cmd in zip(("small", "small", "large", "large"), evals):
+    # every model in one call: greedy into <name>, then 8 samples per item at temperature 1 into <name>-sampled
+    assert [arg(c, "--name") for c in evals] == ["base_small", "base_large"]
+    for role, cmd in zip(("small", "large"), evals):
         assert cmd[:2] == [PY, "scripts/evaluate.py"]
         assert arg(cmd, "--checkpoint") == str(out / "toy" / "models" / role)
         assert arg(cmd, "--suites") == "test" and arg(cmd, "--backend") == "hf" and arg(cmd, "--max-tokens") == "24"
         assert arg(cmd, "--method") == "base" and arg(cmd, "--role") == role
         assert arg(cmd, "--data-dir") == str(out / "toy" / "data")
     assert "--n" not in evals[0] and "--temperature" not in evals[0]
-    assert (arg(evals[1], "--n"), arg(evals[1], "--temperature")) == ("8", "1.0")
+    assert arg(evals[0], "--sampled") == arg(evals[1], "--sampled") == "8,1.0"
     assert len(tables) == 1 and tables[0][:2] == [PY, "scripts/make_tables.py"]
     assert "[reproduce] skip evaluation toy/codistill seed 1: no final checkpoint yet" in proc.stdout
     assert e.runs() == [] and not (out / "reproduce" / "runs").exists()
@@ -103,9 +103,8 @@ def test_finished_runs_are_skipped_and_their_models_evaluated(tmp_path):
     assert [c[3] for c in trained] == ["exp=grpo_small"]  # the only unfinished run
     evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
     names = ["base_large", "base_small", "codistill-seed1-large", "codistill-seed1-small", "grpo_large-seed1-large"]
-    assert sorted(evals) == sorted(names + [f"{n}-sampled" for n in names])
-    assert arg(evals["codistill-seed1-large-sampled"], "--checkpoint") == str(step / "large_actor")
-    assert arg(evals["codistill-seed1-large-sampled"], "--run-seed") == "1" and arg(evals["codistill-seed1-large-sampled"], "--n") == "8"
+    assert sorted(evals) == sorted(names)
+    assert arg(evals["codistill-seed1-large"], "--run-seed") == "1" and arg(evals["codistill-seed1-large"], "--sampled") == "8,1.0"
     assert arg(evals["codistill-seed1-small"], "--checkpoint") == str(step / "actor")
     assert arg(evals["codistill-seed1-large"], "--checkpoint") == str(step / "large_actor")
     assert arg(evals["grpo_large-seed1-large"], "--method") == "grpo" and arg(evals["grpo_large-seed1-large"], "--run-seed") == "1"
@@ -125,9 +124,14 @@ def test_complete_results_are_not_evaluated_again(tmp_path):
     (folder / "test.json").write_text(json.dumps({"complete": True}))
     proc = run(e, "--seeds", "1", "--stage", "eval", "--", *SAMPLED)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "[reproduce] skip evaluation toy/base_small: results complete" in proc.stdout
+    # the sampled half is missing: the model is evaluated again (its finished greedy items are kept by evaluate.py)
     assert [arg(c["argv"], "--name") for c in e.runs() if c["argv"][0] == "scripts/evaluate.py"] == [
-        "base_small-sampled", "base_large", "base_large-sampled"]
+        "base_small", "base_large"]
+    sampled = tmp_path / "out" / "reproduce" / "results" / "toy" / "base_small-sampled"
+    sampled.mkdir(parents=True)
+    (sampled / "test.json").write_text(json.dumps({"complete": True}))
+    proc = run(e, "--seeds", "1", "--stage", "eval", "--", *SAMPLED)
+    assert "[reproduce] skip evaluation toy/base_small: results complete" in proc.stdout
 
 
 def test_login_node_submits_the_runs_then_one_dependent_evaluation_job(tmp_path):
@@ -178,7 +182,7 @@ def test_bad_arguments(tmp_path):
     proc = run(e, "--pairs", "qwen2.5-math-1.5b_7b")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "[reproduce] error: pair qwen2.5-math-1.5b_7b needs GPUs; on a CPU machine use --pairs toy")
+        "[reproduce] error: pair qwen2.5-math-1.5b_7b needs GPUs; on a CPU machine use --pairs toy or toy_strong")
     proc = run(e, "--seeds", "one")
     assert proc.stderr.strip().splitlines()[-1] == "[reproduce] error: --seeds must be comma-separated integers, got 'one'"
     proc = run(e, "--stage", "deploy")
@@ -218,7 +222,7 @@ def test_sweep_runs_codistill_once_per_value_and_tabulates_a_row_each(tmp_path):
         ("exp=codistill", "algorithm.codistill.kd.coef=0"), ("exp=codistill", "algorithm.codistill.kd.coef=1")]
     assert f"run.dir={out}/reproduce/runs/toy/codistill_kd.coef-1/seed1" in trained[2]
     evals = {arg(c, "--name"): c for c in calls if c[0] == "scripts/evaluate.py"}
-    assert arg(evals["codistill_kd.coef-0.3-seed1-large-sampled"], "--method") == "codistill[kd.coef=0.3]"
+    assert arg(evals["codistill_kd.coef-0.3-seed1-large"], "--method") == "codistill[kd.coef=0.3]"
     assert arg(evals["codistill_kd.coef-0.3-seed1-large"], "--checkpoint") == str(step / "large_actor")
     (tables,) = [c for c in calls if c[0] == "scripts/make_tables.py"]
     assert f"codistill[kd.coef=0.3]/1={step.parents[1] / 'metrics.jsonl'}" in tables
