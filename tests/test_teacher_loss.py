@@ -283,3 +283,18 @@ def test_large_actor_loss_with_the_recipes_large_config_and_global_token_count()
                          data["large_response_mask"], data["large_is_weights"], cfg.clip_ratio_low,
                          cfg.clip_ratio_high, cfg.clip_ratio_c, num_tokens=57, dp_size=2)  # fmt: skip
     assert loss.item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+
+
+def test_explicit_settings_entry_is_the_same_loss():
+    """``compute_teacher_policy_loss`` (the public entry with explicit clip settings, for callers
+    outside verl's config) against the loop reference, with non-default clips and both aggregations."""
+    from verl_ext.codistill import compute_teacher_policy_loss
+
+    old, new, adv, mask, w = make_inputs(5)
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        loss, _ = compute_teacher_policy_loss(old, new, adv, mask.bool(), w, clip_ratio_low=0.1, clip_ratio_high=0.3,
+                                              clip_ratio_c=2.5, loss_agg_mode=agg)
+        want = float(reference(lambda i, t: new[i, t], old, adv, mask, w, lo=0.1, hi=0.3, c=2.5, agg=agg))
+        assert float(loss) == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ValueError, match="is_weights is None"):
+        compute_teacher_policy_loss(old, new, adv, mask, None)
