@@ -27,7 +27,7 @@ Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
                                          item at that temperature; make_tables tells the two apart
                                          by the file's ``sampling.temperature`` and makes the
                                          sampled mean@n the main number, greedy a column beside it
-  reproduce/tables/                      main_table.md, main_table.csv, curves.png
+  reproduce/tables/<pair>/               main_table.md|csv, differences.md|csv, curves.png
 """
 
 from __future__ import annotations
@@ -330,15 +330,17 @@ def stage_eval(plan: Plan) -> None:
 
 
 def stage_tables(plan: Plan) -> None:
-    logs = [f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}" for r in plan.runs if (r.folder / "metrics.jsonl").exists()]
-    suites = sorted({s for f in plan.pairs.values() for s in f["suites"]})
-    cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results"), "--out", str(plan.out / "tables"),
-           "--suites", ",".join(next(iter(plan.pairs.values()))["suites"] if len(plan.pairs) == 1 else suites)]
-    for log in logs:
-        cmd += ["--log", log]
-    cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (["--allow-missing"] if plan.args.allow_missing else [])
-    if act(plan.args, cmd):
-        raise SystemExit("[reproduce] error: make_tables.py failed")
+    """One table per pair (tables/<pair>/): its results, its runs' logs (a row's train time and
+    tokens come from the same pair's runs)."""
+    for pair, facts in plan.pairs.items():
+        cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results" / pair),
+               "--out", str(plan.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
+        for r in plan.runs:
+            if r.pair == pair and (r.folder / "metrics.jsonl").exists():
+                cmd += ["--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}"]
+        cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (["--allow-missing"] if plan.args.allow_missing else [])
+        if act(plan.args, cmd):
+            raise SystemExit(f"[reproduce] error: make_tables.py failed for {pair}")
 
 
 def submit_after_train(plan: Plan, jobs: list[str]) -> None:

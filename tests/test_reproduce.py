@@ -69,6 +69,8 @@ def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     assert "--n" not in evals[0] and "--temperature" not in evals[0]
     assert arg(evals[0], "--sampled") == arg(evals[1], "--sampled") == "8,1.0"
     assert len(tables) == 1 and tables[0][:2] == [PY, "scripts/make_tables.py"]
+    assert arg(tables[0], "--results") == str(out / "reproduce" / "results" / "toy")
+    assert arg(tables[0], "--out") == str(out / "reproduce" / "tables" / "toy")
     assert "[reproduce] skip evaluation toy/codistill seed 1: no final checkpoint yet" in proc.stdout
     assert e.runs() == [] and not (out / "reproduce" / "runs").exists()
 
@@ -239,3 +241,20 @@ def test_expected_time_is_an_estimate_before_any_run_has_finished(tmp_path):
     proc = run(Env(tmp_path, tools=()), "--sweep", "kd.coef")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "[reproduce] error: --sweep expects KEY=V1,V2,... (a hydra key), got 'kd.coef'"
+
+
+def test_each_pair_gets_its_own_table_from_its_own_runs(tmp_path):
+    """Two pairs: two make_tables calls, each reading only its pair's results and run logs (a
+    toy row's train time must not come from a toy_strong run of the same experiment and seed)."""
+    e = Env(tmp_path, tools=())
+    out = tmp_path / "out"
+    for pair in ("toy", "toy_strong"):
+        finish_run(out, pair, "codistill", 1, 40, large=True)
+    proc = run(e, "--pairs", "toy,toy_strong", "--seeds", "1", "--stage", "tables", "--", *SAMPLED)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = [c["argv"] for c in e.runs() if c["argv"][0] == "scripts/make_tables.py"]
+    assert [(arg(c, "--results"), arg(c, "--out")) for c in tables] == [
+        (str(out / "reproduce" / "results" / p), str(out / "reproduce" / "tables" / p)) for p in ("toy", "toy_strong")]
+    for pair, cmd in zip(("toy", "toy_strong"), tables):
+        logs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--log"]
+        assert logs == [f"codistill/1={out / 'reproduce' / 'runs' / pair / 'codistill' / 'seed1' / 'metrics.jsonl'}"]
