@@ -205,31 +205,9 @@ class MetricsAppender:
         self.sync()
 
 
-def _take_lock(folder: Path):
-    lock_path = folder / LOCK_FILE
-    try:
-        handle = open(lock_path, "a+")
-    except OSError as e:
-        raise _os_error("write to the run folder", folder, e) from None
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "an unknown process"
-        handle.close()
-        raise RunFolderError(f"run folder {folder} is in use by {holder} (lock: {lock_path}); wait for it or pick another run.dir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-    handle.flush()
-    return handle
-
-
-def hold_trainer_lock(folder: str | os.PathLike):
-    """Taken by the trainer process (a Ray actor, not the driver) before it writes into the run folder,
-    held until that process ends: killing the launcher leaves Ray's processes running a moment, and a
-    new launcher waits for them (``open_run``). Returns the open handle (keep a reference)."""
-    path = Path(folder) / TRAINER_LOCK_FILE
+def _exclusive(path: Path, busy: str):
+    """Open ``path``, take its exclusive lock without waiting and write who holds it; a holder
+    already there: ``RunFolderError`` with ``{holder}`` in ``busy`` replaced. Returns the open handle (keep it)."""
     handle = open(path, "a+")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -237,13 +215,31 @@ def hold_trainer_lock(folder: str | os.PathLike):
         handle.seek(0)
         holder = handle.read().strip() or "an unknown process"
         handle.close()
-        raise RunFolderError(f"run folder {folder} is still written by the trainer of another attempt ({holder}, "
-                             f"lock: {path}); stop it first (see README: how to stop a run)") from None
+        raise RunFolderError(busy.replace("{holder}", holder)) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
     handle.flush()
     return handle
+
+
+def _take_lock(folder: Path):
+    lock_path = folder / LOCK_FILE
+    try:
+        open(lock_path, "a+").close()
+    except OSError as e:
+        raise _os_error("write to the run folder", folder, e) from None
+    return _exclusive(lock_path, f"run folder {folder} is in use by {{holder}} (lock: {lock_path}); wait for it or "
+                                 "pick another run.dir")
+
+
+def hold_trainer_lock(folder: str | os.PathLike):
+    """Taken by the trainer process (a Ray actor, not the driver) before it writes into the run folder,
+    held until that process ends: killing the launcher leaves Ray's processes running a moment, and a
+    new launcher waits for them (``open_run``). Returns the open handle (keep a reference)."""
+    path = Path(folder) / TRAINER_LOCK_FILE
+    return _exclusive(path, f"run folder {folder} is still written by the trainer of another attempt ({{holder}}, "
+                            f"lock: {path}); stop it first (see README: how to stop a run)")
 
 
 def _wait_for_old_trainer(folder: Path, wait_s: float) -> None:
