@@ -278,7 +278,7 @@ def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     assert len([line for line in lines if line.strip()]) < 80
     assert f"codistill: done: steps 1..2 of 2 in {run} (host " in proc.stdout
     assert f"codistill: metrics (one JSON line per step): {run}/metrics.jsonl" in lines
-    assert f"codistill: checkpoint: {run}/checkpoints/global_step_2 (contains: actor data.pt large_actor)" in lines
+    assert f"codistill: checkpoint: {run}/checkpoints/global_step_2 (contains: actor data.pt large_actor metrics_row.json)" in lines
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert 0 < rows[-1]["data"]["large/is_ess"] <= 1
