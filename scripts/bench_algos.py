@@ -30,13 +30,13 @@ import argparse
 import statistics
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig
+
 from verl_ext.codistill.advantage import add_kd_advantage, compute_codistill_advantage_from_config
 from verl_ext.codistill.config import CoDistillConfig
 
@@ -214,8 +214,7 @@ def main() -> None:
     )
     mem_note = "cuda max_memory_allocated" if device.type == "cuda" else "profiler allocator events"
     print(
-        f"{'phase':<34}{'wall med ms':>12}{'wall min ms':>12}{'cpu med ms':>11}{'peak MiB':>10}"
-        f"   (memory: {mem_note})"
+        f"{'phase':<34}{'wall med ms':>12}{'wall min ms':>12}{'cpu med ms':>11}{'peak MiB':>10}   (memory: {mem_note})"
     )
 
     def row(label: str, runs: list[tuple[float, float]], peak: str = "") -> str:

@@ -51,9 +51,10 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,57 +68,118 @@ GIB = 2**30
 # 7,615,616,512, 1,235,814,400 (tied), 8,030,261,248.
 BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
     "qwen2.5-math-1.5b": {
-        "hf_id": "Qwen/Qwen2.5-Math-1.5B", "model_type": "qwen2",
-        "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-        "max_position_embeddings": 4096, "rope_theta": 10000.0, "rope_scaling": None,
-        "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-        "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 21,
-        "bos_token_id": 151643, "eos_token_id": 151643,
+        "hf_id": "Qwen/Qwen2.5-Math-1.5B",
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 21,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
     },
     "qwen2.5-math-7b": {
-        "hf_id": "Qwen/Qwen2.5-Math-7B", "model_type": "qwen2",
-        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-        "max_position_embeddings": 4096, "rope_theta": 10000.0, "rope_scaling": None,
-        "tie_word_embeddings": False, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-        "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28,
-        "bos_token_id": 151643, "eos_token_id": 151643,
+        "hf_id": "Qwen/Qwen2.5-Math-7B",
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 28,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
     },
     "llama-3.2-1b": {
-        "hf_id": "meta-llama/Llama-3.2-1B-Instruct", "model_type": "llama",
-        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "rope_theta": 500000.0,
-        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False,
-        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "hf_id": "meta-llama/Llama-3.2-1B-Instruct",
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
     },
     "llama-3.1-8b": {
-        "hf_id": "meta-llama/Llama-3.1-8B-Instruct", "model_type": "llama",
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "rope_theta": 500000.0,
-        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False,
-        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "hf_id": "meta-llama/Llama-3.1-8B-Instruct",
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
     },
 }
 # micro-batches per GPU of configs/model_pairs/*.yaml: (log-prob, train); used with --models
-DEFAULT_MICRO = {"qwen2.5-math-1.5b": (8, 4), "qwen2.5-math-7b": (4, 2),
-                 "llama-3.2-1b": (8, 4), "llama-3.1-8b": (4, 2)}
+DEFAULT_MICRO = {"qwen2.5-math-1.5b": (8, 4), "qwen2.5-math-7b": (4, 2), "llama-3.2-1b": (8, 4), "llama-3.1-8b": (4, 2)}
 FALLBACK_MICRO = (4, 2)
 
 GPU_PLAN = {"seqs": (2048, 4096), "decode_batches": (256, 1024), "ctxs": (2048, 4096), "matmul_n": 8192}
 SHRUNKEN_PLAN = {"seqs": (32, 64), "decode_batches": (4,), "ctxs": (32, 64), "matmul_n": 256}
-SHRUNKEN_ARCH = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16,
-                 "vocab_size": 1024}
-SHRUNKEN_NOTE = ("SHRUNKEN CPU run (2 layers, hidden 64, vocab 1024, seq <= 64, fp32): it exercises the code "
-                 "path only; its figures mean NOTHING for sizing GPU runs")
+SHRUNKEN_ARCH = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "head_dim": 16,
+    "vocab_size": 1024,
+}
+SHRUNKEN_NOTE = (
+    "SHRUNKEN CPU run (2 layers, hidden 64, vocab 1024, seq <= 64, fp32): it exercises the code "
+    "path only; its figures mean NOTHING for sizing GPU runs"
+)
 
 
 def log(msg: str) -> None:
@@ -140,8 +202,9 @@ class ModelSpec:
         return model_key(self.hf_id)
 
 
-def spec_for(hf_id: str, logprob_micro: int | None = None, train_micro: int | None = None,
-             grad_ckpt: bool = True) -> ModelSpec:
+def spec_for(
+    hf_id: str, logprob_micro: int | None = None, train_micro: int | None = None, grad_ckpt: bool = True
+) -> ModelSpec:
     lp, tr = DEFAULT_MICRO.get(model_key(hf_id), FALLBACK_MICRO)
     return ModelSpec(hf_id, logprob_micro or lp, train_micro or tr, grad_ckpt)
 
@@ -182,8 +245,10 @@ def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
-        raise SystemExit(f"bench_gpu_phases: cannot compose pair '{pair}' ({e}); pass a resolved config file "
-                         f"to --pair or the models to --models") from None
+        raise SystemExit(
+            f"bench_gpu_phases: cannot compose pair '{pair}' ({e}); pass a resolved config file "
+            f"to --pair or the models to --models"
+        ) from None
     return compose_config(pair, exp, list(overrides))
 
 
@@ -237,8 +302,10 @@ def load_config(hf_id: str, source: str = "auto") -> tuple[Any, str]:
             raise SystemExit(f"bench_gpu_phases: no config for {hf_id} ({'; '.join(errors)})")
     key = model_key(hf_id)
     if key not in BUILTIN_CONFIGS:
-        raise SystemExit(f"bench_gpu_phases: no config for {hf_id} ({'; '.join(errors) or 'builtin only'}) and "
-                         f"'{key}' is not in the built-in table ({', '.join(BUILTIN_CONFIGS)})")
+        raise SystemExit(
+            f"bench_gpu_phases: no config for {hf_id} ({'; '.join(errors) or 'builtin only'}) and "
+            f"'{key}' is not in the built-in table ({', '.join(BUILTIN_CONFIGS)})"
+        )
     return builtin_config(key), "built-in table" + (f" ({'; '.join(errors)})" if errors else "")
 
 
@@ -253,8 +320,20 @@ def shrink_config(cfg):
     d.update(SHRUNKEN_ARCH)
     d["num_key_value_heads"] = max(1, SHRUNKEN_ARCH["num_attention_heads"] // ratio)
     d["intermediate_size"] = max(8, round(SHRUNKEN_ARCH["hidden_size"] * cfg.intermediate_size / cfg.hidden_size))
-    for k in ("layer_types", "max_window_layers", "transformers_version", "architectures", "_name_or_path",
-              "id2label", "label2id", "bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype"):
+    for k in (
+        "layer_types",
+        "max_window_layers",
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "id2label",
+        "label2id",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "dtype",
+        "torch_dtype",
+    ):
         d.pop(k, None)
     return AutoConfig.for_model(d.pop("model_type"), **d)
 
@@ -382,12 +461,18 @@ def bench_logprob(dev: Device, model, vocab: int, micro: int, seq: int, repeats:
 
     s = statistics.median(dev.time(run, repeats))
     peak = dev.peak_extra(run, weights)
-    return {"micro_batch": micro, "seq": seq, "s": _sig(s), "tok_per_s": _sig(micro * seq / s, 6),
-            "peak_extra_gb": _sig(peak)}
+    return {
+        "micro_batch": micro,
+        "seq": seq,
+        "s": _sig(s),
+        "tok_per_s": _sig(micro * seq / s, 6),
+        "peak_extra_gb": _sig(peak),
+    }
 
 
-def bench_train(dev: Device, model, vocab: int, micro: int, seq: int, repeats: int, weights: int,
-                grad_ckpt: bool) -> dict:
+def bench_train(
+    dev: Device, model, vocab: int, micro: int, seq: int, repeats: int, weights: int, grad_ckpt: bool
+) -> dict:
     torch = dev.torch
     ids = torch.randint(0, vocab, (micro, seq), device=dev.dev)
     adv = torch.randn(micro, seq - 1, device=dev.dev)
@@ -408,8 +493,14 @@ def bench_train(dev: Device, model, vocab: int, micro: int, seq: int, repeats: i
     finally:
         model.eval()
         model.gradient_checkpointing_disable()
-    return {"micro_batch": micro, "seq": seq, "grad_ckpt": grad_ckpt, "s": _sig(s),
-            "tok_per_s": _sig(micro * seq / s, 6), "peak_extra_gb": _sig(peak)}
+    return {
+        "micro_batch": micro,
+        "seq": seq,
+        "grad_ckpt": grad_ckpt,
+        "s": _sig(s),
+        "tok_per_s": _sig(micro * seq / s, 6),
+        "peak_extra_gb": _sig(peak),
+    }
 
 
 def bench_decode_linear(dev: Device, model, vocab: int, batch: int, weights: int, graph: bool) -> dict:
@@ -493,9 +584,21 @@ def bench_decode_attn(dev: Device, cfg, batch: int, ctx: int, dtype, weights: in
 # driver
 
 
-def run(specs: Sequence[ModelSpec], out_path: Path, *, device: str, shrunken: bool, seqs: Sequence[int],
-        decode_batches: Sequence[int], ctxs: Sequence[int], repeats: int, train_repeats: int,
-        graph: bool, config_source: str, matmul_n: int) -> None:
+def run(
+    specs: Sequence[ModelSpec],
+    out_path: Path,
+    *,
+    device: str,
+    shrunken: bool,
+    seqs: Sequence[int],
+    decode_batches: Sequence[int],
+    ctxs: Sequence[int],
+    repeats: int,
+    train_repeats: int,
+    graph: bool,
+    config_source: str,
+    matmul_n: int,
+) -> None:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -518,8 +621,16 @@ def run(specs: Sequence[ModelSpec], out_path: Path, *, device: str, shrunken: bo
     else:
         gpu, mem = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", None
     dname = str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
-    header = {"gpu": gpu, "mem_gb": mem, "torch": torch.__version__, "transformers": transformers.__version__,
-              "dtype": dname, "attn": "sdpa", "shrunken": shrunken, "host": platform.node()}
+    header = {
+        "gpu": gpu,
+        "mem_gb": mem,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": dname,
+        "attn": "sdpa",
+        "shrunken": shrunken,
+        "host": platform.node(),
+    }
     if shrunken:
         header["note"] = SHRUNKEN_NOTE
     emit(header)
@@ -539,20 +650,41 @@ def run(specs: Sequence[ModelSpec], out_path: Path, *, device: str, shrunken: bo
         dev.sync()
         params = sum(p.numel() for p in model.parameters())
         weights = dev.allocated() if dev.cuda else sum(p.numel() * p.element_size() for p in model.parameters())
-        emit({"model": key, "hf_id": spec.hf_id, "config_source": source, "params": params,
-              "init_s": round(time.perf_counter() - t0, 1), "weights_gb": _sig(weights / GIB),
-              "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
-              "kv_heads": cfg.num_key_value_heads, "vocab": cfg.vocab_size})
+        emit(
+            {
+                "model": key,
+                "hf_id": spec.hf_id,
+                "config_source": source,
+                "params": params,
+                "init_s": round(time.perf_counter() - t0, 1),
+                "weights_gb": _sig(weights / GIB),
+                "layers": cfg.num_hidden_layers,
+                "hidden": cfg.hidden_size,
+                "heads": cfg.num_attention_heads,
+                "kv_heads": cfg.num_key_value_heads,
+                "vocab": cfg.vocab_size,
+            }
+        )
         log(f"{key}: {params:,} parameters ({source})")
         vocab = cfg.vocab_size
         train_phase = "train_fwd_bwd_ckpt" if spec.grad_ckpt else "train_fwd_bwd"
         jobs: list[tuple[str, Callable[[], dict]]] = []
         for seq in seqs:
-            jobs.append(("logprob_fwd", lambda seq=seq: bench_logprob(dev, model, vocab, spec.logprob_micro, seq,
-                                                                      repeats, weights)))
+            jobs.append(
+                (
+                    "logprob_fwd",
+                    lambda seq=seq: bench_logprob(dev, model, vocab, spec.logprob_micro, seq, repeats, weights),
+                )
+            )
         for seq in seqs:
-            jobs.append((train_phase, lambda seq=seq: bench_train(dev, model, vocab, spec.train_micro, seq,
-                                                                  train_repeats, weights, spec.grad_ckpt)))
+            jobs.append(
+                (
+                    train_phase,
+                    lambda seq=seq: bench_train(
+                        dev, model, vocab, spec.train_micro, seq, train_repeats, weights, spec.grad_ckpt
+                    ),
+                )
+            )
         for b in decode_batches:
             jobs.append(("decode_linear", lambda b=b: bench_decode_linear(dev, model, vocab, b, weights, graph)))
             for c in ctxs:
@@ -581,15 +713,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1:]
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Everything after -- goes to compose_config (with a pair name).")
+        argv, overrides = argv[:cut], argv[cut + 1 :]
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Everything after -- goes to compose_config (with a pair name)."
+    )
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--models", nargs="+", metavar="HF_ID",
-                     help=f"HF ids or local folders (default: the four built-in: {', '.join(BUILTIN_CONFIGS)})")
-    src.add_argument("--pair", metavar="FILE_OR_NAME",
-                     help="both models of a pair with its micro-batches: a resolved config file (YAML/JSON) or a "
-                          "pair name for recipe.codistill_grpo.configuration.compose_config")
+    src.add_argument(
+        "--models",
+        nargs="+",
+        metavar="HF_ID",
+        help=f"HF ids or local folders (default: the four built-in: {', '.join(BUILTIN_CONFIGS)})",
+    )
+    src.add_argument(
+        "--pair",
+        metavar="FILE_OR_NAME",
+        help="both models of a pair with its micro-batches: a resolved config file (YAML/JSON) or a "
+        "pair name for recipe.codistill_grpo.configuration.compose_config",
+    )
     ap.add_argument("--exp", default="codistill", help="experiment composed with a --pair name (default codistill)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_gpu_phases.jsonl"), help="JSONL to write")
     ap.add_argument("--logprob-micro", type=int, help="log-prob micro-batch for every model (default: per model)")
@@ -601,8 +741,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed log-prob runs after one warm-up (median)")
     ap.add_argument("--train-repeats", type=int, default=2, help="timed train runs after one warm-up (median)")
     ap.add_argument("--no-graph", action="store_true", help="no CUDA-graphed decode_linear")
-    ap.add_argument("--config-source", choices=("auto", "hub", "builtin"), default="auto",
-                    help="auto: local/cache, then the hub if reachable, then the built-in table")
+    ap.add_argument(
+        "--config-source",
+        choices=("auto", "hub", "builtin"),
+        default="auto",
+        help="auto: local/cache, then the hub if reachable, then the built-in table",
+    )
     ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     ap.add_argument("--shrink", action="store_true", help="the shrunken architectures on CUDA too (a quick smoke test)")
     args = ap.parse_args(argv)
@@ -614,18 +758,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pair:
         specs = models_from_config(load_pair(args.pair, args.exp, overrides))
     else:
-        specs = [spec_for(m, grad_ckpt=not args.no_grad_ckpt)
-                 for m in (args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()])]
-    specs = [ModelSpec(s.hf_id, args.logprob_micro or s.logprob_micro, args.train_micro or s.train_micro, s.grad_ckpt)
-             for s in specs]
+        specs = [
+            spec_for(m, grad_ckpt=not args.no_grad_ckpt)
+            for m in (args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()])
+        ]
+    specs = [
+        ModelSpec(s.hf_id, args.logprob_micro or s.logprob_micro, args.train_micro or s.train_micro, s.grad_ckpt)
+        for s in specs
+    ]
     plan = SHRUNKEN_PLAN if shrunken else GPU_PLAN
     if shrunken:
         log(f"no CUDA device used: {SHRUNKEN_NOTE}")
     out = Path(args.out)
-    run(specs, out, device=device, shrunken=shrunken, seqs=args.seqs or plan["seqs"],
-        decode_batches=args.decode_batches or plan["decode_batches"], ctxs=args.ctxs or plan["ctxs"],
-        repeats=args.repeats, train_repeats=args.train_repeats, graph=not args.no_graph,
-        config_source=args.config_source, matmul_n=plan["matmul_n"])
+    run(
+        specs,
+        out,
+        device=device,
+        shrunken=shrunken,
+        seqs=args.seqs or plan["seqs"],
+        decode_batches=args.decode_batches or plan["decode_batches"],
+        ctxs=args.ctxs or plan["ctxs"],
+        repeats=args.repeats,
+        train_repeats=args.train_repeats,
+        graph=not args.no_graph,
+        config_source=args.config_source,
+        matmul_n=plan["matmul_n"],
+    )
     log(f"wrote {out}")
     if shrunken:
         log(f"reminder: {SHRUNKEN_NOTE}")

@@ -36,6 +36,7 @@ FILLER = (
     "Expanding and collecting like terms gives a quadratic, whose discriminant we check is positive. "
 )
 
+
 def _answer(rng: random.Random) -> tuple[str, str, str]:
     """(ground truth, an equivalent form, a wrong answer) with random numbers, so no cache helps."""
     a, b = rng.randint(1, 97), rng.randint(2, 99)
@@ -73,13 +74,18 @@ def real_looking(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
 
 
 def adversarial(k: int) -> tuple[list[str], list[str], list[str]]:
-    nested = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"   # bracket-depth guard
-    tower = "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}"                      # sympy runs to the timeout
-    factorial = "\\boxed{(10^{10})!}"                                    # sympy runs to the timeout
-    huge_boxed = FILLER + "\\boxed{" + "9" * 100_000 + "}"              # size guard
-    huge_text = ("x + " * 25_000)[:100_000]                               # no box: format 0
-    kinds = [("nested_frac_x100", nested, "1"), ("power_tower", tower, "3"), ("huge_factorial", factorial, "3"),
-             ("1e5_char_boxed", huge_boxed, "3"), ("1e5_char_unboxed", huge_text, "3")]
+    nested = "\\boxed{" + "\\frac{" * 100 + "1" + "}{2}" * 100 + "}"  # bracket-depth guard
+    tower = "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}"  # sympy runs to the timeout
+    factorial = "\\boxed{(10^{10})!}"  # sympy runs to the timeout
+    huge_boxed = FILLER + "\\boxed{" + "9" * 100_000 + "}"  # size guard
+    huge_text = ("x + " * 25_000)[:100_000]  # no box: format 0
+    kinds = [
+        ("nested_frac_x100", nested, "1"),
+        ("power_tower", tower, "3"),
+        ("huge_factorial", factorial, "3"),
+        ("1e5_char_boxed", huge_boxed, "3"),
+        ("1e5_char_unboxed", huge_text, "3"),
+    ]
     picked = [kinds[i % len(kinds)] for i in range(k)]
     return [p[1] for p in picked], [p[2] for p in picked], [p[0] for p in picked]
 
@@ -90,9 +96,18 @@ def run(mode: str, workers: int, solutions, golds, timeout: float) -> dict:
     elapsed = time.perf_counter() - start
     load = os.getloadavg()[0]  # 1-minute load at the end: other processes competing for the cores
     latency = np.array([r["latency_s"] for r in results])
-    return {"mode": mode, "elapsed": elapsed, "load": load, "rate": len(results) / elapsed, "worst": latency.max(), "latency": latency,
-            "p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99)),
-            "summary": summarize(results), "scores": [r["score"] for r in results]}
+    return {
+        "mode": mode,
+        "elapsed": elapsed,
+        "load": load,
+        "rate": len(results) / elapsed,
+        "worst": latency.max(),
+        "latency": latency,
+        "p50": float(np.percentile(latency, 50)),
+        "p99": float(np.percentile(latency, 99)),
+        "summary": summarize(results),
+        "scores": [r["score"] for r in results],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     all_solutions = [(solutions + adv_solutions)[i] for i in order]
     all_golds = [(golds + adv_golds)[i] for i in order]
     all_kinds = [(["real-looking"] * len(solutions) + adv_kinds)[i] for i in order]
-    print(f"items: {args.n} real-looking + {args.adversarial} adversarial "
-          f"({', '.join(sorted(set(adv_kinds)))}); timeout {args.timeout} s; cpus {os.cpu_count()}")
+    print(
+        f"items: {args.n} real-looking + {args.adversarial} adversarial "
+        f"({', '.join(sorted(set(adv_kinds)))}); timeout {args.timeout} s; cpus {os.cpu_count()}"
+    )
 
     expected = ((args.n + 1) // 2) / len(all_solutions)  # every even-indexed real-looking item is right
     print(f"expected accuracy (by construction): {expected:.3f}")
@@ -126,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run(f"pool({w})", w, all_solutions, all_golds, args.timeout))
 
     base = rows[0]
-    print(f"{'mode':<12}{'resp/s':>9}{'total s':>9}{'ratio':>7}{'worst s':>9}{'p50 ms':>8}{'p99 ms':>9}"
-          f"{'acc':>7}{'t/o':>5}{'err':>5}{'load':>6}  same scores")
+    print(
+        f"{'mode':<12}{'resp/s':>9}{'total s':>9}{'ratio':>7}{'worst s':>9}{'p50 ms':>8}{'p99 ms':>9}"
+        f"{'acc':>7}{'t/o':>5}{'err':>5}{'load':>6}  same scores"
+    )
     for r in rows:
         s = r["summary"]
-        print(f"{r['mode']:<12}{r['rate']:>9.1f}{r['elapsed']:>9.2f}{r['rate'] / base['rate']:>7.2f}{r['worst']:>9.2f}"
-              f"{1000 * r['p50']:>8.1f}{1000 * r['p99']:>9.1f}{s['accuracy']:>7.3f}{s['timeouts']:>5}{s['errors']:>5}"
-              f"{r['load']:>6.1f}"
-              f"  {r['scores'] == base['scores']}")
+        print(
+            f"{r['mode']:<12}{r['rate']:>9.1f}{r['elapsed']:>9.2f}{r['rate'] / base['rate']:>7.2f}{r['worst']:>9.2f}"
+            f"{1000 * r['p50']:>8.1f}{1000 * r['p99']:>9.1f}{s['accuracy']:>7.3f}{s['timeouts']:>5}{s['errors']:>5}"
+            f"{r['load']:>6.1f}"
+            f"  {r['scores'] == base['scores']}"
+        )
     for w in [int(x) for x in args.workers.split(",")]:
         print(f"pool({w}) workers killed and replaced: {get_pool(w).kills}")
     kinds = ["real-looking"] + sorted(set(adv_kinds))

@@ -40,16 +40,29 @@ PHASES = [
 ]
 COMPARISONS = {
     "grpo": [("codistill", ["exp=codistill"]), ("grpo_small", ["exp=grpo_small"])],
-    "skip": [("skip", ["exp=codistill"]), ("no_skip", ["exp=codistill", "algorithm.codistill.large.skip_zero_grad=false"])],
+    "skip": [
+        ("skip", ["exp=codistill"]),
+        ("no_skip", ["exp=codistill", "algorithm.codistill.large.skip_zero_grad=false"]),
+    ],
     # the CPU rollout answering waiting requests in batches vs one request at a time (as before batching)
-    "batching": [("batched", ["exp=codistill"]),
-                 ("one_by_one", ["exp=codistill", "+actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1"])],
+    "batching": [
+        ("batched", ["exp=codistill"]),
+        ("one_by_one", ["exp=codistill", "+actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1"]),
+    ],
 }
 
 
 def run(out: Path, pair: str, platform: str, steps: int, variant: list[str], extra: list[str]) -> dict[int, dict]:
-    args = [f"pair={pair}", f"platform={platform}", *variant, f"run.dir={out}", "run.fresh=true",
-            f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", *extra]
+    args = [
+        f"pair={pair}",
+        f"platform={platform}",
+        *variant,
+        f"run.dir={out}",
+        "run.fresh=true",
+        f"trainer.total_training_steps={steps}",
+        "trainer.save_freq=-1",
+        *extra,
+    ]
     print(f"bench_step: {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", ENTRY, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -79,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument("--compare", default="grpo", choices=sorted(COMPARISONS),
-                   help="grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; "
-                        "batching (platform cpu): the CPU rollout batching requests vs answering one at a time")
+    p.add_argument(
+        "--compare",
+        default="grpo",
+        choices=sorted(COMPARISONS),
+        help="grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; "
+        "batching (platform cpu): the CPU rollout batching requests vs answering one at a time",
+    )
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
     p.add_argument("--out", help="output folder (default: a temporary folder)")
@@ -93,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(ns.out or tempfile.mkdtemp(prefix="bench_step_")).resolve()
     (a, a_args), (b, b_args) = COMPARISONS[ns.compare]
-    print(f"bench_step: pair {ns.pair}, platform {ns.platform}, {ns.steps} steps, first {ns.warmup} left out; "
-          f"runs in {out}", flush=True)
+    print(
+        f"bench_step: pair {ns.pair}, platform {ns.platform}, {ns.steps} steps, first {ns.warmup} left out; "
+        f"runs in {out}",
+        flush=True,
+    )
     first = run(out / a, ns.pair, ns.platform, ns.steps, a_args, extra)
     second = run(out / b, ns.pair, ns.platform, ns.steps, b_args, extra)
     ma, mb = phase_means(first, ns.warmup), phase_means(second, ns.warmup)

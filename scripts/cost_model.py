@@ -45,9 +45,10 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
@@ -122,17 +123,23 @@ def _nearest(values: Iterable[float], target: float) -> float:
 
 
 def _rows(phases: Phases, model: str, phase: str) -> list[dict]:
-    return [r for r in phases.rows if r.get("model") == model and r.get("phase") == phase
-            and not r.get("skipped") and not r.get("error")]  # bench_gpu_phases.py's skipped / OOM rows
+    return [
+        r
+        for r in phases.rows
+        if r.get("model") == model and r.get("phase") == phase and not r.get("skipped") and not r.get("error")
+    ]  # bench_gpu_phases.py's skipped / OOM rows
 
 
 def _missing(phases: Phases, model: str, what: str) -> ValueError:
-    return ValueError(f"no '{what}' figures for model '{model}' in {', '.join(phases.sources)} "
-                      f"(models there: {', '.join(phases.models()) or 'none'})")
+    return ValueError(
+        f"no '{what}' figures for model '{model}' in {', '.join(phases.sources)} "
+        f"(models there: {', '.join(phases.models()) or 'none'})"
+    )
 
 
-def throughput(phases: Phases, model: str, phase_names: Sequence[str], seq: float,
-               micro_batch: int | None = None) -> tuple[float, dict]:
+def throughput(
+    phases: Phases, model: str, phase_names: Sequence[str], seq: float, micro_batch: int | None = None
+) -> tuple[float, dict]:
     """Tokens/s of the first of ``phase_names`` measured for ``model``, at the measured seq nearest
     ``seq``, preferring rows with ``micro_batch``. Returns (tok_per_s, row)."""
     for name in phase_names:
@@ -259,10 +266,12 @@ def _model_settings(cfg: Any, role: str) -> ModelSettings:
     micro = _get(cfg, f"pair.{role}.actor.ppo_micro_batch_size_per_gpu", None)
     lp_micro = _get(cfg, f"pair.{role}.log_prob_micro_batch_size_per_gpu", None)
     return ModelSettings(
-        path=path, key=model_key(path),
+        path=path,
+        key=model_key(path),
         grad_ckpt=bool(_get(cfg, f"pair.{role}.model.enable_gradient_checkpointing", True)),
         train_micro=None if micro is None else int(micro),
-        logprob_micro=None if lp_micro is None else int(lp_micro))
+        logprob_micro=None if lp_micro is None else int(lp_micro),
+    )
 
 
 def settings_from_config(cfg: Any) -> Settings:
@@ -274,28 +283,40 @@ def settings_from_config(cfg: Any) -> Settings:
         raise ValueError(f"exp.generator must be 'small' or 'large', not {generator!r}")
     large_enabled = bool(_get(cfg, "algorithm.codistill.large.enable", False))
     if generator == "large" and large_enabled:
-        raise ValueError("exp.generator=large with algorithm.codistill.large.enable=true: "
-                         "the large model cannot be both the actor and the second model")
+        raise ValueError(
+            "exp.generator=large with algorithm.codistill.large.enable=true: "
+            "the large model cannot be both the actor and the second model"
+        )
     max_p = _get(cfg, "data.max_prompt_length", None)
     max_r = _get(cfg, "data.max_response_length", None)
     prompt_len, resp_len = min(DEFAULT_PROMPT_LEN, max_p or math.inf), min(DEFAULT_RESP_LEN, max_r or math.inf)
     len_source = "default (no run log given)"
     if (prompt_len, resp_len) != (DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN):
-        len_source = (f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
-                      f"max_response_length (no run log given)")
+        len_source = (
+            f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
+            f"max_response_length (no run log given)"
+        )
     return Settings(
-        pair=str(_get(cfg, "pair.name")), exp=str(_get(cfg, "exp.name")), generator=generator,
-        small=_model_settings(cfg, "small"), large=_model_settings(cfg, "large"),
+        pair=str(_get(cfg, "pair.name")),
+        exp=str(_get(cfg, "exp.name")),
+        generator=generator,
+        small=_model_settings(cfg, "small"),
+        large=_model_settings(cfg, "large"),
         large_enabled=large_enabled,
         large_train=large_enabled and bool(_get(cfg, "algorithm.codistill.large.train", False)),
         kd_coef=float(_get(cfg, "algorithm.codistill.kd.coef", 0.0)),
         skip_zero_grad=bool(_get(cfg, "algorithm.codistill.large.skip_zero_grad", False)),
-        prompts=int(_get(cfg, "data.train_batch_size")), n=int(_get(cfg, "actor_rollout_ref.rollout.n")),
+        prompts=int(_get(cfg, "data.train_batch_size")),
+        n=int(_get(cfg, "actor_rollout_ref.rollout.n")),
         steps=int(_get(cfg, "trainer.total_training_steps")),
-        nnodes=int(_get(cfg, "trainer.nnodes")), gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
+        nnodes=int(_get(cfg, "trainer.nnodes")),
+        gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
         max_prompt_length=None if max_p is None else int(max_p),
         max_response_length=None if max_r is None else int(max_r),
-        prompt_len=float(prompt_len), resp_len=float(resp_len), len_source=len_source)
+        prompt_len=float(prompt_len),
+        resp_len=float(resp_len),
+        len_source=len_source,
+    )
 
 
 @dataclass(frozen=True)
@@ -331,13 +352,21 @@ def read_run_metrics(path: str | Path) -> RunMetrics:
         return sum(series[key]) / len(series[key]) if series.get(key) else None
 
     zkey = next((k for k in ZERO_ADV_KEYS if series.get(k)), None)
-    return RunMetrics(str(path), len(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY),
-                      mean(zkey) if zkey else None, zkey)
+    return RunMetrics(
+        str(path), len(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey) if zkey else None, zkey
+    )
 
 
-def apply_run_figures(s: Settings, *, metrics: RunMetrics | None = None, resp_len: float | None = None,
-                      prompt_len: float | None = None, zero_adv_frac: float | None = None,
-                      decode_batch: int | None = None, steps: int | None = None) -> Settings:
+def apply_run_figures(
+    s: Settings,
+    *,
+    metrics: RunMetrics | None = None,
+    resp_len: float | None = None,
+    prompt_len: float | None = None,
+    zero_adv_frac: float | None = None,
+    decode_batch: int | None = None,
+    steps: int | None = None,
+) -> Settings:
     """Lengths and zero-advantage fraction from a run log and/or explicit values (explicit wins)."""
     changes: dict[str, Any] = {}
     len_src = []
@@ -382,8 +411,15 @@ def apply_run_figures(s: Settings, *, metrics: RunMetrics | None = None, resp_le
 def grpo_large_settings(s: Settings, zero_adv_frac: float | None = None) -> Settings:
     """The grpo_large baseline for the same pair, batch, lengths and steps: the large model
     generates and trains alone with kd.coef 0 (zero-adv fraction: the experiment's unless given)."""
-    return replace(s, exp=BASELINE_EXP, generator="large", large_enabled=False, large_train=False, kd_coef=0.0,
-                   zero_adv_frac=s.zero_adv_frac if zero_adv_frac is None else float(zero_adv_frac))
+    return replace(
+        s,
+        exp=BASELINE_EXP,
+        generator="large",
+        large_enabled=False,
+        large_train=False,
+        kd_coef=0.0,
+        zero_adv_frac=s.zero_adv_frac if zero_adv_frac is None else float(zero_adv_frac),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +462,10 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
         d = decode_step(phases, m.key, s.decode_batch, s.seq)
         batches = s.responses / s.decode_batch
         sec = batches * s.resp_len * d["s"]
-        how = (f"{s.responses}/{s.decode_batch} = {batches:g} batches x {s.resp_len:g} steps x {d['s'] * 1e3:.2f} ms "
-               f"(decode B={d['batch']:g}, ctx {d['ctx']:g}: {d['linear_s'] * 1e3:.2f} + {d['attn_s'] * 1e3:.2f} ms)")
+        how = (
+            f"{s.responses}/{s.decode_batch} = {batches:g} batches x {s.resp_len:g} steps x {d['s'] * 1e3:.2f} ms "
+            f"(decode B={d['batch']:g}, ctx {d['ctx']:g}: {d['linear_s'] * 1e3:.2f} + {d['attn_s'] * 1e3:.2f} ms)"
+        )
         lines.append(Line("generate", role, m.key, sec, how))
     for role in ROLE_ORDER:
         if role not in who["log_prob"]:
@@ -491,15 +529,22 @@ def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Setti
         "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
     ]
     if baseline is not None:
-        out.append(f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
-                   f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}")
+        out.append(
+            f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
+            f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}"
+        )
     if phases.shrunken:
         out.append("WARNING: the phase file comes from a shrunken CPU run: its figures mean nothing for sizing")
     return out
 
 
-def format_report(phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None = None,
-                  baseline_lines: list[Line] | None = None) -> str:
+def format_report(
+    phases: Phases,
+    s: Settings,
+    lines: list[Line],
+    baseline: Settings | None = None,
+    baseline_lines: list[Line] | None = None,
+) -> str:
     cost = {(ln.phase, ln.role): ln.seconds for ln in lines}
     tot = total(cost)
     out = [
@@ -520,18 +565,24 @@ def format_report(phases: Phases, s: Settings, lines: list[Line], baseline: Sett
     share = large_share(cost)
     if any(role == "large" for _, role in cost):
         note = "; it also generates here" if s.generator == "large" else ""
-        out.append(f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = "
-                   f"{share / tot:.1%} of the step")
+        out.append(
+            f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = "
+            f"{share / tot:.1%} of the step"
+        )
     else:
         out.append("large model: not loaded in this experiment")
     if baseline_lines is not None:
         btot = sum(ln.seconds for ln in baseline_lines)
-        out.append(f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: "
-                   + " + ".join(f"{ln.phase} {ln.seconds:.1f}" for ln in baseline_lines)
-                   + f"): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}")
+        out.append(
+            f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: "
+            + " + ".join(f"{ln.phase} {ln.seconds:.1f}" for ln in baseline_lines)
+            + f"): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}"
+        )
     gh = gpu_hours(s, tot)
-    out.append(f"run: {s.steps} steps x {tot:.1f} GPU-s = {gh:.2f} GPU-hours; on {s.nnodes} node(s) x "
-               f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)")
+    out.append(
+        f"run: {s.steps} steps x {tot:.1f} GPU-s = {gh:.2f} GPU-hours; on {s.nnodes} node(s) x "
+        f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)"
+    )
     out.append("")
     out.append("assumptions:")
     out.extend(f"- {a}" for a in _assumptions(phases, s, lines, baseline))
@@ -546,8 +597,10 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
     tot = sum(by_phase.values())
     gh = gpu_hours(s, tot)
     parts = ", ".join(f"{phase.replace('_', '-')} {v:.1f}" for phase, v in by_phase.items())
-    out = (f"estimated cost: {tot:.1f} GPU-s/step ({parts}); {s.steps} steps = {gh:.1f} GPU-hours, "
-           f"{gh / s.gpus:.1f} h on {s.gpus} GPUs")
+    out = (
+        f"estimated cost: {tot:.1f} GPU-s/step ({parts}); {s.steps} steps = {gh:.1f} GPU-hours, "
+        f"{gh / s.gpus:.1f} h on {s.gpus} GPUs"
+    )
     if baseline_lines is not None:
         out += f"; {s.exp}/{BASELINE_EXP} = {tot / sum(ln.seconds for ln in baseline_lines):.3f}"
     return out + " (scripts/cost_model.py, the shipped H200 figures; assumptions: run it without --line)"
@@ -564,8 +617,10 @@ def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
-        raise SystemExit(f"cost_model: cannot compose the config ({e}); pass --configs FILE "
-                         f"(resolved config(s) as YAML/JSON) instead") from None
+        raise SystemExit(
+            f"cost_model: cannot compose the config ({e}); pass --configs FILE "
+            f"(resolved config(s) as YAML/JSON) instead"
+        ) from None
     return compose_config(pair, exp, list(overrides))
 
 
@@ -593,23 +648,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1:]
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Everything after -- goes to compose_config as hydra overrides.")
+        argv, overrides = argv[:cut], argv[cut + 1 :]
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Everything after -- goes to compose_config as hydra overrides."
+    )
     ap.add_argument("--pair", required=True, help="model pair, e.g. qwen2.5-math-1.5b_7b")
     ap.add_argument("--exp", required=True, help="experiment, e.g. codistill, grpo_large")
-    ap.add_argument("--phases", action="append", help="phase JSONL (repeatable); default: the H200 files in "
-                    "scripts/cost_data/")
-    ap.add_argument("--configs", help="resolved config(s) as YAML/JSON instead of compose_config "
-                    "(one config, or a mapping experiment -> config)")
-    ap.add_argument("--metrics", help="a finished run's verl file-logger JSONL: mean response/prompt length "
-                    "and zero-advantage fraction")
+    ap.add_argument(
+        "--phases", action="append", help="phase JSONL (repeatable); default: the H200 files in scripts/cost_data/"
+    )
+    ap.add_argument(
+        "--configs",
+        help="resolved config(s) as YAML/JSON instead of compose_config "
+        "(one config, or a mapping experiment -> config)",
+    )
+    ap.add_argument(
+        "--metrics",
+        help="a finished run's verl file-logger JSONL: mean response/prompt length and zero-advantage fraction",
+    )
     ap.add_argument("--resp-len", type=float, help=f"mean response tokens (default {DEFAULT_RESP_LEN:g})")
     ap.add_argument("--prompt-len", type=float, help=f"mean prompt tokens (default {DEFAULT_PROMPT_LEN:g})")
     ap.add_argument("--zero-adv-frac", type=float, help="fraction of samples with zero advantage (default 0)")
-    ap.add_argument("--baseline-zero-adv-frac", type=float,
-                    help=f"zero-advantage fraction for the {BASELINE_EXP} baseline (default: the experiment's)")
-    ap.add_argument("--decode-batch", type=int, help=f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})")
+    ap.add_argument(
+        "--baseline-zero-adv-frac",
+        type=float,
+        help=f"zero-advantage fraction for the {BASELINE_EXP} baseline (default: the experiment's)",
+    )
+    ap.add_argument(
+        "--decode-batch", type=int, help=f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})"
+    )
     ap.add_argument("--steps", type=int, help="training steps (default trainer.total_training_steps)")
     ap.add_argument("--line", action="store_true", help="print the estimate in one line")
     args = ap.parse_args(argv)
@@ -621,11 +688,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_configs_file(args.configs, args.exp) if args.configs else compose(args.pair, args.exp, overrides)
         s = settings_from_config(cfg)
         if s.pair != args.pair or s.exp != args.exp:
-            raise SystemExit(f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', "
-                             f"not '{args.pair}', '{args.exp}'")
+            raise SystemExit(
+                f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'"
+            )
         metrics = read_run_metrics(args.metrics) if args.metrics else None
-        s = apply_run_figures(s, metrics=metrics, resp_len=args.resp_len, prompt_len=args.prompt_len,
-                              zero_adv_frac=args.zero_adv_frac, decode_batch=args.decode_batch, steps=args.steps)
+        s = apply_run_figures(
+            s,
+            metrics=metrics,
+            resp_len=args.resp_len,
+            prompt_len=args.prompt_len,
+            zero_adv_frac=args.zero_adv_frac,
+            decode_batch=args.decode_batch,
+            steps=args.steps,
+        )
         lines = step_cost_detail(phases, s)
         baseline = baseline_lines = None
         if s.exp != BASELINE_EXP:
@@ -634,7 +709,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise SystemExit(f"cost_model: {msg}") from None
-    print(format_line(s, lines, baseline_lines) if args.line else format_report(phases, s, lines, baseline, baseline_lines))
+    print(
+        format_line(s, lines, baseline_lines)
+        if args.line
+        else format_report(phases, s, lines, baseline, baseline_lines)
+    )
     return 0
 
 

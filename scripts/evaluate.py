@@ -43,8 +43,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -143,8 +144,18 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
     target.mkdir(parents=True, exist_ok=True)
     # claimed before merging, so that a merge that dies half-way is redone, not refused, next time
     (target / MERGE_RECORD).write_text(json.dumps({"source": str(path), "shards": None}))
-    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-           "--local_dir", str(path), "--target_dir", str(target)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl.model_merger",
+        "merge",
+        "--backend",
+        "fsdp",
+        "--local_dir",
+        str(path),
+        "--target_dir",
+        str(target),
+    ]
     print(f"converting verl checkpoint: {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not is_hf_dir(target):
@@ -180,8 +191,9 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int,
-                 item_ids: Sequence[int] = (0,)) -> list[list[str]]:
+    def generate(
+        self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: Sequence[int] = (0,)
+    ) -> list[list[str]]:
         """``n`` completions per prompt; sampling seeded by ``seed + item_ids[0]`` (the batch's first item)."""
         torch = self.torch
         texts = chat_prompts(self.tokenizer, prompts)
@@ -199,7 +211,7 @@ class HFGenerator:
                 num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        responses = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        responses = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return [responses[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def close(self) -> None:
@@ -210,8 +222,15 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM offline engine (GPU only; imported lazily). Prompts are token ids from the HF chat template."""
 
-    def __init__(self, model_dir: Path | str, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path | str,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+    ):
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -226,16 +245,22 @@ class VLLMGenerator:
             max_model_len=max_model_len,
         )
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int,
-                 item_ids: Sequence[int] | None = None) -> list[list[str]]:
+    def generate(
+        self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: Sequence[int] | None = None
+    ) -> list[list[str]]:
         """``n`` completions per prompt; each request seeded by ``seed + item id``, so a resumed run
         samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
         ids_for_seed = list(item_ids) if item_ids is not None else list(range(len(prompts)))
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                           max_tokens=max_tokens, seed=self.seed + int(i))
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                seed=self.seed + int(i),
+            )
             for i in ids_for_seed
         ]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
@@ -268,8 +293,16 @@ def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
 def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """mean@k, pass@k, format rate and counts over item records with equal sample counts."""
     if not items:
-        return {"n_items": 0, "k": 0, "accuracy": 0.0, "mean@k": 0.0, "pass@k": 0.0, "format_rate": 0.0,
-                "timeouts": 0, "errors": 0}
+        return {
+            "n_items": 0,
+            "k": 0,
+            "accuracy": 0.0,
+            "mean@k": 0.0,
+            "pass@k": 0.0,
+            "format_rate": 0.0,
+            "timeouts": 0,
+            "errors": 0,
+        }
     correct = np.array([it["correct"] for it in items], dtype=np.float64)  # [N, k]
     fmt = np.array([it["format"] for it in items], dtype=np.float64)
     mean_at_k = float(correct.mean(axis=1).mean())
@@ -344,7 +377,11 @@ def evaluate_suite(
             try:
                 previous = json.loads(out_file.read_text())
             except ValueError as error:  # cut mid-write: keep it aside, recover the items from the JSONL
-                aside = next(f for n in range(1000) if not (f := out_file.with_suffix(".json.corrupt" + (f".{n}" if n else ""))).exists())
+                aside = next(
+                    f
+                    for n in range(1000)
+                    if not (f := out_file.with_suffix(".json.corrupt" + (f".{n}" if n else ""))).exists()
+                )
                 broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
                 os.replace(out_file, aside)
         logged_header, logged = _read_items_log(items_log)
@@ -365,8 +402,11 @@ def evaluate_suite(
         if logged_header not in (None, log_header):
             extra = {}  # a log of other settings, already refused above unless the JSON agrees: ignore it
         if broken or extra:
-            print(f"evaluate: recovered {len(extra)} finished items from {items_log}" + (f" ({broken})" if broken else ""),
-                  flush=True)
+            print(
+                f"evaluate: recovered {len(extra)} finished items from {items_log}"
+                + (f" ({broken})" if broken else ""),
+                flush=True,
+            )
         done.update(extra)
         gold_of = dict(zip(indices, golds))
         for it in done.values():
@@ -390,12 +430,21 @@ def evaluate_suite(
     for batch in batches:
         prompts = [frame["prompt"].iloc[i] for i in batch]
         responses = get_generator().generate(
-            prompts, n=n, temperature=sampling["temperature"], top_p=sampling["top_p"], max_tokens=sampling["max_tokens"],
+            prompts,
+            n=n,
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            max_tokens=sampling["max_tokens"],
             item_ids=[indices[i] for i in batch],
         )
         flat = [r for group in responses for r in group]
-        scored = score_batch(flat, [golds[i] for i in batch for _ in range(n)], timeout=timeout,
-                             num_workers=reward_workers, fallback_unboxed=fallback_unboxed)
+        scored = score_batch(
+            flat,
+            [golds[i] for i in batch for _ in range(n)],
+            timeout=timeout,
+            num_workers=reward_workers,
+            fallback_unboxed=fallback_unboxed,
+        )
         for b, i in enumerate(batch):
             group = scored[b * n : (b + 1) * n]
             done[indices[i]] = {
@@ -433,8 +482,13 @@ def suite_sampling(suite: str, args) -> dict[str, Any]:
     temperature = args.temperature if k == 1 else (args.temperature or args.sample_temperature)
     if k > 1 and temperature <= 0:
         raise EvalError(f"suite '{suite}': {k} samples per item need a temperature > 0 (--sample-temperature)")
-    return {"n": k, "temperature": temperature, "top_p": args.top_p if temperature > 0 else 1.0,
-            "max_tokens": args.max_tokens, "seed": args.seed}
+    return {
+        "n": k,
+        "temperature": temperature,
+        "top_p": args.top_p if temperature > 0 else 1.0,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
 
 
 def _sampled(text: str) -> tuple[int, float]:
@@ -450,8 +504,12 @@ def _sampled(text: str) -> tuple[int, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", action="append", required=True, help="HF model folder or verl global_step_N/actor (repeatable)")
-    p.add_argument("--name", action="append", default=[], help="result name per --checkpoint (default: derived from the path)")
+    p.add_argument(
+        "--checkpoint", action="append", required=True, help="HF model folder or verl global_step_N/actor (repeatable)"
+    )
+    p.add_argument(
+        "--name", action="append", default=[], help="result name per --checkpoint (default: derived from the path)"
+    )
     p.add_argument("--data-dir", required=True, help="folder of <suite>.parquet written by scripts/prepare_data.py")
     p.add_argument("--suites", default="math500,minerva,olympiadbench,aime24,amc23", help="comma-separated suites")
     p.add_argument("--out", required=True, help="results folder: <out>/<name>/<suite>.json")
@@ -462,8 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-seed", type=int, default=None, help="the training run's seed (for make_tables: mean +- std)")
     p.add_argument("--n", type=int, default=1, help="samples per item for suites not in --suite-n (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--sampled", default=None, metavar="N,T", type=_sampled,
-                   help="also evaluate N samples per item at temperature T into <out>/<name>-sampled (same model load)")
+    p.add_argument(
+        "--sampled",
+        default=None,
+        metavar="N,T",
+        type=_sampled,
+        help="also evaluate N samples per item at temperature T into <out>/<name>-sampled (same model load)",
+    )
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--suite-n", default="", help="per-suite samples for mean@k, e.g. aime24=16,amc23=16")
@@ -510,18 +573,35 @@ def main(argv: list[str] | None = None) -> int:
                     if args.backend == "hf":
                         generator = HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
                     else:
-                        generator = VLLMGenerator(model_dir, args.dtype or "bfloat16", args.seed,
-                                                  args.tensor_parallel_size, args.gpu_memory_utilization,
-                                                  args.max_model_len)
+                        generator = VLLMGenerator(
+                            model_dir,
+                            args.dtype or "bfloat16",
+                            args.seed,
+                            args.tensor_parallel_size,
+                            args.gpu_memory_utilization,
+                            args.max_model_len,
+                        )
                 return generator
 
             source = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
-            header = {"model": name, "checkpoint": source, "model_dir": str(model_dir),
-                      "backend": args.backend, "meta": {"pair": args.pair, "method": args.method, "role": args.role,
-                                                          **({"seed": args.run_seed} if args.run_seed is not None else {})}}
+            header = {
+                "model": name,
+                "checkpoint": source,
+                "model_dir": str(model_dir),
+                "backend": args.backend,
+                "meta": {
+                    "pair": args.pair,
+                    "method": args.method,
+                    "role": args.role,
+                    **({"seed": args.run_seed} if args.run_seed is not None else {}),
+                },
+            }
             # the model's own settings, then (--sampled) n samples at a temperature with the model still loaded
-            variants = [(name, {})] + ([(f"{name}-sampled", {"n": args.sampled[0], "temperature": args.sampled[1],
-                                                              "suite_n_map": {}})] if args.sampled else [])
+            variants = [(name, {})] + (
+                [(f"{name}-sampled", {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n_map": {}})]
+                if args.sampled
+                else []
+            )
             for folder, change in variants:
                 (Path(args.out) / folder).mkdir(parents=True, exist_ok=True)
                 for suite in suites:
@@ -541,8 +621,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{'model':<28}{'suite':<15}{'items':>6}{'k':>4}{'mean@k':>9}{'pass@k':>9}{'format':>8}{'t/o':>5}{'new':>6}")
     for name, suite, agg, counts in summary:
-        print(f"{name:<28}{suite:<15}{agg['n_items']:>6}{agg['k']:>4}{agg['mean@k']:>9.4f}{agg['pass@k']:>9.4f}"
-              f"{agg['format_rate']:>8.3f}{agg['timeouts']:>5}{counts['generated']:>6}")
+        print(
+            f"{name:<28}{suite:<15}{agg['n_items']:>6}{agg['k']:>4}{agg['mean@k']:>9.4f}{agg['pass@k']:>9.4f}"
+            f"{agg['format_rate']:>8.3f}{agg['timeouts']:>5}{counts['generated']:>6}"
+        )
     return 0
 
 

@@ -54,16 +54,35 @@ from typing import Any
 import numpy as np
 
 SUITES = ["math500", "minerva", "olympiadbench", "aime24", "amc23"]
-SUITE_TITLES = {"math500": "MATH500", "minerva": "Minerva", "olympiadbench": "OlympiadBench",
-                "aime24": "AIME24", "amc23": "AMC23", "test": "Test"}
+SUITE_TITLES = {
+    "math500": "MATH500",
+    "minerva": "Minerva",
+    "olympiadbench": "OlympiadBench",
+    "aime24": "AIME24",
+    "amc23": "AMC23",
+    "test": "Test",
+}
 METHOD_ORDER = ["base", "grpo", "codistill", "frozen_teacher", "no_is", "kd_only"]
-METHOD_TITLES = {"base": "Base", "grpo": "GRPO", "codistill": "CoDistill-GRPO", "frozen_teacher": "Frozen teacher",
-                 "no_is": "No IS", "kd_only": "KD only"}
+METHOD_TITLES = {
+    "base": "Base",
+    "grpo": "GRPO",
+    "codistill": "CoDistill-GRPO",
+    "frozen_teacher": "Frozen teacher",
+    "no_is": "No IS",
+    "kd_only": "KD only",
+}
 ROLE_ORDER = ["small", "large"]
-DEFAULT_CURVE_KEYS = ["val-core/*/acc/mean@*", "critic/score/mean", "small/kd_reward_mean", "large/is_ess",
-                      "small/pg_loss", "large/pg_loss",
-                      # the held-out KD divergence: val/kd_kl, or verl's val-core/<source>/kd_kl/... style keys
-                      "val/kd_kl", "val*/*kd_kl*"]
+DEFAULT_CURVE_KEYS = [
+    "val-core/*/acc/mean@*",
+    "critic/score/mean",
+    "small/kd_reward_mean",
+    "large/is_ess",
+    "small/pg_loss",
+    "large/pg_loss",
+    # the held-out KD divergence: val/kd_kl, or verl's val-core/<source>/kd_kl/... style keys
+    "val/kd_kl",
+    "val*/*kd_kl*",
+]
 
 
 class TableError(ValueError):
@@ -99,8 +118,9 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
                 data, problem = None, f"unreadable ({error})"
             if problem is None and (data.get("suite") not in suites or "aggregate" not in data):
                 continue  # another suite, or not an evaluate.py result
-            if problem is None and not all(isinstance(it, dict) and "index" in it and it.get("correct")
-                                           for it in data.get("items") or [None]):
+            if problem is None and not all(
+                isinstance(it, dict) and "index" in it and it.get("correct") for it in data.get("items") or [None]
+            ):
                 problem = "no per-item records (items with index and correct)"
             if problem:
                 if not allow_missing:
@@ -111,13 +131,17 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
             suite, seed, mode = data["suite"], meta.get("seed"), _mode(data)
             if (*key, seed, suite, mode) in seen:
-                raise TableError(f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
-                                 f"suite={suite!r} ({mode}): {seen[(*key, seed, suite, mode)]} and {file}")
+                raise TableError(
+                    f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
+                    f"suite={suite!r} ({mode}): {seen[(*key, seed, suite, mode)]} and {file}"
+                )
             seen[(*key, seed, suite, mode)] = str(file)
-            cell = table.setdefault(key, {}).setdefault((suite, mode), {
-                "seeds": {}, "k": set(), "temperature": set(), "files": {}, "complete": True})
-            cell["seeds"][seed] = {int(it["index"]): (float(np.mean(it["correct"])), float(np.max(it["correct"])))
-                                   for it in data["items"]}
+            cell = table.setdefault(key, {}).setdefault(
+                (suite, mode), {"seeds": {}, "k": set(), "temperature": set(), "files": {}, "complete": True}
+            )
+            cell["seeds"][seed] = {
+                int(it["index"]): (float(np.mean(it["correct"])), float(np.max(it["correct"]))) for it in data["items"]
+            }
             cell["k"].add(len(data["items"][0]["correct"]))
             cell["temperature"].add(float((data.get("sampling") or {}).get("temperature", 0.0)))
             cell["files"][seed] = str(file)
@@ -149,11 +173,15 @@ def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, st
             have = set(cell["seeds"]) if cell else set()
             what = []
             if want - have:
-                what.append(f"no result for seed {', '.join(map(str, sorted(want - have, key=str)))} "
-                            f"(have {len(have & want)} of {len(want)} seeds)")
+                what.append(
+                    f"no result for seed {', '.join(map(str, sorted(want - have, key=str)))} "
+                    f"(have {len(have & want)} of {len(want)} seeds)"
+                )
             for seed in sorted(have, key=str):
                 if len(cell["seeds"][seed]) < len(e["items"][suite]):
-                    what.append(f"{len(cell['seeds'][seed])} of {len(e['items'][suite])} items in {cell['files'][seed]}")
+                    what.append(
+                        f"{len(cell['seeds'][seed])} of {len(e['items'][suite])} items in {cell['files'][seed]}"
+                    )
             if what:
                 missing[(pair, role, method, suite, mode)] = "; ".join(what)
     return missing
@@ -169,7 +197,9 @@ def cell_matrix(cell: dict, stat: int = 0) -> tuple[np.ndarray, list, list[int]]
 # ------------------------------------------------------------------------------------ statistics
 
 
-def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap(
+    values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
 
     With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
@@ -256,11 +286,14 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     """
     out: dict[str, list[float]] = {}
     for label, series in logs.items():
-        total, resp, prompt = (series.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean"))
+        total, resp, prompt = (
+            series.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
+        )
         steps = set(total) & set(resp) & set(prompt)
         if steps:
             out.setdefault(label.rsplit("/", 1)[0] if "/" in label else label, []).append(
-                sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0))
+                sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
+            )
     return out
 
 
@@ -286,15 +319,27 @@ def _lookup(table: dict, key: tuple, suite: str, kind: str) -> tuple[tuple | Non
     return ((suite, "sampled"), 1) if pair_sampled else (None, 1)
 
 
-def table_rows(table: dict, suites: list[str], minutes: dict[str, list[float]] | None = None,
-               missing: dict | None = None, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def table_rows(
+    table: dict,
+    suites: list[str],
+    minutes: dict[str, list[float]] | None = None,
+    missing: dict | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """Ordered rows: ``{"pair", "role", "method", "key", (suite, kind): (mean %, lo %, hi %) | None,
     "flag": {(suite, kind): what is missing}, "avg", "time", "seeds"}``."""
     rows, cols = [], columns(table, suites)
     for key in _order(list(table)):
         cells = table[key]
-        row: dict[str, Any] = {"pair": key[0], "role": key[1], "method": method_title(key[2]), "key": key, "flag": {},
-                               "seeds": max((len(c["seeds"]) for c in cells.values()), default=0)}
+        row: dict[str, Any] = {
+            "pair": key[0],
+            "role": key[1],
+            "method": method_title(key[2]),
+            "key": key,
+            "flag": {},
+            "seeds": max((len(c["seeds"]) for c in cells.values()), default=0),
+        }
         for suite, kind in cols:
             where, stat = _lookup(table, key, suite, kind)
             cell = cells.get(where) if where else None
@@ -312,8 +357,9 @@ def table_rows(table: dict, suites: list[str], minutes: dict[str, list[float]] |
     return rows
 
 
-def difference_rows(table: dict, suites: list[str], missing: dict | None = None, resamples: int = 2000,
-                    seed: int = 0) -> list[dict[str, Any]]:
+def difference_rows(
+    table: dict, suites: list[str], missing: dict | None = None, resamples: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
     """Per (pair, role): every method - Base (paired on items) and every CoDistill-GRPO (and sweep
     variant) - GRPO (paired on seeds and items), on each suite's main number: ``{"pair", "role",
     "comparison", suite: (diff %, lo %, hi %, seeds, items) | None, "flag": {suite}}``."""
@@ -345,14 +391,21 @@ def _ci(cell: tuple | None, digits: int) -> str:
 
 def _title(table: dict, suite: str, kind: str) -> str:
     name = SUITE_TITLES.get(suite, suite)
-    ks = {k for cells in table.values() for (s, mode), c in cells.items() if s == suite and mode == "sampled" for k in c["k"]}
+    ks = {
+        k
+        for cells in table.values()
+        for (s, mode), c in cells.items()
+        if s == suite and mode == "sampled"
+        for k in c["k"]
+    }
     k = str(ks.pop()) if len(ks) == 1 else "k"
     both = {"greedy", "sampled"} <= {mode for cells in table.values() for (s, mode) in cells if s == suite}
     return {"main": f"{name} mean@{k}" if both else name, "greedy": f"{name} greedy", "pass": f"{name} pass@{k}"}[kind]
 
 
-def render_markdown(rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1,
-                    footer: list[str] = ()) -> str:
+def render_markdown(
+    rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1, footer: list[str] = ()
+) -> str:
     cols = columns(table, suites)
     header = ["Model pair", "Model", "Method"] + [_title(table, s, k) for s, k in cols]
     header += (["Avg"] if len(suites) > 1 else []) + ["Train time (min)", "Seeds"]
@@ -367,7 +420,10 @@ def render_markdown(rows: list[dict[str, Any]], table: dict, suites: list[str], 
         if len(suites) > 1:
             cells.append("–" if row["avg"] is None else f"{row['avg']:.{digits}f}")
         time = row["time"]
-        cells += ["–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"), str(row["seeds"])]
+        cells += [
+            "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"),
+            str(row["seeds"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent."]
     lines += list(dict.fromkeys(notes)) + list(footer)
@@ -384,8 +440,11 @@ def render_differences(rows: list[dict[str, Any]], table: dict, suites: list[str
             excludes = row[s] is not None and (row[s][1] > 0 or row[s][2] < 0)
             cells.append((f"**{text}**" if excludes else text) + ("†" if s in row["flag"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences in percentage points, 95% bootstrap interval (items paired by index; seeds "
-              "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items."]
+    lines += [
+        "",
+        "Paired differences in percentage points, 95% bootstrap interval (items paired by index; seeds "
+        "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -397,25 +456,46 @@ def write_csv(rows: list[dict[str, Any]], table: dict, suites: list[str], path: 
     names = [s if k == "main" else f"{s}_{k}" for s, k in cols]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["pair", "model", "method"] + [f"{n}{part}" for n in names for part in ("", "_lo", "_hi")]
-                        + ["avg", "train_min", "train_min_std", "seeds", "missing"])
+        writer.writerow(
+            ["pair", "model", "method"]
+            + [f"{n}{part}" for n in names for part in ("", "_lo", "_hi")]
+            + ["avg", "train_min", "train_min_std", "seeds", "missing"]
+        )
         for row in rows:
             values = [num(row[c][i]) if row[c] else "" for c in cols for i in range(3)]
             time = row["time"] or (None, None)
-            writer.writerow([row["pair"], row["role"], row["method"]] + values
-                            + [num(row["avg"]), num(time[0]), num(time[1]), row["seeds"], "; ".join(row["flag"].values())])
+            writer.writerow(
+                [row["pair"], row["role"], row["method"]]
+                + values
+                + [num(row["avg"]), num(time[0]), num(time[1]), row["seeds"], "; ".join(row["flag"].values())]
+            )
 
 
 def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"])
+        writer.writerow(
+            ["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"]
+        )
         for row in rows:
             for s in suites:
                 if row[s] is not None:
                     d, lo, hi, n_seeds, n_items = row[s]
-                    writer.writerow([row["pair"], row["role"], row["comparison"], s, f"{d:.{digits}f}", f"{lo:.{digits}f}",
-                                     f"{hi:.{digits}f}", int(lo > 0 or hi < 0), n_seeds, n_items, int(s in row["flag"])])
+                    writer.writerow(
+                        [
+                            row["pair"],
+                            row["role"],
+                            row["comparison"],
+                            s,
+                            f"{d:.{digits}f}",
+                            f"{lo:.{digits}f}",
+                            f"{hi:.{digits}f}",
+                            int(lo > 0 or hi < 0),
+                            n_seeds,
+                            n_items,
+                            int(s in row["flag"]),
+                        ]
+                    )
 
 
 def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
@@ -480,16 +560,24 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
             steps = sorted(set().union(*runs))
             values = [[r[s] for r in runs if s in r] for s in steps]
             mean = [statistics.fmean(v) for v in values]
-            ax.plot(steps, mean, label=f"{name} (n={len(runs)})", marker="o" if len(steps) <= 50 else None,
-                    markersize=3, color=colors[name])
+            ax.plot(
+                steps,
+                mean,
+                label=f"{name} (n={len(runs)})",
+                marker="o" if len(steps) <= 50 else None,
+                markersize=3,
+                color=colors[name],
+            )
             if len(runs) > 1:
-                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=colors[name], alpha=0.2)
+                ax.fill_between(
+                    steps, [min(v) for v in values], [max(v) for v in values], color=colors[name], alpha=0.2
+                )
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -499,14 +587,23 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", action="append", default=[], help="folder of evaluate.py JSONs (repeatable, searched recursively)")
+    p.add_argument(
+        "--results", action="append", default=[], help="folder of evaluate.py JSONs (repeatable, searched recursively)"
+    )
     p.add_argument("--out", required=True, help="output folder: main_table.md/.csv, differences.md/.csv, curves.png")
     p.add_argument("--suites", default=",".join(SUITES), help="table columns, in order")
-    p.add_argument("--log", action="append", default=[], metavar="EXP[/SEED]=FILE",
-                   help="verl file-logger JSONL (repeatable); EXP may be a sweep's codistill[KEY=VALUE]")
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="EXP[/SEED]=FILE",
+        help="verl file-logger JSONL (repeatable); EXP may be a sweep's codistill[KEY=VALUE]",
+    )
     p.add_argument("--curve-keys", default=None, help="comma-separated fnmatch patterns of metrics to plot")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds every trained row must have")
-    p.add_argument("--allow-missing", action="store_true", help="tabulate despite missing/corrupt results (cells marked †)")
+    p.add_argument(
+        "--allow-missing", action="store_true", help="tabulate despite missing/corrupt results (cells marked †)"
+    )
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per cell (default 2000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="RNG seed of the bootstrap (default 0)")
     args = p.parse_args(argv)
@@ -527,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
             # a sweep's label has its own "=": codistill[kd.coef=0.3]/1=FILE
             cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
-            label, file = item[:cut], item[cut + 1:]
+            label, file = item[:cut], item[cut + 1 :]
             if not Path(file).exists():
                 raise TableError(f"--log {label}: {file} not found")
             logs[label] = read_log(file)
@@ -540,8 +637,10 @@ def main(argv: list[str] | None = None) -> int:
             if missing and not args.allow_missing:
                 (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
                 more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
-                raise TableError(f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or "
-                                 "pass --allow-missing")
+                raise TableError(
+                    f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or "
+                    "pass --allow-missing"
+                )
             footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
             rows = table_rows(table, suites, train_minutes(logs), missing, args.resamples, args.bootstrap_seed)
             markdown = render_markdown(rows, table, suites, footer=footer)
@@ -552,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
             (out / "differences.md").write_text(diff_md)
             write_differences_csv(diffs, suites, out / "differences.csv")
             print(markdown + "\n" + diff_md, end="")
-            print(f"wrote {out / 'main_table.md'}, {out / 'main_table.csv'}, {out / 'differences.md'}, {out / 'differences.csv'}")
+            print(
+                f"wrote {out / 'main_table.md'}, {out / 'main_table.csv'}, {out / 'differences.md'}, {out / 'differences.csv'}"
+            )
         if logs:
             patterns = args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS
             try:

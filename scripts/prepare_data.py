@@ -106,7 +106,11 @@ def _level(value: Any) -> int:
 
 
 def build_suite(
-    frame: pd.DataFrame, spec: dict[str, Any], suite: str, template: list[dict[str, str]], on_bad_row: str = "fail",
+    frame: pd.DataFrame,
+    spec: dict[str, Any],
+    suite: str,
+    template: list[dict[str, str]],
+    on_bad_row: str = "fail",
     levels: list[int] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Map raw rows to verl rows. Returns ``(rows, problems)``; ``problems`` lists dropped rows.
@@ -202,11 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="datasets YAML (default configs/data/math.yaml)")
     parser.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="templates YAML")
     parser.add_argument("--suites", default=None, help="comma-separated suites (default: all in the config)")
-    parser.add_argument("--local", action="append", default=[], metavar="SUITE=FILE",
-                        help="read SUITE from a local jsonl/json/parquet file instead of its configured source")
+    parser.add_argument(
+        "--local",
+        action="append",
+        default=[],
+        metavar="SUITE=FILE",
+        help="read SUITE from a local jsonl/json/parquet file instead of its configured source",
+    )
     parser.add_argument("--levels", default=None, help="train difficulty filter, e.g. 3,4,5 (MATH level 3-5 subset)")
-    parser.add_argument("--on-bad-row", choices=("fail", "drop"), default="fail",
-                        help="a row with a missing/empty question or answer: fail the run (default) or drop it")
+    parser.add_argument(
+        "--on-bad-row",
+        choices=("fail", "drop"),
+        default="fail",
+        help="a row with a missing/empty question or answer: fail the run (default) or drop it",
+    )
     parser.add_argument("--limit", type=int, default=None, help="keep only the first N rows of each suite")
     args = parser.parse_args(argv)
 
@@ -235,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 spec.update(loader="local", path=local[suite])
             frame = read_table(spec, suite)
             rows, problems = build_suite(
-                frame, spec, suite, templates[args.template], args.on_bad_row,
+                frame,
+                spec,
+                suite,
+                templates[args.template],
+                args.on_bad_row,
                 levels=levels if spec.get("level") and spec.get("split_name") == "train" else None,
             )
             for problem in problems:
@@ -264,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'suite':<16}{'read':>8}{'kept':>8}{'dropped':>9}{'filtered':>10}  file")
     for suite, entry in manifest["suites"].items():
-        print(f"{suite:<16}{entry['read']:>8}{entry['rows']:>8}{entry['dropped']:>9}{entry['filtered']:>10}"
-              f"  {out / entry['file']}")
+        print(
+            f"{suite:<16}{entry['read']:>8}{entry['rows']:>8}{entry['dropped']:>9}{entry['filtered']:>10}"
+            f"  {out / entry['file']}"
+        )
     print(f"manifest: {out / 'manifest.json'}")
     return 0
 

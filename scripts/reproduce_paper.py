@@ -125,8 +125,10 @@ class Plan:
         if args.sweep:
             key, values = args.sweep
             short = ".".join(key.split(".")[-2:])
-            variants = [(f"codistill[{short}={v}]", re.sub(r"[^A-Za-z0-9._-]", "_", f"codistill_{short}-{v}"), [f"{key}={v}"])
-                        for v in values]
+            variants = [
+                (f"codistill[{short}={v}]", re.sub(r"[^A-Za-z0-9._-]", "_", f"codistill_{short}-{v}"), [f"{key}={v}"])
+                for v in values
+            ]
             self.exps = [v for e in self.exps for v in ([n for n, _, _ in variants] if e == "codistill" else [e])]
         variant_of = {n: (folder, extra) for n, folder, extra in variants}
         self.runs: list[Run] = []
@@ -135,17 +137,29 @@ class Plan:
             base = resolved(compose_config(pair, "codistill", self._common(), platform=self.platform))
             val = [Path(v) for v in base.data.val_files]
             self.pairs[pair] = {
-                "small": str(base.pair.small.model.path), "large": str(base.pair.large.model.path),
-                "data_dir": str(val[0].parent), "suites": [v.stem for v in val],
-                "max_tokens": int(base.data.max_response_length), "steps": int(base.trainer.total_training_steps),
+                "small": str(base.pair.small.model.path),
+                "large": str(base.pair.large.model.path),
+                "data_dir": str(val[0].parent),
+                "suites": [v.stem for v in val],
+                "max_tokens": int(base.data.max_response_length),
+                "steps": int(base.trainer.total_training_steps),
                 "sampled": _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None)),
             }
             for seed in args.seeds:
                 for name in self.exps:
-                    exp, folder_name, extra = ("codistill", *variant_of[name]) if name in variant_of else (name, name, [])
+                    exp, folder_name, extra = (
+                        ("codistill", *variant_of[name]) if name in variant_of else (name, name, [])
+                    )
                     folder = self.out / "runs" / pair / folder_name / f"seed{seed}"
-                    hydra = [f"pair={pair}", f"exp={exp}", f"platform={self.platform}", f"run.seed={seed}",
-                             f"run.dir={folder}", *self._common(), *extra]
+                    hydra = [
+                        f"pair={pair}",
+                        f"exp={exp}",
+                        f"platform={self.platform}",
+                        f"run.seed={seed}",
+                        f"run.dir={folder}",
+                        *self._common(),
+                        *extra,
+                    ]
                     self.runs.append(Run(pair, exp, seed, folder, self.pairs[pair]["steps"], hydra, name))
 
     def expected_minutes(self, todo: list[Run]) -> str:
@@ -154,7 +168,10 @@ class Plan:
         for run in self.runs:
             try:
                 lines = (run.folder / "metrics.jsonl").read_text().splitlines()
-                steps = {r["step"]: (r.get("data") or r).get("timing_s/step", 0.0) for r in map(json.loads, filter(None, lines))}
+                steps = {
+                    r["step"]: (r.get("data") or r).get("timing_s/step", 0.0)
+                    for r in map(json.loads, filter(None, lines))
+                }
             except (OSError, ValueError, KeyError, AttributeError):
                 continue
             if run.finished() and sum(steps.values()) > 0:
@@ -181,7 +198,9 @@ def _sampled_eval(pair: str, node) -> dict | None:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})") from None
     if n < 1 or temperature <= 0:
-        raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} temperature={temperature}")
+        raise ValueError(
+            f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} temperature={temperature}"
+        )
     return {"n": n, "temperature": temperature}
 
 
@@ -235,7 +254,9 @@ def stage_train(plan: Plan) -> list[str]:
             sys.stdout.write(out.stdout)
             if out.returncode:
                 raise SystemExit(f"[reproduce] error: submitting {run.label} failed:\n{out.stderr[-2000:]}")
-            job = [w for line in out.stdout.splitlines() if "submitted job" in line for w in line.split()][3].rstrip(":")
+            job = [w for line in out.stdout.splitlines() if "submitted job" in line for w in line.split()][3].rstrip(
+                ":"
+            )
             run.folder.mkdir(parents=True, exist_ok=True)
             (run.folder / "slurm_job_id").write_text(job + "\n")
             jobs.append(job)
@@ -243,6 +264,7 @@ def stage_train(plan: Plan) -> list[str]:
     total_steps = sum(r.steps for r in todo)
     done_steps, start = 0, time.monotonic()
     for i, run in enumerate(todo, 1):
+
         def progress(line: str, run=run, i=i) -> None:
             nonlocal done_steps
             step = progress_step(line)
@@ -251,8 +273,10 @@ def stage_train(plan: Plan) -> list[str]:
             elapsed = time.monotonic() - start
             left = total_steps - (done_steps + step)
             rate = elapsed / max(done_steps + step, 1)
-            say(f"run {i}/{len(todo)} {run.label}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, "
-                f"about {left * rate / 60:.0f} min left")
+            say(
+                f"run {i}/{len(todo)} {run.label}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, "
+                f"about {left * rate / 60:.0f} min left"
+            )
 
         say(f"run {i}/{len(todo)} {run.label}: training in {run.folder}")
         rc = act(args, [python(), "-m", "recipe.codistill_grpo.main_codistill", *run.hydra], stream=progress)
@@ -282,8 +306,9 @@ def _complete(folder: Path, suites: list[str]) -> bool:
     return True
 
 
-def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None,
-              exp: str = "base") -> None:
+def _evaluate(
+    plan: Plan, pair: str, name: str, checkpoint: str, method: str, role: str, seed: int | None, exp: str = "base"
+) -> None:
     """Evaluate one model greedily into results/<pair>/<name>; with ``pair.eval`` also sampled into
     results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
     facts = plan.pairs[pair]
@@ -298,11 +323,33 @@ def _evaluate(plan: Plan, pair: str, name: str, checkpoint: str, method: str, ro
     if all(_complete(results / folder, facts["suites"]) for folder in folders):
         say(f"skip evaluation {pair}/{name}: results complete")
         return
-    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--data-dir",
-           facts["data_dir"], "--suites", ",".join(facts["suites"]), "--out", str(results),
-           "--backend", "hf" if plan.where == "cpu" else "vllm", "--pair", pair, "--method", method, "--role", role,
-           "--max-tokens", str(facts["max_tokens"]),
-           "--merged-root", str(plan.out / "merged" / pair / exp), "--no-progress"]  # run folders are seed<N> under each exp
+    cmd = [
+        python(),
+        "scripts/evaluate.py",
+        "--checkpoint",
+        checkpoint,
+        "--name",
+        name,
+        "--data-dir",
+        facts["data_dir"],
+        "--suites",
+        ",".join(facts["suites"]),
+        "--out",
+        str(results),
+        "--backend",
+        "hf" if plan.where == "cpu" else "vllm",
+        "--pair",
+        pair,
+        "--method",
+        method,
+        "--role",
+        role,
+        "--max-tokens",
+        str(facts["max_tokens"]),
+        "--merged-root",
+        str(plan.out / "merged" / pair / exp),
+        "--no-progress",
+    ]  # run folders are seed<N> under each exp
     cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
     cmd += ["--batch-size", "64"] if plan.where == "cpu" else []  # the toy models: one generate call per 64 items
     if act(plan.args, cmd):
@@ -322,37 +369,73 @@ def stage_eval(plan: Plan) -> None:
             say(f"skip evaluation {run.label}: no final checkpoint yet ({run.folder})")
             continue
         method = "grpo" if run.exp.startswith("grpo_") else run.name
-        roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(run.exp, ["small", "large"])
+        roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(
+            run.exp, ["small", "large"]
+        )
         for role in roles:
             model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
-            _evaluate(plan, run.pair, f"{run.folder.parent.name}-seed{run.seed}-{role}", str(run.checkpoint(model)), method,
-                      role, run.seed, run.folder.parent.name)
+            _evaluate(
+                plan,
+                run.pair,
+                f"{run.folder.parent.name}-seed{run.seed}-{role}",
+                str(run.checkpoint(model)),
+                method,
+                role,
+                run.seed,
+                run.folder.parent.name,
+            )
 
 
 def stage_tables(plan: Plan) -> None:
     """One table per pair (tables/<pair>/): its results, its runs' logs (a row's train time and
     tokens come from the same pair's runs)."""
     for pair, facts in plan.pairs.items():
-        cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results" / pair),
-               "--out", str(plan.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
+        cmd = [
+            python(),
+            "scripts/make_tables.py",
+            "--results",
+            str(plan.out / "results" / pair),
+            "--out",
+            str(plan.out / "tables" / pair),
+            "--suites",
+            ",".join(facts["suites"]),
+        ]
         for r in plan.runs:
             if r.pair == pair and (r.folder / "metrics.jsonl").exists():
                 cmd += ["--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}"]
-        cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (["--allow-missing"] if plan.args.allow_missing else [])
+        cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (
+            ["--allow-missing"] if plan.args.allow_missing else []
+        )
         if act(plan.args, cmd):
             raise SystemExit(f"[reproduce] error: make_tables.py failed for {pair}")
 
 
 def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     args = plan.args
-    cmd = ["bash", "scripts/reproduce_paper.sh", "--stage", "after-train", "--pairs", ",".join(args.pairs),
-           "--seeds", ",".join(map(str, args.seeds))]
+    cmd = [
+        "bash",
+        "scripts/reproduce_paper.sh",
+        "--stage",
+        "after-train",
+        "--pairs",
+        ",".join(args.pairs),
+        "--seeds",
+        ",".join(map(str, args.seeds)),
+    ]
     cmd += (["--ablations"] if args.ablations else []) + (["--steps", str(args.steps)] if args.steps else [])
-    cmd += (["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] if args.sweep else [])
+    cmd += ["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] if args.sweep else []
     cmd += ["--allow-missing"] if args.allow_missing else []
     cmd += ["--", *args.overrides] if args.overrides else []
-    sbatch = ["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8",
-              "--job-name=codistill-reproduce-eval", f"--output={Path(os.environ['CODISTILL_OUTPUT_DIR']) / 'slurm'}/%x-%j.out"]
+    sbatch = [
+        "sbatch",
+        "--parsable",
+        f"--chdir={REPO}",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--job-name=codistill-reproduce-eval",
+        f"--output={Path(os.environ['CODISTILL_OUTPUT_DIR']) / 'slurm'}/%x-%j.out",
+    ]
     if jobs:
         sbatch.append("--dependency=afterany:" + ":".join(jobs))
     sbatch += ["scripts/slurm/job.sbatch", *cmd]
@@ -362,8 +445,11 @@ def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     out = subprocess.run(sbatch, cwd=REPO, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"[reproduce] error: sbatch refused the evaluation job: {out.stderr.strip()}")
-    say(f"submitted evaluation job {out.stdout.strip().split(';')[0]}"
-        + (f" after jobs {', '.join(jobs)}" if jobs else "") + f"; tables will be in {plan.out / 'tables'}")
+    say(
+        f"submitted evaluation job {out.stdout.strip().split(';')[0]}"
+        + (f" after jobs {', '.join(jobs)}" if jobs else "")
+        + f"; tables will be in {plan.out / 'tables'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1:]
+        argv, overrides = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(prog="reproduce_paper.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", help="comma-separated (default: toy on CPU, the two paper pairs elsewhere)")
     p.add_argument("--seeds", help="comma-separated training seeds (default: 1,2,3 on CPU, 1 elsewhere)")
@@ -380,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", default="all", choices=STAGES)
     p.add_argument("--nodes", type=int, help="nodes per training run (login node: run_qwen_math.sh --nodes)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is skipped; run nothing")
-    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key (replaces codistill)")
+    p.add_argument(
+        "--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key (replaces codistill)"
+    )
     p.add_argument("--allow-missing", action="store_true", help="make_tables.py: tabulate despite missing results")
     args = p.parse_args(argv)
     if args.sweep:
@@ -401,14 +489,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"[reproduce] error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
     for pair in args.pairs:
         if where == "cpu" and pair not in CPU_PAIRS:
-            raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs "
-                             f"{' or '.join(CPU_PAIRS)}")
+            raise SystemExit(
+                f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs {' or '.join(CPU_PAIRS)}"
+            )
     try:
         plan = Plan(args, where)
     except ValueError as e:  # an unknown pair or a bad override: one line from the config module
         raise SystemExit(f"[reproduce] error: {e}") from None
-    say(f"{len(plan.runs)} runs: {', '.join(plan.exps)} x seeds {', '.join(map(str, args.seeds))} on "
-        f"{', '.join(args.pairs)}; output in {plan.out}")
+    say(
+        f"{len(plan.runs)} runs: {', '.join(plan.exps)} x seeds {', '.join(map(str, args.seeds))} on "
+        f"{', '.join(args.pairs)}; output in {plan.out}"
+    )
     started = time.monotonic()
     if args.stage == "after-train":
         stages = ["eval", "tables"]
@@ -423,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs = result or jobs
     if where == "login" and args.stage == "all":
         submit_after_train(plan, jobs)
-    say(("dry run: nothing was run or submitted; " if args.dry_run else "") + f"done in {(time.monotonic() - started) / 60:.1f} min")
+    say(
+        ("dry run: nothing was run or submitted; " if args.dry_run else "")
+        + f"done in {(time.monotonic() - started) / 60:.1f} min"
+    )
     return 0
 
 

@@ -14,8 +14,18 @@ import torch
 from recipe.codistill_grpo.trainer import LARGE_FIELDS, CoDistillTrainer
 
 DUMP_KEYS = (
-    "prompts", "responses", "input_ids", "attention_mask", "position_ids", "response_mask", "token_level_rewards",
-    "token_level_scores", "old_log_probs", "rollout_log_probs", "advantages", *LARGE_FIELDS,
+    "prompts",
+    "responses",
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "response_mask",
+    "token_level_rewards",
+    "token_level_scores",
+    "old_log_probs",
+    "rollout_log_probs",
+    "advantages",
+    *LARGE_FIELDS,
 )
 
 
@@ -39,7 +49,7 @@ class DumpingTrainer(CoDistillTrainer):
         record["raw_prompt"] = [str(x) for x in batch.non_tensor_batch.get("raw_prompt", [])]
         torch.save(record, os.path.join(folder, f"batch_step_{self.global_steps}.pt"))
         server = ray.get_actor("codistill_hf_server_0_0")
-        weights = ray.get(server.__ray_call__.remote(
-            lambda srv: {k: v.detach().clone() for k, v in srv.model.state_dict().items()}
-        ))
+        weights = ray.get(
+            server.__ray_call__.remote(lambda srv: {k: v.detach().clone() for k, v in srv.model.state_dict().items()})
+        )
         torch.save(weights, os.path.join(folder, f"rollout_weights_step_{self.global_steps}.pt"))

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-
-import verl_ext.codistill as codistill
 from verl.trainer.ppo.core_algos import (
     compute_grpo_outcome_advantage,
     compute_grpo_vectorized_outcome_advantage,
     get_adv_estimator_fn,
 )
+
+import verl_ext.codistill as codistill
 from verl_ext.codistill.advantage import (
     compute_codistill_advantage_from_config,
     compute_codistill_outcome_advantage,
@@ -272,8 +272,11 @@ def test_verls_pass_then_kd_part_equals_the_loop_reference(credit, task_reward):
     assert get_adv_estimator_fn("codistill") is compute_codistill_advantage_from_config
     rewards, mask, labels, ls, ll = make_batch(5)
     algo = OmegaConf.create(
-        {"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": True,
-         "codistill": {"kd": {"coef": 0.3, "credit": credit, "clamp": 4.0}, "task_reward": task_reward}}
+        {
+            "adv_estimator": "codistill",
+            "norm_adv_by_std_in_grpo": True,
+            "codistill": {"kd": {"coef": 0.3, "credit": credit, "clamp": 4.0}, "task_reward": task_reward},
+        }
     )
     batch = DataProto.from_dict(
         tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels}
@@ -299,8 +302,9 @@ def test_verls_compute_advantage_honours_norm_adv_by_std_in_grpo(norm):
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
     rewards, mask, labels, _, _ = make_batch(5)
-    algo = OmegaConf.create({"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": norm,
-                             "codistill": {"kd": {"coef": 0.0}}})
+    algo = OmegaConf.create(
+        {"adv_estimator": "codistill", "norm_adv_by_std_in_grpo": norm, "codistill": {"kd": {"coef": 0.0}}}
+    )
 
     def verls(estimator, tensors):
         batch = DataProto.from_dict(tensors=dict(tensors), non_tensors={"uid": labels})
@@ -312,8 +316,10 @@ def test_verls_compute_advantage_honours_norm_adv_by_std_in_grpo(norm):
     assert grpo.abs().max().item() > 0.1
 
     one = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
-    hand = DataProto.from_dict(tensors={"token_level_rewards": one, "response_mask": torch.ones(4, 1)},
-                               non_tensors={"uid": np.array(["g"] * 4, dtype=object)})
+    hand = DataProto.from_dict(
+        tensors={"token_level_rewards": one, "response_mask": torch.ones(4, 1)},
+        non_tensors={"uid": np.array(["g"] * 4, dtype=object)},
+    )
     got = compute_advantage(hand, adv_estimator="codistill", norm_adv_by_std_in_grpo=norm, config=algo)
     want = [1.5, -0.5, -0.5, -0.5] if norm else [0.75, -0.25, -0.25, -0.25]  # std of [1,0,0,0] is 0.5
     assert got.batch["advantages"][:, 0].tolist() == pytest.approx(want, abs=1e-5)
@@ -385,14 +391,19 @@ def test_registry_refuses_a_different_function_under_our_name():
 def test_one_computation_of_the_small_advantage(credit, monkeypatch):
     """Issue 16 item 16: the full-advantage entry is verl's outcome pass followed by add_kd_advantage (what
     training calls), bit for bit, and it goes through add_kd_advantage rather than a second copy."""
-    import verl_ext.codistill.advantage as adv_mod
     from verl import DataProto
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
+    import verl_ext.codistill.advantage as adv_mod
+
     rewards, mask, labels, ls, ll = make_batch(9)
     algo = OmegaConf.create({"adv_estimator": "codistill", "codistill": {"kd": {"coef": 0.7, "credit": credit}}})
-    batch = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels})
-    outcome = compute_advantage(batch, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo).batch["advantages"]
+    batch = DataProto.from_dict(
+        tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": labels}
+    )
+    outcome = compute_advantage(batch, adv_estimator="codistill", norm_adv_by_std_in_grpo=True, config=algo).batch[
+        "advantages"
+    ]
     trained, _ = adv_mod.add_kd_advantage(outcome, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
     full, _ = compute_codistill_outcome_advantage(rewards, mask, labels, ls, ll, kd_coef=0.7, kd_credit=credit)
     assert torch.equal(full, trained)

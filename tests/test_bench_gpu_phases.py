@@ -48,13 +48,25 @@ def test_builtin_table_matches_published_configs(key):
 
     hidden, layers, heads, kv, inter, vocab, tie, max_pos, theta, params = PUBLISHED[key]
     table = bench.BUILTIN_CONFIGS[key]
-    assert (table["hidden_size"], table["num_hidden_layers"], table["num_attention_heads"],
-            table["num_key_value_heads"], table["intermediate_size"], table["vocab_size"],
-            table["tie_word_embeddings"], table["max_position_embeddings"], table["rope_theta"]) == \
-        (hidden, layers, heads, kv, inter, vocab, tie, max_pos, theta)
+    assert (
+        table["hidden_size"],
+        table["num_hidden_layers"],
+        table["num_attention_heads"],
+        table["num_key_value_heads"],
+        table["intermediate_size"],
+        table["vocab_size"],
+        table["tie_word_embeddings"],
+        table["max_position_embeddings"],
+        table["rope_theta"],
+    ) == (hidden, layers, heads, kv, inter, vocab, tie, max_pos, theta)
     assert bench.model_key(table["hf_id"]) == key
     cfg = bench.builtin_config(key)  # what the script builds from the table
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.vocab_size) == (hidden, layers, kv, vocab)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.vocab_size) == (
+        hidden,
+        layers,
+        kv,
+        vocab,
+    )
     assert bench.head_dim(cfg) == hidden // heads
     if key.startswith("llama"):
         assert cfg.rope_parameters["rope_type"] == "llama3"
@@ -73,18 +85,31 @@ def test_shrunken_config_keeps_the_family_and_gqa():
 
 
 def test_models_from_a_resolved_config(tmp_path):
-    cfg = {"pair": {
-        "small": {"model": {"path": "Qwen/Qwen2.5-Math-1.5B", "enable_gradient_checkpointing": True},
-                  "actor": {"ppo_micro_batch_size_per_gpu": 4}, "log_prob_micro_batch_size_per_gpu": 8},
-        "large": {"model": {"path": "/models/Qwen2.5-Math-7B", "enable_gradient_checkpointing": False},
-                  "actor": {"ppo_micro_batch_size_per_gpu": 1}, "log_prob_micro_batch_size_per_gpu": 2}}}
+    cfg = {
+        "pair": {
+            "small": {
+                "model": {"path": "Qwen/Qwen2.5-Math-1.5B", "enable_gradient_checkpointing": True},
+                "actor": {"ppo_micro_batch_size_per_gpu": 4},
+                "log_prob_micro_batch_size_per_gpu": 8,
+            },
+            "large": {
+                "model": {"path": "/models/Qwen2.5-Math-7B", "enable_gradient_checkpointing": False},
+                "actor": {"ppo_micro_batch_size_per_gpu": 1},
+                "log_prob_micro_batch_size_per_gpu": 2,
+            },
+        }
+    }
     path = tmp_path / "resolved.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     specs = bench.models_from_config(bench.load_pair(str(path), "codistill", []))
-    assert specs == [bench.ModelSpec("Qwen/Qwen2.5-Math-1.5B", 8, 4, True),
-                     bench.ModelSpec("/models/Qwen2.5-Math-7B", 2, 1, False)]
+    assert specs == [
+        bench.ModelSpec("Qwen/Qwen2.5-Math-1.5B", 8, 4, True),
+        bench.ModelSpec("/models/Qwen2.5-Math-7B", 2, 1, False),
+    ]
     assert [s.key for s in specs] == ["qwen2.5-math-1.5b", "qwen2.5-math-7b"]
-    assert bench.spec_for("meta-llama/Llama-3.1-8B-Instruct") == bench.ModelSpec("meta-llama/Llama-3.1-8B-Instruct", 4, 2)
+    assert bench.spec_for("meta-llama/Llama-3.1-8B-Instruct") == bench.ModelSpec(
+        "meta-llama/Llama-3.1-8B-Instruct", 4, 2
+    )
 
 
 def _numbers(row: dict):
@@ -97,9 +122,13 @@ def _numbers(row: dict):
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "phases_cpu.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out),
-                           "--repeats", "2", "--train-repeats", "1"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), "--repeats", "2", "--train-repeats", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc, [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -148,13 +177,18 @@ def test_cost_model_reads_the_cpu_file_and_warns(cpu_run, tmp_path):
     cm = sys.modules.get("cost_model") or _load("cost_model", REPO / "scripts" / "cost_model.py")
     phases = cm.load_phases(path)
     assert phases.shrunken
-    cfg = {"pair": {"name": "qwen2.5-math-1.5b_7b",
-                    "small": {"model": {"path": "Qwen/Qwen2.5-Math-1.5B"}},
-                    "large": {"model": {"path": "Qwen/Qwen2.5-Math-7B"}}},
-           "exp": {"name": "codistill", "generator": "small"},
-           "algorithm": {"codistill": {"kd": {"coef": 1.0}, "large": {"enable": True, "train": True}}},
-           "data": {"train_batch_size": 4}, "actor_rollout_ref": {"rollout": {"n": 2}},
-           "trainer": {"total_training_steps": 2, "nnodes": 1, "n_gpus_per_node": 1}}
+    cfg = {
+        "pair": {
+            "name": "qwen2.5-math-1.5b_7b",
+            "small": {"model": {"path": "Qwen/Qwen2.5-Math-1.5B"}},
+            "large": {"model": {"path": "Qwen/Qwen2.5-Math-7B"}},
+        },
+        "exp": {"name": "codistill", "generator": "small"},
+        "algorithm": {"codistill": {"kd": {"coef": 1.0}, "large": {"enable": True, "train": True}}},
+        "data": {"train_batch_size": 4},
+        "actor_rollout_ref": {"rollout": {"n": 2}},
+        "trainer": {"total_training_steps": 2, "nnodes": 1, "n_gpus_per_node": 1},
+    }
     s = cm.apply_run_figures(cm.settings_from_config(cfg), prompt_len=16, resp_len=48, decode_batch=4)
     lines_ = cm.step_cost_detail(phases, s)
     assert len(lines_) == 5 and all(ln.seconds > 0 for ln in lines_)

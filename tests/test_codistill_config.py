@@ -71,7 +71,10 @@ ERRORS = [
     ({"is": {"mode": "mask", "threshold": 0.5}}, f"{P}.is.threshold=0.5 must be >= 1 when {P}.is.mode='mask'"),
     ({"is": {"threshold": "2"}}, f"{P}.is.threshold='2' must be a number"),
     ({"is": {"self_normalize": "yes"}}, f"{P}.is.self_normalize='yes' must be a bool (true or false)"),
-    ({"is": {"lvl": "token"}}, f"{P}.is.lvl is not a known key; allowed keys: ['behavior', 'level', 'mode', 'self_normalize', 'threshold']"),
+    (
+        {"is": {"lvl": "token"}},
+        f"{P}.is.lvl is not a known key; allowed keys: ['behavior', 'level', 'mode', 'self_normalize', 'threshold']",
+    ),
     ({"is": {"behavior": "vllm"}}, f"{P}.is.behavior='vllm' not in ['fsdp', 'rollout']"),
     ({"kd": {"clamp": 0.0}}, f"{P}.kd.clamp=0.0 must be a finite number > 0"),
     ({"kd": {"clamp": -3}}, f"{P}.kd.clamp=-3.0 must be a finite number > 0"),
@@ -85,11 +88,17 @@ ERRORS = [
     ({"kd": {"decay_steps": -5}}, f"{P}.kd.decay_steps=-5 must be an int >= 0"),
     ({"kd": {"decay_steps": 2.5}}, f"{P}.kd.decay_steps=2.5 must be an int >= 0"),
     ({"kd": {"coef_schedule": "linear"}}, f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'"),
-    ({"kd": {"beta": 1}}, f"{P}.kd.beta is not a known key; allowed keys: ['clamp', 'coef', 'coef_final', 'coef_schedule', 'credit', 'decay_steps']"),
+    (
+        {"kd": {"beta": 1}},
+        f"{P}.kd.beta is not a known key; allowed keys: ['clamp', 'coef', 'coef_final', 'coef_schedule', 'credit', 'decay_steps']",
+    ),
     ({"large": {"advantage": "gae"}}, f"{P}.large.advantage='gae' not in ['grpo', 'is_baseline']"),
     ({"large": {"enable": 1}}, f"{P}.large.enable=1 must be a bool (true or false)"),
     ({"large": {"train": None}}, f"{P}.large.train=None must be a bool (true or false)"),
-    ({"large": {"path": "x"}}, f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'n_gpus_per_node', 'nnodes', 'placement', 'skip_zero_grad', 'train']"),
+    (
+        {"large": {"path": "x"}},
+        f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'n_gpus_per_node', 'nnodes', 'placement', 'skip_zero_grad', 'train']",
+    ),
     ({"large": {"placement": "remote"}}, f"{P}.large.placement='remote' not in ['colocate', 'separate']"),
     ({"large": {"nnodes": 0}}, f"{P}.large.nnodes=0 must be an int >= 1"),
     ({"large": {"n_gpus_per_node": 2.5}}, f"{P}.large.n_gpus_per_node=2.5 must be an int >= 1"),
@@ -155,7 +164,9 @@ def test_kd_coef_at_rejects_bad_step_and_bad_mapping():
         kd_coef_at(1.5, KDConfig())
     with pytest.raises(ValueError, match=re.escape(f"{P}.kd.coef_schedule='step' not in ['constant', 'linear']")):
         kd_coef_at(0, {"coef_schedule": "step"})
-    with pytest.raises(ValueError, match=re.escape(f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'")
+    ):
         kd_coef_at(3, {"coef_schedule": "linear"})
 
 

@@ -49,9 +49,7 @@ MODELS = {
 def plans():
     """(pair, exp) -> the checked GPU config, all 12 composed in this one process, on 2 nodes."""
     return {
-        (pair, exp): check_config(compose_config(pair, exp, ["trainer.nnodes=2"]))
-        for pair in PAIRS
-        for exp in EXPS
+        (pair, exp): check_config(compose_config(pair, exp, ["trainer.nnodes=2"])) for pair in PAIRS for exp in EXPS
     }
 
 
@@ -85,8 +83,14 @@ def test_pair_x_experiment_is_the_variant(plans, pair, exp):
     assert cfg.trainer.default_local_dir == f"{out}/{pair}/{exp}/checkpoints"
     # the generating model's rollout settings come from its own block (TP 2 for the large model)
     raw = yaml.safe_load((REPO / "configs" / "pair" / f"{pair}.yaml").read_text())["pair"]
-    assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == raw[generator]["rollout"]["tensor_model_parallel_size"]
-    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == raw[generator]["actor"]["ppo_micro_batch_size_per_gpu"]
+    assert (
+        cfg.actor_rollout_ref.rollout.tensor_model_parallel_size
+        == raw[generator]["rollout"]["tensor_model_parallel_size"]
+    )
+    assert (
+        cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu
+        == raw[generator]["actor"]["ppo_micro_batch_size_per_gpu"]
+    )
     if loaded:
         assert plan.large.actor.ppo_micro_batch_size_per_gpu == raw["large"]["actor"]["ppo_micro_batch_size_per_gpu"]
         assert plan.large.rollout.log_prob_micro_batch_size_per_gpu == raw["large"]["log_prob_micro_batch_size_per_gpu"]
@@ -107,7 +111,9 @@ def test_data_paths_come_from_the_environment(pair, tmp_path, monkeypatch):
     cfg = resolved(compose_config(pair, "codistill"))
     template = cfg.pair.template
     assert cfg.data.train_files == f"{tmp_path}/d/{template}/train.parquet"
-    assert [Path(v).name for v in cfg.data.val_files] == [f"{s}.parquet" for s in ("math500", "minerva", "olympiadbench", "aime24", "amc23")]
+    assert [Path(v).name for v in cfg.data.val_files] == [
+        f"{s}.parquet" for s in ("math500", "minerva", "olympiadbench", "aime24", "amc23")
+    ]
     assert cfg.pair.prepare == f"python scripts/prepare_data.py --template {template} --out {tmp_path}/d/{template}"
 
 
@@ -123,8 +129,13 @@ def test_templates_are_known_to_prepare_data():
 
 
 def test_user_overrides_win():
-    cfg = resolved(compose_config(PAIRS[1], "codistill", ["data.train_batch_size=32", "algorithm.codistill.kd.coef=0.5",
-                                                          "pair.large.actor.optim.lr=3e-6"]))
+    cfg = resolved(
+        compose_config(
+            PAIRS[1],
+            "codistill",
+            ["data.train_batch_size=32", "algorithm.codistill.kd.coef=0.5", "pair.large.actor.optim.lr=3e-6"],
+        )
+    )
     assert cfg.data.train_batch_size == 32 and cfg.algorithm.codistill.kd.coef == 0.5
     assert cfg.large_actor.actor.optim.lr == 3e-6 and cfg.actor_rollout_ref.actor.optim.lr == 1e-6
 
@@ -142,7 +153,9 @@ def test_cpu_substitutions_are_the_listed_ones():
         cpu = resolved(compose_config(pair, "codistill", platform="cpu"))
         changed = {line.split(":", 1)[0] for line in substitutions(cpu, gpu)}
         assert "actor_rollout_ref.rollout.name" in changed and "actor_rollout_ref.model.path" in changed
-        assert not [k for k in changed if k.startswith(("algorithm.", "reward.custom_reward_function")) or ".optim." in k], changed
+        assert not [
+            k for k in changed if k.startswith(("algorithm.", "reward.custom_reward_function")) or ".optim." in k
+        ], changed
         assert cpu.actor_rollout_ref.model.path == f"{os.environ['CODISTILL_OUTPUT_DIR']}/tiny/models/small"
         assert cpu.run.dir == f"{os.environ['CODISTILL_OUTPUT_DIR']}/cpu/{pair}/codistill"
 
@@ -152,9 +165,21 @@ def test_compose_api_matches_the_entry_points_print_config(tmp_path):
     overrides = ["trainer.nnodes=2", "algorithm.codistill.large.train=false"]
     ours = resolved(compose_config(PAIRS[1], "frozen_teacher", overrides))
     out = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "--cfg", "job", "--resolve",
-         f"pair={PAIRS[1]}", "exp=frozen_teacher", *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            "--cfg",
+            "job",
+            "--resolve",
+            f"pair={PAIRS[1]}",
+            "exp=frozen_teacher",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     theirs = yaml.safe_load(out.stdout)
@@ -220,15 +245,22 @@ def test_model_found_locally_or_in_the_cache(hub_env, monkeypatch):
     (snap / "config.json").write_text("{}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert check_model("Qwen/Qwen2.5-Math-7B", "large") == "HF cache"
-    with pytest.raises(PreflightError, match=r"large model Qwen/Qwen2\.5-Math-1\.5B is not a local dir and not in the HF cache .* and HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        PreflightError,
+        match=r"large model Qwen/Qwen2\.5-Math-1\.5B is not a local dir and not in the HF cache .* and HF_HUB_OFFLINE=1",
+    ):
         check_model("Qwen/Qwen2.5-Math-1.5B", "large")
     with pytest.raises(PreflightError, match="small model path ./nowhere does not exist"):
         check_model("./nowhere", "small")
 
 
 def test_model_from_the_hub(hub_env, monkeypatch):
-    hub = _FakeHub({"Qwen/Qwen2.5-Math-1.5B": {"id": "Qwen/Qwen2.5-Math-1.5B", "gated": False},
-                    "meta-llama/Llama-3.1-8B-Instruct": {"id": "meta-llama/Llama-3.1-8B-Instruct", "gated": "manual"}})
+    hub = _FakeHub(
+        {
+            "Qwen/Qwen2.5-Math-1.5B": {"id": "Qwen/Qwen2.5-Math-1.5B", "gated": False},
+            "meta-llama/Llama-3.1-8B-Instruct": {"id": "meta-llama/Llama-3.1-8B-Instruct", "gated": "manual"},
+        }
+    )
     try:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         assert check_model("Qwen/Qwen2.5-Math-1.5B", "small") == "hub (downloaded at start-up)"
@@ -242,5 +274,7 @@ def test_model_from_the_hub(hub_env, monkeypatch):
     finally:
         hub.close()
     monkeypatch.setenv("HF_ENDPOINT", hub.url)  # closed now: nothing listens
-    with pytest.raises(PreflightError, match=r"not in the HF cache .* and the hub \(http://127\.0\.0\.1:\d+\) is unreachable"):
+    with pytest.raises(
+        PreflightError, match=r"not in the HF cache .* and the hub \(http://127\.0\.0\.1:\d+\) is unreachable"
+    ):
         check_model("Qwen/Qwen2.5-Math-1.5B", "small")

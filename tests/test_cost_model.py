@@ -89,8 +89,11 @@ L_CODISTILL = 217.97798  # 31.04 + 6.60910 + 30.58634 + 24.40594 + 125.33660
 
 def _row(model: str, phase: str, path: Path = MAIN, **match) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    found = [r for r in rows if r.get("model") == model and r.get("phase") == phase
-             and all(r.get(k) == v for k, v in match.items())]
+    found = [
+        r
+        for r in rows
+        if r.get("model") == model and r.get("phase") == phase and all(r.get(k) == v for k, v in match.items())
+    ]
     assert len(found) == 1, (model, phase, match, found)
     return found[0]
 
@@ -118,16 +121,35 @@ def test_readme_table_is_the_hand_worked_numbers():
     t = _readme_table()
     one = lambda x: f"{x:.1f}"  # noqa: E731
     assert t["Qwen 1.5B/7B `grpo_large`"][:6] == [f"{one(GEN_L)} (7B)", "-", one(LP_L), "-", one(TR_L), one(GRPO_LARGE)]
-    assert t["Qwen 1.5B/7B `codistill`"][:6] == [f"{one(GEN_S)} (1.5B)", one(LP_S), one(LP_L), one(TR_S), one(TR_L),
-                                                 one(CODISTILL)]
+    assert t["Qwen 1.5B/7B `codistill`"][:6] == [
+        f"{one(GEN_S)} (1.5B)",
+        one(LP_S),
+        one(LP_L),
+        one(TR_S),
+        one(TR_L),
+        one(CODISTILL),
+    ]
     assert t["Qwen 1.5B/7B `codistill`"][6] == f"{CODISTILL / GRPO_LARGE:.2f}"  # 1.02
     skip = t["Qwen, 40% zero-advantage samples skipped, `codistill`"]
     assert skip[4:6] == [one(0.6 * TR_L), one(CODISTILL - 0.4 * TR_L)]  # 69.4, 175.8
     assert one(GRPO_LARGE - 0.4 * TR_L) in skip[6]  # the baseline skips too: 171.2
-    assert t["Llama 1B/8B `grpo_large`"][:6] == [f"{one(L_GEN_L)} (8B)", "-", one(L_LP_L), "-", one(L_TR_L),
-                                                 one(L_GRPO_LARGE)]
-    assert t["Llama 1B/8B `codistill`"][:7] == [f"{one(L_GEN_S)} (1B)", one(L_LP_S), one(L_LP_L), one(L_TR_S),
-                                                one(L_TR_L), one(L_CODISTILL), f"{L_CODISTILL / L_GRPO_LARGE:.2f}"]
+    assert t["Llama 1B/8B `grpo_large`"][:6] == [
+        f"{one(L_GEN_L)} (8B)",
+        "-",
+        one(L_LP_L),
+        "-",
+        one(L_TR_L),
+        one(L_GRPO_LARGE),
+    ]
+    assert t["Llama 1B/8B `codistill`"][:7] == [
+        f"{one(L_GEN_S)} (1B)",
+        one(L_LP_S),
+        one(L_LP_L),
+        one(L_TR_S),
+        one(L_TR_L),
+        one(L_CODISTILL),
+        f"{L_CODISTILL / L_GRPO_LARGE:.2f}",
+    ]
     skip = t["Llama, 40% zero-advantage samples skipped, `codistill`"]
     assert skip[4:6] == [one(0.6 * L_TR_L), one(L_CODISTILL - 0.4 * L_TR_L)]  # 75.2, 167.8
     assert one(L_GRPO_LARGE - 0.4 * L_TR_L) in skip[6]  # 218.7
@@ -155,9 +177,13 @@ def test_shipped_pair_configs_give_the_hand_worked_numbers(pair, exp, expected):
 
 # ---- configs as compose_config would give them (built by hand) ----------------------------------
 
+
 def _model(path, micro, lp_micro):
-    return {"model": {"path": path, "enable_gradient_checkpointing": True},
-            "actor": {"ppo_micro_batch_size_per_gpu": micro}, "log_prob_micro_batch_size_per_gpu": lp_micro}
+    return {
+        "model": {"path": path, "enable_gradient_checkpointing": True},
+        "actor": {"ppo_micro_batch_size_per_gpu": micro},
+        "log_prob_micro_batch_size_per_gpu": lp_micro,
+    }
 
 
 EXPS = {  # exp -> (generator, large.enable, large.train, kd.coef)
@@ -171,11 +197,15 @@ EXPS = {  # exp -> (generator, large.enable, large.train, kd.coef)
 def _cfg(exp: str, skip: bool = True, steps: int = 300) -> dict:
     generator, enable, train, coef = EXPS[exp]
     return {
-        "pair": {"name": PAIR, "small": _model("Qwen/Qwen2.5-Math-1.5B", 4, 8),
-                 "large": _model("Qwen/Qwen2.5-Math-7B", 2, 4)},
+        "pair": {
+            "name": PAIR,
+            "small": _model("Qwen/Qwen2.5-Math-1.5B", 4, 8),
+            "large": _model("Qwen/Qwen2.5-Math-7B", 2, 4),
+        },
         "exp": {"name": exp, "generator": generator},
-        "algorithm": {"codistill": {"kd": {"coef": coef},
-                                    "large": {"enable": enable, "train": train, "skip_zero_grad": skip}}},
+        "algorithm": {
+            "codistill": {"kd": {"coef": coef}, "large": {"enable": enable, "train": train, "skip_zero_grad": skip}}
+        },
         "data": {"train_batch_size": 128, "max_prompt_length": 1024, "max_response_length": 3072},
         "actor_rollout_ref": {"rollout": {"n": 8}},
         "trainer": {"total_training_steps": steps, "nnodes": 1, "n_gpus_per_node": 8},
@@ -194,12 +224,20 @@ def _cost(phases, exp, **figures):
 
 def test_worked_example(phases):
     grpo_large = _cost(phases, "grpo_large")
-    assert grpo_large == pytest.approx({("generate", "large"): GEN_L, ("log_prob", "large"): LP_L,
-                                        ("train", "large"): TR_L}, rel=1e-6)
+    assert grpo_large == pytest.approx(
+        {("generate", "large"): GEN_L, ("log_prob", "large"): LP_L, ("train", "large"): TR_L}, rel=1e-6
+    )
     codistill = _cost(phases, "codistill")
-    assert codistill == pytest.approx({("generate", "small"): GEN_S, ("log_prob", "small"): LP_S,
-                                       ("log_prob", "large"): LP_L, ("train", "small"): TR_S,
-                                       ("train", "large"): TR_L}, rel=1e-6)
+    assert codistill == pytest.approx(
+        {
+            ("generate", "small"): GEN_S,
+            ("log_prob", "small"): LP_S,
+            ("log_prob", "large"): LP_L,
+            ("train", "small"): TR_S,
+            ("train", "large"): TR_L,
+        },
+        rel=1e-6,
+    )
     assert cm.total(codistill) == pytest.approx(CODISTILL, rel=1e-6)
     assert cm.total(codistill) / cm.total(grpo_large) == pytest.approx(CODISTILL / GRPO_LARGE, rel=1e-6)
     assert cm.large_share(codistill) == pytest.approx(LP_L + TR_L, rel=1e-6)
@@ -219,8 +257,12 @@ def test_zero_adv_fraction_scaling(phases):
     assert _cost(phases, "grpo_small", zero_adv_frac=0.4)[("train", "small")] == pytest.approx(TR_S * 0.6, rel=1e-6)
     assert _cost(phases, "grpo_large", zero_adv_frac=0.4)[("train", "large")] == pytest.approx(TR_L * 0.6, rel=1e-6)
     # skip off: nothing scales
-    assert _cost(phases, "codistill", zero_adv_frac=0.4, skip=False)[("train", "large")] == pytest.approx(TR_L, rel=1e-6)
-    assert _cost(phases, "grpo_small", zero_adv_frac=0.4, skip=False)[("train", "small")] == pytest.approx(TR_S, rel=1e-6)
+    assert _cost(phases, "codistill", zero_adv_frac=0.4, skip=False)[("train", "large")] == pytest.approx(
+        TR_L, rel=1e-6
+    )
+    assert _cost(phases, "grpo_small", zero_adv_frac=0.4, skip=False)[("train", "small")] == pytest.approx(
+        TR_S, rel=1e-6
+    )
     with pytest.raises(ValueError, match="zero-advantage"):
         _cost(phases, "codistill", zero_adv_frac=1.5)
 
@@ -236,7 +278,9 @@ def test_lengths_and_decode_batch_pick_nearest_measured(phases):
     c = _cost(phases, "codistill", decode_batch=64)
     assert c[("generate", "small")] == pytest.approx(89.216, rel=1e-6)  # 1024 / 64 = 16 x 800 x 6.97 ms
     # without the tail file the nearest measured batch is 256: 16 x 800 x 11.94 ms
-    c = cm.step_cost(cm.load_phases(MAIN), cm.apply_run_figures(cm.settings_from_config(_cfg("codistill")), decode_batch=64))
+    c = cm.step_cost(
+        cm.load_phases(MAIN), cm.apply_run_figures(cm.settings_from_config(_cfg("codistill")), decode_batch=64)
+    )
     assert c[("generate", "small")] == pytest.approx(152.832, rel=1e-6)
 
 
@@ -264,8 +308,15 @@ def test_settings_from_config():
 
 
 METRICS_LINES = [
-    {"step": 1, "data": {"response_length/mean": 700.0, "prompt_length/mean": 190.0, "large/skipped_frac": 0.3,
-                         "critic/score/mean": 0.2}},
+    {
+        "step": 1,
+        "data": {
+            "response_length/mean": 700.0,
+            "prompt_length/mean": 190.0,
+            "large/skipped_frac": 0.3,
+            "critic/score/mean": 0.2,
+        },
+    },
     {"step": 2, "data": {"response_length/mean": 800.0, "prompt_length/mean": 200.0, "large/skipped_frac": 0.5}},
     {"step": 2, "data": {"val-core/math500/acc/mean@1": 0.4}},  # validation line of the same step
     {"step": 3, "data": {"response_length/mean": 900.0, "prompt_length/mean": 210.0, "large/skipped_frac": 0.4}},
@@ -301,6 +352,7 @@ def test_read_run_metrics(tmp_path, phases):
 
 # ---- CLI ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def cli_files(tmp_path):
     phases = shutil.copy(MAIN, tmp_path / "phases.jsonl")
@@ -317,18 +369,34 @@ def _run_cli(capsys, *argv) -> str:
 def test_cli_codistill(cli_files, capsys):
     _, phases, configs = cli_files
     out = _run_cli(capsys, "--phases", phases, "--configs", configs, "--pair", PAIR, "--exp", "codistill")
-    rows = {tuple(line.split()[:2]): float(line.split()[3]) for line in out.splitlines()
-            if line.split()[:1] in (["generate"], ["log_prob"], ["train"])}
-    assert rows == pytest.approx({("generate", "small"): GEN_S, ("log_prob", "small"): LP_S, ("log_prob", "large"): LP_L,
-                                  ("train", "small"): TR_S, ("train", "large"): TR_L}, abs=0.051)
+    rows = {
+        tuple(line.split()[:2]): float(line.split()[3])
+        for line in out.splitlines()
+        if line.split()[:1] in (["generate"], ["log_prob"], ["train"])
+    }
+    assert rows == pytest.approx(
+        {
+            ("generate", "small"): GEN_S,
+            ("log_prob", "small"): LP_S,
+            ("log_prob", "large"): LP_L,
+            ("train", "small"): TR_S,
+            ("train", "large"): TR_L,
+        },
+        abs=0.051,
+    )
     assert f"total {CODISTILL:.1f}" in " ".join(out.split())
     assert f"codistill/grpo_large = {CODISTILL / GRPO_LARGE:.3f}" in out
     assert f"({GRPO_LARGE:.1f} GPU-s/step" in out
     assert f"{LP_L + TR_L:.1f} GPU-s/step" in out  # the large model's own share
     assert f"{300 * CODISTILL / 3600:.2f} GPU-hours" in out and "18.51 GPU-hours" in out
     assert f"{300 * CODISTILL / 3600 / 8:.2f} wall-hours (assumes perfect scaling)" in out
-    for assumption in ("decode batch: 256", "decode ctx: 2048", "lengths: prompt 200 + response 800",
-                       "zero-advantage fraction 0", "not modelled: FSDP communication, optimizer step, vLLM scheduler"):
+    for assumption in (
+        "decode batch: 256",
+        "decode ctx: 2048",
+        "lengths: prompt 200 + response 800",
+        "zero-advantage fraction 0",
+        "not modelled: FSDP communication, optimizer step, vLLM scheduler",
+    ):
         assert assumption in out
 
 
@@ -337,8 +405,21 @@ def test_cli_grpo_large_and_metrics(cli_files, capsys):
     out = _run_cli(capsys, "--phases", phases, "--configs", configs, "--pair", PAIR, "--exp", "grpo_large")
     assert f"total {GRPO_LARGE:.1f}" in " ".join(out.split()) and "grpo_large baseline" not in out
     metrics = _write_metrics(tmp / "metrics.jsonl")
-    out = _run_cli(capsys, "--phases", phases, "--configs", configs, "--pair", PAIR, "--exp", "codistill",
-                   "--metrics", str(metrics), "--baseline-zero-adv-frac", "0")
+    out = _run_cli(
+        capsys,
+        "--phases",
+        phases,
+        "--configs",
+        configs,
+        "--pair",
+        PAIR,
+        "--exp",
+        "codistill",
+        "--metrics",
+        str(metrics),
+        "--baseline-zero-adv-frac",
+        "0",
+    )
     assert f"{TR_L * 0.6:.1f}" in out and "x (1 - 0.4) zero-adv skip" in out
     assert "zero-advantage fraction 0.4: large/skipped_frac mean in" in out
     total = GEN_S + LP_S + LP_L + TR_S + 0.6 * TR_L
@@ -354,7 +435,9 @@ def test_cli_uses_compose_config(cli_files, capsys, monkeypatch):
         return OmegaConf.create(_cfg(exp, steps=100))
 
     monkeypatch.setattr(cm, "compose", fake_compose)
-    out = _run_cli(capsys, "--phases", phases, "--pair", PAIR, "--exp", "codistill", "--", "trainer.total_training_steps=100")
+    out = _run_cli(
+        capsys, "--phases", phases, "--pair", PAIR, "--exp", "codistill", "--", "trainer.total_training_steps=100"
+    )
     assert calls == [(PAIR, "codistill", ["trainer.total_training_steps=100"])]
     assert f"{100 * CODISTILL / 3600:.2f} GPU-hours" in out
 

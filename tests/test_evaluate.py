@@ -23,7 +23,13 @@ def _load_script():
 evaluate = _load_script()
 
 SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0}
-HEADER = {"model": "m", "checkpoint": "c", "model_dir": "d", "backend": "hf", "meta": {"pair": "p", "method": "grpo", "role": "small"}}
+HEADER = {
+    "model": "m",
+    "checkpoint": "c",
+    "model_dir": "d",
+    "backend": "hf",
+    "meta": {"pair": "p", "method": "grpo", "role": "small"},
+}
 
 
 @pytest.fixture()
@@ -54,22 +60,58 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
         loads.append(1)
         return counting
 
-    first = evaluate.evaluate_suite(get_generator, frame.iloc[:2], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
-                                    reward_workers=1, show_progress=False)
+    first = evaluate.evaluate_suite(
+        get_generator,
+        frame.iloc[:2],
+        "tiny",
+        out_file,
+        SAMPLING,
+        HEADER,
+        batch_size=2,
+        reward_workers=1,
+        show_progress=False,
+    )
     assert first == {"generated": 2, "skipped": 0} and counting.prompts == 2
-    second = evaluate.evaluate_suite(get_generator, frame.iloc[:3], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
-                                     reward_workers=1, show_progress=False)
+    second = evaluate.evaluate_suite(
+        get_generator,
+        frame.iloc[:3],
+        "tiny",
+        out_file,
+        SAMPLING,
+        HEADER,
+        batch_size=2,
+        reward_workers=1,
+        show_progress=False,
+    )
     assert second == {"generated": 1, "skipped": 2} and counting.prompts == 3
     loads.clear()
-    third = evaluate.evaluate_suite(get_generator, frame.iloc[:3], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
-                                    reward_workers=1, show_progress=False)
+    third = evaluate.evaluate_suite(
+        get_generator,
+        frame.iloc[:3],
+        "tiny",
+        out_file,
+        SAMPLING,
+        HEADER,
+        batch_size=2,
+        reward_workers=1,
+        show_progress=False,
+    )
     assert third == {"generated": 0, "skipped": 3} and counting.prompts == 3 and loads == []
 
     result = json.loads(out_file.read_text())
     assert result["complete"] and result["suite"] == "tiny" and result["meta"]["method"] == "grpo"
     # a run over fewer items keeps the others in the file but aggregates only its own
-    fewer = evaluate.evaluate_suite(get_generator, frame.iloc[:1], "tiny", out_file, SAMPLING, HEADER, batch_size=2,
-                                    reward_workers=1, show_progress=False)
+    fewer = evaluate.evaluate_suite(
+        get_generator,
+        frame.iloc[:1],
+        "tiny",
+        out_file,
+        SAMPLING,
+        HEADER,
+        batch_size=2,
+        reward_workers=1,
+        show_progress=False,
+    )
     assert fewer == {"generated": 0, "skipped": 1}
     narrowed = json.loads(out_file.read_text())
     assert narrowed["aggregate"]["n_items"] == 1 and len(narrowed["items"]) == 3
@@ -83,22 +125,35 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
 
 def _one_question_evaluated(tmp_path):
     """A one-question suite evaluated once into ``tmp_path/s.json``: (frame, out_file, generator)."""
-    frame = pd.DataFrame({
-        "prompt": [[{"role": "user", "content": "1+1?"}]],
-        "reward_model": [{"ground_truth": "2"}],
-        "extra_info": [{"index": 0}],
-    })
+    frame = pd.DataFrame(
+        {
+            "prompt": [[{"role": "user", "content": "1+1?"}]],
+            "reward_model": [{"ground_truth": "2"}],
+            "extra_info": [{"index": 0}],
+        }
+    )
     out_file = tmp_path / "s.json"
     scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
-    evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False)
+    evaluate.evaluate_suite(
+        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False
+    )
     return frame, out_file, scripted
 
 
 def test_resume_with_other_sampling_is_refused(tmp_path):
     frame, out_file, scripted = _one_question_evaluated(tmp_path)
     with pytest.raises(evaluate.EvalError, match="written with sampling"):
-        evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, {**SAMPLING, "max_tokens": 8}, HEADER, 4,
-                                reward_workers=1, show_progress=False)
+        evaluate.evaluate_suite(
+            lambda: scripted,
+            frame,
+            "s",
+            out_file,
+            {**SAMPLING, "max_tokens": 8},
+            HEADER,
+            4,
+            reward_workers=1,
+            show_progress=False,
+        )
 
 
 class ScriptedGenerator:
@@ -114,19 +169,25 @@ class ScriptedGenerator:
 
 def test_mean_at_k_and_pass_at_k_by_hand(tmp_path):
     questions = ["q0", "q1", "q2"]
-    frame = pd.DataFrame({
-        "prompt": [[{"role": "user", "content": q}] for q in questions],
-        "reward_model": [{"ground_truth": g} for g in ("2", "\\frac{1}{2}", "7")],
-        "extra_info": [{"index": i} for i in range(3)],
-    })
-    scripted = ScriptedGenerator({
-        "q0": ["so \\boxed{2}", "so \\boxed{2.0}"],      # 2 of 2 correct
-        "q1": ["\\boxed{0.5}", "no box, 1/2"],           # 1 of 2 correct, 1 unformatted
-        "q2": ["\\boxed{8}", "\\boxed{6}"],              # 0 of 2
-    })
+    frame = pd.DataFrame(
+        {
+            "prompt": [[{"role": "user", "content": q}] for q in questions],
+            "reward_model": [{"ground_truth": g} for g in ("2", "\\frac{1}{2}", "7")],
+            "extra_info": [{"index": i} for i in range(3)],
+        }
+    )
+    scripted = ScriptedGenerator(
+        {
+            "q0": ["so \\boxed{2}", "so \\boxed{2.0}"],  # 2 of 2 correct
+            "q1": ["\\boxed{0.5}", "no box, 1/2"],  # 1 of 2 correct, 1 unformatted
+            "q2": ["\\boxed{8}", "\\boxed{6}"],  # 0 of 2
+        }
+    )
     sampling = {**SAMPLING, "n": 2, "temperature": 0.6}
     out_file = tmp_path / "k.json"
-    evaluate.evaluate_suite(lambda: scripted, frame, "k", out_file, sampling, HEADER, 2, reward_workers=1, show_progress=False)
+    evaluate.evaluate_suite(
+        lambda: scripted, frame, "k", out_file, sampling, HEADER, 2, reward_workers=1, show_progress=False
+    )
     result = json.loads(out_file.read_text())
     assert [it["correct"] for it in result["items"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
     agg = result["aggregate"]
@@ -142,8 +203,20 @@ def test_suite_sampling_defaults_greedy_and_mean_at_k_where_asked():
         ["--checkpoint", "x", "--data-dir", "d", "--out", "o", "--suite-n", "aime24=16,amc23=8", "--max-tokens", "64"]
     )
     args.suite_n_map = evaluate._parse_suite_map(args.suite_n, "--suite-n", int)
-    assert evaluate.suite_sampling("math500", args) == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 0}
-    assert evaluate.suite_sampling("aime24", args) == {"n": 16, "temperature": 0.6, "top_p": 1.0, "max_tokens": 64, "seed": 0}
+    assert evaluate.suite_sampling("math500", args) == {
+        "n": 1,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_tokens": 64,
+        "seed": 0,
+    }
+    assert evaluate.suite_sampling("aime24", args) == {
+        "n": 16,
+        "temperature": 0.6,
+        "top_p": 1.0,
+        "max_tokens": 64,
+        "seed": 0,
+    }
     assert evaluate.suite_sampling("amc23", args)["n"] == 8
 
 
@@ -175,22 +248,66 @@ def test_verl_fsdp_checkpoint_is_merged_with_verl_and_loaded(tiny_pair, tmp_path
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys, tiny_pair, tiny_data):
-    rc = evaluate.main(["--checkpoint", tiny_pair["small"], "--data-dir", str(tmp_path), "--suites", "minerva",
-                        "--out", str(tmp_path / "r")])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            tiny_pair["small"],
+            "--data-dir",
+            str(tmp_path),
+            "--suites",
+            "minerva",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 2
     assert f"suite 'minerva': {tmp_path / 'minerva.parquet'} not found" in capsys.readouterr().err
     shutil.copy(tiny_data["test"], tmp_path / "minerva.parquet")
-    rc = evaluate.main(["--checkpoint", str(tmp_path / "nope"), "--data-dir", str(tmp_path), "--suites", "minerva",
-                        "--out", str(tmp_path / "r")])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--data-dir",
+            str(tmp_path),
+            "--suites",
+            "minerva",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     # a Hub id (no such local folder) is passed through to the backend untouched
     assert evaluate.resolve_checkpoint("Qwen/Qwen2.5-Math-1.5B") == "Qwen/Qwen2.5-Math-1.5B"
 
 
 def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
-    args = ["--backend", "hf", "--checkpoint", tiny_pair["small"], "--name", "tiny-small", "--data-dir", str(suite_dir),
-            "--suites", "tiny", "--out", str(tmp_path / "res"), "--max-tokens", "4", "--limit", "2",
-            "--reward-workers", "1", "--no-progress", "--pair", "tiny", "--method", "base", "--role", "small"]
+    args = [
+        "--backend",
+        "hf",
+        "--checkpoint",
+        tiny_pair["small"],
+        "--name",
+        "tiny-small",
+        "--data-dir",
+        str(suite_dir),
+        "--suites",
+        "tiny",
+        "--out",
+        str(tmp_path / "res"),
+        "--max-tokens",
+        "4",
+        "--limit",
+        "2",
+        "--reward-workers",
+        "1",
+        "--no-progress",
+        "--pair",
+        "tiny",
+        "--method",
+        "base",
+        "--role",
+        "small",
+    ]
     assert evaluate.main(args) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny-small"))
     assert line.split()[1:3] == ["tiny", "2"] and line.split()[-1] == "2"
@@ -210,9 +327,29 @@ def test_sampled_flag_adds_a_sampled_result_from_the_same_load(tiny_pair, suite_
         real(self, *a, **kw)
 
     monkeypatch.setattr(evaluate.HFGenerator, "__init__", counting)
-    args = ["--backend", "hf", "--checkpoint", tiny_pair["small"], "--name", "m", "--data-dir", str(suite_dir),
-            "--suites", "tiny", "--out", str(tmp_path / "res"), "--max-tokens", "4", "--limit", "2",
-            "--reward-workers", "1", "--no-progress", "--sampled", "3,0.7"]
+    args = [
+        "--backend",
+        "hf",
+        "--checkpoint",
+        tiny_pair["small"],
+        "--name",
+        "m",
+        "--data-dir",
+        str(suite_dir),
+        "--suites",
+        "tiny",
+        "--out",
+        str(tmp_path / "res"),
+        "--max-tokens",
+        "4",
+        "--limit",
+        "2",
+        "--reward-workers",
+        "1",
+        "--no-progress",
+        "--sampled",
+        "3,0.7",
+    ]
     assert evaluate.main(args) == 0
     assert len(loads) == 1  # one model load for both evaluations
     greedy = json.loads((tmp_path / "res" / "m" / "tiny.json").read_text())
@@ -232,8 +369,17 @@ def test_hf_sampling_k_per_item_is_seeded(tiny_pair, suite_dir, tmp_path):
     sampling = {"n": 3, "temperature": 1.0, "top_p": 0.9, "max_tokens": 4, "seed": 7}
     responses = []
     for name in ("a.json", "b.json"):
-        evaluate.evaluate_suite(lambda: generator, frame, "tiny", tmp_path / name, sampling, HEADER, batch_size=2,
-                                reward_workers=1, show_progress=False)
+        evaluate.evaluate_suite(
+            lambda: generator,
+            frame,
+            "tiny",
+            tmp_path / name,
+            sampling,
+            HEADER,
+            batch_size=2,
+            reward_workers=1,
+            show_progress=False,
+        )
         result = json.loads((tmp_path / name).read_text())
         assert result["aggregate"]["k"] == 3 and all(len(it["responses"]) == 3 for it in result["items"])
         responses.append([it["responses"] for it in result["items"]])
@@ -298,19 +444,30 @@ def test_merged_root_names_merges_by_run_and_checks_their_source(tiny_pair, tmp_
 def test_resume_for_another_checkpoint_is_refused(tmp_path):
     frame, out_file, scripted = _one_question_evaluated(tmp_path)
     with pytest.raises(evaluate.EvalError, match="written for checkpoint c, now /other"):
-        evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, {**HEADER, "checkpoint": "/other"}, 4,
-                                reward_workers=1, show_progress=False)
+        evaluate.evaluate_suite(
+            lambda: scripted,
+            frame,
+            "s",
+            out_file,
+            SAMPLING,
+            {**HEADER, "checkpoint": "/other"},
+            4,
+            reward_workers=1,
+            show_progress=False,
+        )
 
 
 def test_a_summary_cut_mid_write_keeps_the_finished_items(tmp_path, capsys):
     """Issue 16 item 8: the JSON cut mid-write; the rerun recovers every finished item from the
     append-only .items.jsonl (none generated again), names the count, and keeps the cut file."""
     questions = [f"q{i}" for i in range(4)]
-    frame = pd.DataFrame({
-        "prompt": [[{"role": "user", "content": q}] for q in questions],
-        "reward_model": [{"ground_truth": str(i)} for i in range(4)],
-        "extra_info": [{"index": i} for i in range(4)],
-    })
+    frame = pd.DataFrame(
+        {
+            "prompt": [[{"role": "user", "content": q}] for q in questions],
+            "reward_model": [{"ground_truth": str(i)} for i in range(4)],
+            "extra_info": [{"index": i} for i in range(4)],
+        }
+    )
     calls = []
 
     class Recording(ScriptedGenerator):
@@ -320,19 +477,23 @@ def test_a_summary_cut_mid_write_keeps_the_finished_items(tmp_path, capsys):
 
     scripted = Recording({f"q{i}": [f"\\boxed{{{i if i != 1 else 9}}}"] for i in range(4)})
     out_file = tmp_path / "s.json"
-    evaluate.evaluate_suite(lambda: scripted, frame.iloc[:3], "s", out_file, SAMPLING, HEADER, 2, reward_workers=1,
-                            show_progress=False)
+    evaluate.evaluate_suite(
+        lambda: scripted, frame.iloc[:3], "s", out_file, SAMPLING, HEADER, 2, reward_workers=1, show_progress=False
+    )
     assert calls == ["q0", "q1", "q2"]
     text = out_file.read_text()
     out_file.write_text(text[: len(text) // 2])  # cut mid-write
     log = tmp_path / "s.items.jsonl"
     log.write_text(log.read_text() + '{"index": 3, "correct": [1.0], "resp')  # and a log line cut short
     capsys.readouterr()
-    counts = evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 2, reward_workers=1,
-                                     show_progress=False)
+    counts = evaluate.evaluate_suite(
+        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 2, reward_workers=1, show_progress=False
+    )
     assert counts == {"generated": 1, "skipped": 3} and calls == ["q0", "q1", "q2", "q3"]
     message = capsys.readouterr().out.strip().splitlines()
-    assert len(message) == 1 and message[0].startswith(f"evaluate: recovered 3 finished items from {log} ({out_file} is not valid JSON")
+    assert len(message) == 1 and message[0].startswith(
+        f"evaluate: recovered 3 finished items from {log} ({out_file} is not valid JSON"
+    )
     assert message[0].endswith("kept as s.json.corrupt)")
     assert (tmp_path / "s.json.corrupt").read_text() == text[: len(text) // 2]
     result = json.loads(out_file.read_text())
@@ -340,12 +501,26 @@ def test_a_summary_cut_mid_write_keeps_the_finished_items(tmp_path, capsys):
     assert result["aggregate"]["mean@k"] == 0.75  # by hand: 3 of 4 (q1 answers 9)
     # the log now holds the header and the four items, no cut line
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert lines[0] == {"header": {"sampling": SAMPLING, "checkpoint": "c"}} and [x["index"] for x in lines[1:]] == [0, 1, 2, 3]
+    assert lines[0] == {"header": {"sampling": SAMPLING, "checkpoint": "c"}} and [x["index"] for x in lines[1:]] == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 def test_a_log_of_other_sampling_is_refused_when_the_summary_is_gone(tmp_path):
     frame, out_file, scripted = _one_question_evaluated(tmp_path)
     out_file.write_text("{")
     with pytest.raises(evaluate.EvalError, match="written with sampling"):
-        evaluate.evaluate_suite(lambda: scripted, frame, "s", out_file, {**SAMPLING, "n": 2, "temperature": 1.0}, HEADER, 4,
-                                reward_workers=1, show_progress=False)
+        evaluate.evaluate_suite(
+            lambda: scripted,
+            frame,
+            "s",
+            out_file,
+            {**SAMPLING, "n": 2, "temperature": 1.0},
+            HEADER,
+            4,
+            reward_workers=1,
+            show_progress=False,
+        )

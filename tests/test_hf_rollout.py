@@ -132,8 +132,14 @@ def test_samples_follow_the_per_request_seed_rule(tiny_pair, hf_model, temperatu
     for p, o in zip(prompts, outs):
         torch.manual_seed(seeds._request_seed(p))
         ref = hf_model.generate(
-            torch.tensor([p]), do_sample=True, temperature=temperature, top_p=top_p, top_k=max(0, top_k),
-            max_new_tokens=12, eos_token_id=eos, pad_token_id=0,
+            torch.tensor([p]),
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=max(0, top_k),
+            max_new_tokens=12,
+            eos_token_id=eos,
+            pad_token_id=0,
         )[0, len(p) :].tolist()
         assert o.token_ids == ref
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
+
 from verl_ext.codistill.importance import compute_large_advantage, compute_large_is_weights
 
 LEVELS = ["token", "sequence", "geo_mean"]

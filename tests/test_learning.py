@@ -44,7 +44,9 @@ def _model(folder: Path, shard: Path | None = None):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     if shard is not None:  # a verl FSDP checkpoint of one rank: the whole state dict
         state = torch.load(shard, weights_only=False)
-        model.load_state_dict({k: (v.to_local() if hasattr(v, "to_local") else v) for k, v in state.items()}, strict=True)
+        model.load_state_dict(
+            {k: (v.to_local() if hasattr(v, "to_local") else v) for k, v in state.items()}, strict=True
+        )
     return model
 
 
@@ -56,19 +58,22 @@ def held_out(small, large, tok, test: pd.DataFrame) -> tuple[int, float]:
     texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in test["prompt"]]
     correct, diff_sum, tokens = 0, 0.0, 0
     for start in range(0, len(texts), 64):
-        enc = tok(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts[start : start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = small.generate(**enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id)
-        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        golds = [r["ground_truth"] for r in test["reward_model"].iloc[start:start + 64]]
+        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        golds = [r["ground_truth"] for r in test["reward_model"].iloc[start : start + 64]]
         correct += sum(compute_score("toy_arith", a, g)["score"] == 1.0 for a, g in zip(answers, golds))
         for row in range(out.shape[0]):  # one sequence at a time, no padding: plain forwards
             prompt = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-            response = out[row, enc["input_ids"].shape[1]:].tolist()
+            response = out[row, enc["input_ids"].shape[1] :].tolist()
             response = response[: response.index(eos) + 1] if eos in response else response
             ids = torch.tensor([prompt + response])
             with torch.no_grad():
-                lp = [torch.log_softmax(m(input_ids=ids).logits[0, len(prompt) - 1 : -1].double(), -1) for m in (small, large)]
+                lp = [
+                    torch.log_softmax(m(input_ids=ids).logits[0, len(prompt) - 1 : -1].double(), -1)
+                    for m in (small, large)
+                ]
             picked = [x.gather(-1, torch.tensor(response)[:, None]).squeeze(-1) for x in lp]
             diff_sum += float((picked[0] - picked[1]).sum())
             tokens += len(response)
@@ -84,10 +89,23 @@ def test_codistill_raises_accuracy_and_lowers_the_held_out_kl(toy, tmp_path):
 
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "pair=toy", "exp=codistill", "platform=cpu",
-         f"run.seed={SEED}", f"run.dir={run}", f"trainer.total_training_steps={STEPS}", f"pair.cpu.test_freq={STEPS}",
-         f"pair.small.actor.optim.lr={LR}"],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            "pair=toy",
+            "exp=codistill",
+            "platform=cpu",
+            f"run.seed={SEED}",
+            f"run.dir={run}",
+            f"trainer.total_training_steps={STEPS}",
+            f"pair.cpu.test_freq={STEPS}",
+            f"pair.small.actor.optim.lr={LR}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["step"]: r["data"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
@@ -95,9 +113,11 @@ def test_codistill_raises_accuracy_and_lowers_the_held_out_kl(toy, tmp_path):
     small = _model(toy / "models" / "small", step / "actor" / "model_world_size_1_rank_0.pt")
     large = _model(toy / "models" / "large", step / "large_actor" / "model_world_size_1_rank_0.pt")
     correct, kl = held_out(small, large, tok, test)
-    print(f"held-out: greedy {base_correct}/192 -> {correct}/192 after {STEPS} CoDistill steps; "
-          f"reverse KL small||large {base_kl:.4f} -> {kl:.4f}; logged val/kd_kl {rows[0]['val/kd_kl']:.4f} -> "
-          f"{rows[STEPS]['val/kd_kl']:.4f}")
+    print(
+        f"held-out: greedy {base_correct}/192 -> {correct}/192 after {STEPS} CoDistill steps; "
+        f"reverse KL small||large {base_kl:.4f} -> {kl:.4f}; logged val/kd_kl {rows[0]['val/kd_kl']:.4f} -> "
+        f"{rows[STEPS]['val/kd_kl']:.4f}"
+    )
     # the run's own validation measures what this test measures (verl's rollout and FSDP log-probs)
     accuracy = "val-core/toy_arith/acc/mean@1"
     assert abs(rows[0][accuracy] * 192 - base_correct) <= 1 and abs(rows[STEPS][accuracy] * 192 - correct) <= 2

@@ -199,7 +199,9 @@ def test_hung_worker_is_killed_and_replaced():
     assert KILL_GRACE_S > 0
 
 
-@pytest.mark.parametrize("text, depth", [("", 0), ("x", 0), ("{a}", 1), ("[0,(1)]", 2), ("\\frac{\\frac{1}{2}}{3}", 2), ("(()", 2)])
+@pytest.mark.parametrize(
+    "text, depth", [("", 0), ("x", 0), ("{a}", 1), ("[0,(1)]", 2), ("\\frac{\\frac{1}{2}}{3}", 2), ("(()", 2)]
+)
 def test_bracket_depth(text, depth):
     assert bracket_depth(text) == depth
 
@@ -303,7 +305,6 @@ def _naive_manager_results(tiny_pair, path, cases, decode_suffix=""):
     import torch
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
-
     from verl import DataProto
     from verl.trainer.ppo.reward import load_reward_manager
 

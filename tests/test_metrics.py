@@ -24,8 +24,19 @@ R = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
 IDX = np.array(["g", "g"], dtype=object)
 
 
-def two_phase(rewards, mask, index, ls, ll, kd_coef=1.0, kd_credit="token", kd_clamp=10.0, epsilon=1e-6,
-              norm_adv_by_std_in_grpo=True, task_reward=True):
+def two_phase(
+    rewards,
+    mask,
+    index,
+    ls,
+    ll,
+    kd_coef=1.0,
+    kd_credit="token",
+    kd_clamp=10.0,
+    epsilon=1e-6,
+    norm_adv_by_std_in_grpo=True,
+    task_reward=True,
+):
     """What the trainer does: the registered estimator in verl's pass (no log-probs), then the KD part."""
     config = {"codistill": {"task_reward": task_reward, "kd": {"coef": max(kd_coef, 1e-3)}}}
     outcome, _ = compute_codistill_advantage_from_config(
@@ -141,7 +152,17 @@ IS_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
         # token mask at 2 (keep 1/2 <= w <= 2): 4 and 0.25 dropped to 0 (two changes)
         ("token", "mask", 2.0, [[0.6, 0, 1], [1.5, 0, 0]], 3.1, 0.36 + 1 + 2.25, 1.5, 0.0, 2),
         # sequence truncate at 1.5: row weights 0.6*4*1 = 2.4 -> 1.5 (3 changed tokens), 1.5*0.25 = 0.375
-        ("sequence", "truncate", 1.5, [[1.5, 1.5, 1.5], [0.375, 0.375, 0]], 5.25, 3 * 2.25 + 2 * 0.140625, 1.5, 0.375, 3),
+        (
+            "sequence",
+            "truncate",
+            1.5,
+            [[1.5, 1.5, 1.5], [0.375, 0.375, 0]],
+            5.25,
+            3 * 2.25 + 2 * 0.140625,
+            1.5,
+            0.375,
+            3,
+        ),
     ],
 )
 def test_production_is_metrics_hand_worked(level, mode, threshold, weights, sum_w, sum_w2, w_max, w_min, changed):

@@ -16,12 +16,20 @@ from recipe.codistill_grpo.preflight import PreflightError, check_data, template
 
 
 def config(train, val, **data):
-    return OmegaConf.create({
-        "data": {"train_files": str(train), "val_files": [str(val)], "max_prompt_length": 128,
-                 "filter_overlong_prompts": False, "truncation": "error", **data},
-        "pair": {"prepare": "python scripts/prepare_data.py --template qwen_math --out /d"},
-        "run": {"bad_rows": "fail"},
-    })
+    return OmegaConf.create(
+        {
+            "data": {
+                "train_files": str(train),
+                "val_files": [str(val)],
+                "max_prompt_length": 128,
+                "filter_overlong_prompts": False,
+                "truncation": "error",
+                **data,
+            },
+            "pair": {"prepare": "python scripts/prepare_data.py --template qwen_math --out /d"},
+            "run": {"bad_rows": "fail"},
+        }
+    )
 
 
 @pytest.fixture
@@ -86,8 +94,10 @@ def test_rows_without_ground_truth_fail_or_are_dropped_and_counted(files, tmp_pa
 
 def test_overlong_prompts_follow_verls_settings(files, tiny_pair):
     tok = AutoTokenizer.from_pretrained(tiny_pair["small"])
-    lengths = [len(tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False))
-               for p in pd.read_parquet(files[0])["prompt"]]
+    lengths = [
+        len(tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False))
+        for p in pd.read_parquet(files[0])["prompt"]
+    ]
     limit = sorted(lengths)[4]  # the independent count: prompts longer than the 5th shortest
     over = sum(n > limit for n in lengths)
     assert 0 < over < len(lengths)
@@ -117,9 +127,20 @@ def test_chat_template_difference_is_named(tiny_pair, tmp_path):
     assert "[date 2026-11-26]" in diff
     # the run says so in one warning line at start (a dry run reads local models too)
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", "run.dry_run=true",
-         f"pair.large.model.path={other_dir}"], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            "platform=cpu",
+            "run.dry_run=true",
+            f"pair.large.model.path={other_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    warnings = [line for line in proc.stdout.splitlines() if "chat templates render the same prompt differently" in line]
+    warnings = [
+        line for line in proc.stdout.splitlines() if "chat templates render the same prompt differently" in line
+    ]
     assert len(warnings) == 1 and "first difference at character 12" in warnings[0]

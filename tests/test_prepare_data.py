@@ -27,7 +27,12 @@ prepare_data = _load_script()
 
 MATH_ROWS = [
     {"problem": "What is $1+1$?", "solution": "Clearly $1+1=\\boxed{2}$.", "level": "Level 3", "type": "Algebra"},
-    {"problem": "Halve 1.", "solution": "We get \\boxed{1} no wait \\boxed{\\dfrac{1}{2}}.", "level": "Level 5", "type": "Algebra"},
+    {
+        "problem": "Halve 1.",
+        "solution": "We get \\boxed{1} no wait \\boxed{\\dfrac{1}{2}}.",
+        "level": "Level 5",
+        "type": "Algebra",
+    },
     {"problem": "Easy one.", "solution": "So $\\boxed{ 3 }$", "level": "Level 1", "type": "Prealgebra"},
     {"problem": "Set.", "solution": "The set is $\\boxed{\\{1,\\!2\\}}$", "level": "Level 4", "type": "Algebra"},
 ]
@@ -45,11 +50,18 @@ def raw(tmp_path):
         "minerva": tmp_path / "minerva.parquet",
         "olympiadbench": _write_jsonl(
             tmp_path / "olympiad.jsonl",
-            [{"question": "Find x and y.", "final_answer": ["$3$", "$4$"]}, {"question": "Find z.", "final_answer": ["$\\frac{1}{3}$"]}],
+            [
+                {"question": "Find x and y.", "final_answer": ["$3$", "$4$"]},
+                {"question": "Find z.", "final_answer": ["$\\frac{1}{3}$"]},
+            ],
         ),
     }
-    pd.DataFrame([{"question": "Q one", "answer": "$5$"}, {"question": "Q two", "answer": "6.2"}]).to_parquet(files["minerva"])
-    files["amc23"] = _write_jsonl(tmp_path / "amc.jsonl", [{"question": "A?", "answer": 12.0}, {"question": "B?", "answer": 0.25}])
+    pd.DataFrame([{"question": "Q one", "answer": "$5$"}, {"question": "Q two", "answer": "6.2"}]).to_parquet(
+        files["minerva"]
+    )
+    files["amc23"] = _write_jsonl(
+        tmp_path / "amc.jsonl", [{"question": "A?", "answer": 12.0}, {"question": "B?", "answer": 0.25}]
+    )
     return files
 
 
@@ -124,8 +136,23 @@ def test_rerun_is_deterministic_and_template_changes_hash(raw, tmp_path):
 
 
 def test_level_filter_keeps_levels_3_to_5(raw, tmp_path):
-    assert _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "train", "--levels", "3,4,5",
-                 "--local", f"train={raw['train']}"]) == 0
+    assert (
+        _run(
+            [
+                "--out",
+                tmp_path,
+                "--template",
+                "qwen_math",
+                "--suites",
+                "train",
+                "--levels",
+                "3,4,5",
+                "--local",
+                f"train={raw['train']}",
+            ]
+        )
+        == 0
+    )
     train = pd.read_parquet(tmp_path / "train.parquet")
     assert [e["level"] for e in train["extra_info"]] == [3, 5, 4]
     entry = json.loads((tmp_path / "manifest.json").read_text())["suites"]["train"]
@@ -137,9 +164,12 @@ def test_level_filter_keeps_levels_3_to_5(raw, tmp_path):
 def test_bad_rows_fail_by_default_and_drop_by_flag(tmp_path, capsys):
     bad = _write_jsonl(
         tmp_path / "bad.jsonl",
-        MATH_ROWS[:2] + [{"problem": "No box.", "solution": "It is 4.", "level": "Level 2"},
-                         {"problem": "", "solution": "\\boxed{1}", "level": "Level 2"},
-                         {"problem": "Missing.", "level": "Level 2"}],
+        MATH_ROWS[:2]
+        + [
+            {"problem": "No box.", "solution": "It is 4.", "level": "Level 2"},
+            {"problem": "", "solution": "\\boxed{1}", "level": "Level 2"},
+            {"problem": "Missing.", "level": "Level 2"},
+        ],
     )
     args = ["--template", "qwen_math", "--suites", "train", "--local", f"train={bad}"]
     assert _run(["--out", tmp_path / "fail", *args]) == 2
@@ -152,9 +182,16 @@ def test_bad_rows_fail_by_default_and_drop_by_flag(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "row 2: field 'solution' is empty (no \\boxed{} in the solution)" in captured.err
     assert "row 4: field 'solution' is missing" in captured.err
-    assert [r["ground_truth"] for r in pd.read_parquet(tmp_path / "drop" / "train.parquet")["reward_model"]] == ["2", "\\frac{1}{2}"]
+    assert [r["ground_truth"] for r in pd.read_parquet(tmp_path / "drop" / "train.parquet")["reward_model"]] == [
+        "2",
+        "\\frac{1}{2}",
+    ]
     manifest = json.loads((tmp_path / "drop" / "manifest.json").read_text())
-    assert (manifest["suites"]["train"]["read"], manifest["suites"]["train"]["rows"], manifest["suites"]["train"]["dropped"]) == (5, 2, 3)
+    assert (
+        manifest["suites"]["train"]["read"],
+        manifest["suites"]["train"]["rows"],
+        manifest["suites"]["train"]["dropped"],
+    ) == (5, 2, 3)
     line = next(l for l in captured.out.splitlines() if l.startswith("train"))
     assert line.split()[:5] == ["train", "5", "2", "3", "0"]
 
@@ -162,9 +199,26 @@ def test_bad_rows_fail_by_default_and_drop_by_flag(tmp_path, capsys):
 def test_missing_column_and_missing_file_are_clear_errors(tmp_path, capsys):
     no_answer = tmp_path / "minerva.parquet"
     pd.DataFrame([{"question": "Q", "solution": "5"}]).to_parquet(no_answer)
-    assert _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "minerva", "--local", f"minerva={no_answer}"]) == 2
+    assert (
+        _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "minerva", "--local", f"minerva={no_answer}"])
+        == 2
+    )
     assert "column 'answer' is missing" in capsys.readouterr().err
-    assert _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "minerva", "--local", f"minerva={tmp_path}/nope.jsonl"]) == 2
+    assert (
+        _run(
+            [
+                "--out",
+                tmp_path,
+                "--template",
+                "qwen_math",
+                "--suites",
+                "minerva",
+                "--local",
+                f"minerva={tmp_path}/nope.jsonl",
+            ]
+        )
+        == 2
+    )
     assert "local file not found" in capsys.readouterr().err
     assert _run(["--out", tmp_path, "--template", "nope", "--suites", "minerva"]) == 2
     assert "--template 'nope'" in capsys.readouterr().err
@@ -173,12 +227,16 @@ def test_missing_column_and_missing_file_are_clear_errors(tmp_path, capsys):
 def test_verl_rlhf_dataset_reads_the_output(raw, tmp_path, tiny_pair):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
-
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    assert _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "train", "--local", f"train={raw['train']}"]) == 0
+    assert (
+        _run(["--out", tmp_path, "--template", "qwen_math", "--suites", "train", "--local", f"train={raw['train']}"])
+        == 0
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_pair["small"])
-    config = OmegaConf.create({"max_prompt_length": 1024, "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1})
+    config = OmegaConf.create(
+        {"max_prompt_length": 1024, "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1}
+    )
     dataset = RLHFDataset(str(tmp_path / "train.parquet"), tokenizer, config)
     assert len(dataset) == 4
     item = dataset[1]
@@ -189,9 +247,21 @@ def test_verl_rlhf_dataset_reads_the_output(raw, tmp_path, tiny_pair):
 
 def test_cli_entry_point_runs(raw, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--out", str(tmp_path), "--template", "qwen_math",
-         "--suites", "minerva", "--local", f"minerva={raw['minerva']}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "prepare_data.py"),
+            "--out",
+            str(tmp_path),
+            "--template",
+            "qwen_math",
+            "--suites",
+            "minerva",
+            "--local",
+            f"minerva={raw['minerva']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "minerva" in proc.stdout and (tmp_path / "minerva.parquet").exists()

@@ -21,12 +21,22 @@ EXPS = ["codistill", "frozen_teacher", "grpo_large", "grpo_small", "kd_only", "n
 def test_one_step_of_the_real_config_on_cpu(pair, exp, tmp_path, tiny_dir):
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", f"pair={pair}", f"exp={exp}", "platform=cpu",
-         "trainer.total_training_steps=1", f"run.dir={run}"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            f"pair={pair}",
+            f"exp={exp}",
+            "platform=cpu",
+            "trainer.total_training_steps=1",
+            f"run.dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"codistill: CPU substitutions (configs/platform/cpu.yaml): " in proc.stdout
+    assert "codistill: CPU substitutions (configs/platform/cpu.yaml): " in proc.stdout
     subs = (run / "cpu_substitutions.txt").read_text()
     assert "actor_rollout_ref.rollout.name: 'vllm' -> 'hf'" in subs
     assert "reward.custom_reward_function" not in subs and "algorithm." not in subs

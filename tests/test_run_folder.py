@@ -88,13 +88,22 @@ def test_a_rerun_resumes_and_keeps_each_step_once(tmp_path):
         assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2]
         write_rows(run / ATTEMPT_FILE, [3, 4], tag="new")  # what verl's file logger writes in this attempt
         appender.sync()
-    assert [(r["step"], r["data"]["tag"]) for r in rows(run / "metrics.jsonl")] == [(1, "old"), (2, "old"), (3, "new"), (4, "new")]
+    assert [(r["step"], r["data"]["tag"]) for r in rows(run / "metrics.jsonl")] == [
+        (1, "old"),
+        (2, "old"),
+        (3, "new"),
+        (4, "new"),
+    ]
     assert [(r["step"], r["data"]["tag"]) for r in rows(run / "metrics.superseded.jsonl")] == [(3, "old"), (4, "old")]
     assert (run / "checkpoints" / "global_step_2" / "actor" / "weights.pt").read_text() == "w"
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_a_finished_run_is_complete_and_left_untouched(tmp_path):
@@ -107,8 +116,10 @@ def test_a_finished_run_is_complete_and_left_untouched(tmp_path):
     with pytest.raises(RunComplete) as err:
         with open_run(run, fresh=False, say=said.append, total_steps=2):
             pytest.fail("a complete run must not start")
-    assert str(err.value) == (f"run {run} is complete: checkpoints/global_step_2 is step 2 of 2; nothing to do "
-                              "(raise trainer.total_training_steps to train on, or start over with --fresh)")
+    assert str(err.value) == (
+        f"run {run} is complete: checkpoints/global_step_2 is step 2 of 2; nothing to do "
+        "(raise trainer.total_training_steps to train on, or start over with --fresh)"
+    )
     assert _snapshot(run) == before
     with open_run(run, fresh=False, say=said.append, total_steps=3):  # one more step asked for: it resumes
         assert said[-1] == f"resuming run {run} from step 2 (checkpoints/global_step_2)"
@@ -126,7 +137,9 @@ def test_a_stop_between_checkpoint_and_log_keeps_the_steps_row(tmp_path):
     with open_run(run, fresh=False, say=said.append) as appender:
         assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]
         assert rows(run / "metrics.jsonl")[-1] == row3
-        assert any(line.startswith("step 3: its metrics row was restored from checkpoints/global_step_3/") for line in said)
+        assert any(
+            line.startswith("step 3: its metrics row was restored from checkpoints/global_step_3/") for line in said
+        )
         write_rows(run / ATTEMPT_FILE, [3, 4], tag="new")  # verl resumes at step 4; a stray 3 is not doubled
         appender.sync()
     assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3, 4]
@@ -165,8 +178,10 @@ def test_a_corrupt_tracker_without_a_complete_checkpoint_is_refused(tmp_path):
     with pytest.raises(RunFolderError) as err:
         with open_run(run, fresh=False, say=lambda _: None):
             pass
-    assert str(err.value) == (f"the checkpoint tracker {tracker} is corrupt (empty) and no complete checkpoint "
-                              "folder is there to resume from; move the folder aside or start over with --fresh")
+    assert str(err.value) == (
+        f"the checkpoint tracker {tracker} is corrupt (empty) and no complete checkpoint "
+        "folder is there to resume from; move the folder aside or start over with --fresh"
+    )
     assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1] and tracker.read_text() == ""
 
 
@@ -224,16 +239,26 @@ def test_entry_point_refuses_a_folder_in_use_and_a_typo_touches_nothing(tmp_path
     checkpointed(run, 2)
     write_rows(run / "metrics.jsonl", [1, 2])
     base = [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"run.dir={run}"]
-    proc = subprocess.run([*base, "run.fresh=true", "algorithm.codistill.is.level=tokn"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*base, "run.fresh=true", "algorithm.codistill.is.level=tokn"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "codistill: algorithm.codistill.is.level='tokn' not in ['token', 'sequence', 'geo_mean']"
-    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2] and (run / "checkpoints" / "global_step_2").is_dir()
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "codistill: algorithm.codistill.is.level='tokn' not in ['token', 'sequence', 'geo_mean']"
+    )
+    assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2] and (
+        run / "checkpoints" / "global_step_2"
+    ).is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     with open_run(run, fresh=False, say=lambda _: None):
         proc = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"codistill: run folder {run} is in use by pid {os.getpid()} on host")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"codistill: run folder {run} is in use by pid {os.getpid()} on host")
+    )
     assert "ray init kwargs" not in proc.stdout
 
 
@@ -244,12 +269,17 @@ def test_entry_point_on_a_finished_run_says_complete_and_exits_0(tmp_path, tiny_
     checkpointed(run, 2)
     write_rows(run / "metrics.jsonl", [1, 2])
     before = _snapshot(run)
-    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"run.dir={run}"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == (
         f"codistill: run {run} is complete: checkpoints/global_step_2 is step 2 of 2; nothing to do "
-        "(raise trainer.total_training_steps to train on, or start over with --fresh)")
+        "(raise trainer.total_training_steps to train on, or start over with --fresh)"
+    )
     assert "ray init kwargs" not in proc.stdout
     assert _snapshot(run) == before
 
@@ -259,8 +289,13 @@ def test_entry_point_output_dir_under_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "out"
     env = {**os.environ, "CODISTILL_OUTPUT_DIR": str(out)}
-    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -287,8 +322,9 @@ def test_a_new_run_waits_for_an_earlier_attempts_trainer(tmp_path):
         with pytest.raises(RunFolderError) as err:
             with open_run(run, fresh=False, say=lambda _: None, trainer_wait_s=0.5):
                 pass
-        assert str(err.value).startswith(f"run folder {run} is still written by the trainer of an earlier attempt "
-                                         f"(pid {trainer.pid} on host")
+        assert str(err.value).startswith(
+            f"run folder {run} is still written by the trainer of an earlier attempt (pid {trainer.pid} on host"
+        )
         with pytest.raises(RunFolderError, match="is still written by the trainer of another attempt"):
             hold_trainer_lock(run)  # nor can a second trainer take it
     finally:

@@ -19,8 +19,10 @@ FAKEBIN = REPO / "tests" / "fakebin"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
 EXPS = ["codistill", "frozen_teacher", "grpo_large", "grpo_small", "kd_only", "no_is"]
-MODELS = {"qwen2.5-math-1.5b_7b": ("Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-7B"),
-          "llama-3.2-1b_3.1-8b": ("meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.1-8B-Instruct")}
+MODELS = {
+    "qwen2.5-math-1.5b_7b": ("Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-7B"),
+    "llama-3.2-1b_3.1-8b": ("meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+}
 ENTRY = [str(FAKEBIN / "fake-python"), "-m", "recipe.codistill_grpo.main_codistill"]
 
 
@@ -51,13 +53,19 @@ class Env:
 
     def allocation(self, nodes: int, gpus: int = 8) -> dict:
         names = ",".join(f"gpu{i + 1}" for i in range(nodes))
-        return {"SLURM_JOB_ID": "777", "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": names,
-                "SLURM_GPUS_ON_NODE": str(gpus), "SLURM_SUBMIT_DIR": str(REPO)}
+        return {
+            "SLURM_JOB_ID": "777",
+            "SLURM_JOB_NUM_NODES": str(nodes),
+            "SLURM_JOB_NODELIST": names,
+            "SLURM_GPUS_ON_NODE": str(gpus),
+            "SLURM_SUBMIT_DIR": str(REPO),
+        }
 
     def run(self, *args: str, extra_env: dict | None = None, script: Path = SCRIPT, timeout: int = 300):
         env = {**self.env, **(extra_env or {})}
-        return subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.tmp)
+        return subprocess.run(
+            ["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=self.tmp
+        )
 
     def lines(self, name: str) -> list[str]:
         path = self.log / name
@@ -79,10 +87,17 @@ def one_error_line(proc, rc=2) -> str:
 
 
 def test_shellcheck_clean():
-    scripts = [SCRIPT, SBATCH_SCRIPT, REPO / "scripts" / "reproduce_paper.sh", REPO / "scripts" / "setup.sh",
-               REPO / ".ci" / "run", *[p for p in FAKEBIN.iterdir() if p.is_file() and p.suffix != ".md"]]
-    out = subprocess.run([str(REPO / ".venv" / "bin" / "shellcheck"), "-x", *map(str, scripts)],
-                         capture_output=True, text=True, cwd=REPO)
+    scripts = [
+        SCRIPT,
+        SBATCH_SCRIPT,
+        REPO / "scripts" / "reproduce_paper.sh",
+        REPO / "scripts" / "setup.sh",
+        REPO / ".ci" / "run",
+        *[p for p in FAKEBIN.iterdir() if p.is_file() and p.suffix != ".md"],
+    ]
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "shellcheck"), "-x", *map(str, scripts)], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 0, out.stdout
 
 
@@ -96,22 +111,47 @@ def test_launcher_is_thin_and_evaluates_nothing():
 def test_help(tmp_path):
     proc = Env(tmp_path).run("--help")
     assert proc.returncode == 0
-    for word in ("--pair", "--exp", "--nodes", "--dry-run", "--fresh", "CODISTILL_PAIR", "CODISTILL_EXP",
-                 "CODISTILL_NODES", "SBATCH_PARTITION", "cpu-smoke", "slurm-submit", "allocation", "local-gpu"):
+    for word in (
+        "--pair",
+        "--exp",
+        "--nodes",
+        "--dry-run",
+        "--fresh",
+        "CODISTILL_PAIR",
+        "CODISTILL_EXP",
+        "CODISTILL_NODES",
+        "SBATCH_PARTITION",
+        "cpu-smoke",
+        "slurm-submit",
+        "allocation",
+        "local-gpu",
+    ):
         assert word in proc.stdout, word
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--nodes", "two"], "--nodes must be a positive integer, got 'two'"),
-    (["--bogus"], "unknown argument '--bogus'"),
-    (["--mode", "cloud"], "unknown mode 'cloud'; available: cpu-smoke, slurm-submit, allocation, local-gpu"),
-    (["--exp", "../pair/qwen2.5-math-1.5b_7b"], "--exp must be a config name (letters, digits, . _ -), got '../pair/qwen2.5-math-1.5b_7b'"),
-    (["--pair", "/etc/passwd"], "--pair must be a config name"),
-    (["--time", "1:00:00\ntouch /tmp/x"], "a control character (newline, tab, ...) in '--time=1:00:00?touch /tmp/x'"),
-    (["--partition", "gpu\rx"], "a control character (newline, tab, ...) in '--partition=gpu?x'"),
-    (["--", "trainer.experiment_name=a\nb"], "a control character (newline, tab, ...) in 'trainer.experiment_name=a?b'"),
-    (["--pair"], "--pair needs a value"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--nodes", "two"], "--nodes must be a positive integer, got 'two'"),
+        (["--bogus"], "unknown argument '--bogus'"),
+        (["--mode", "cloud"], "unknown mode 'cloud'; available: cpu-smoke, slurm-submit, allocation, local-gpu"),
+        (
+            ["--exp", "../pair/qwen2.5-math-1.5b_7b"],
+            "--exp must be a config name (letters, digits, . _ -), got '../pair/qwen2.5-math-1.5b_7b'",
+        ),
+        (["--pair", "/etc/passwd"], "--pair must be a config name"),
+        (
+            ["--time", "1:00:00\ntouch /tmp/x"],
+            "a control character (newline, tab, ...) in '--time=1:00:00?touch /tmp/x'",
+        ),
+        (["--partition", "gpu\rx"], "a control character (newline, tab, ...) in '--partition=gpu?x'"),
+        (
+            ["--", "trainer.experiment_name=a\nb"],
+            "a control character (newline, tab, ...) in 'trainer.experiment_name=a?b'",
+        ),
+        (["--pair"], "--pair needs a value"),
+    ],
+)
 def test_bad_arguments_one_line(tmp_path, args, message):
     e = Env(tmp_path)
     line = one_error_line(e.run(*args))
@@ -129,12 +169,19 @@ def test_control_characters_in_sbatch_variables_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- mode detection
 
 
-@pytest.mark.parametrize("tools,extra,mode", [
-    ((), {}, "cpu-smoke"),
-    (("nvidia-smi",), {"FAKE_GPUS": "4"}, "local-gpu"),
-    (("sbatch", "nvidia-smi"), {"FAKE_GPUS": "0"}, "slurm-submit"),
-    (("sbatch", "srun", "scontrol"), {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8"}, "allocation"),
-])
+@pytest.mark.parametrize(
+    "tools,extra,mode",
+    [
+        ((), {}, "cpu-smoke"),
+        (("nvidia-smi",), {"FAKE_GPUS": "4"}, "local-gpu"),
+        (("sbatch", "nvidia-smi"), {"FAKE_GPUS": "0"}, "slurm-submit"),
+        (
+            ("sbatch", "srun", "scontrol"),
+            {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8"},
+            "allocation",
+        ),
+    ],
+)
 def test_mode_detection_is_printed_first(tmp_path, tools, extra, mode):
     e = Env(tmp_path, tools=tools)
     proc = e.run("--dry-run", "--exp", "grpo_small", extra_env=extra)
@@ -157,20 +204,46 @@ def test_unknown_experiment_is_one_line_from_the_entry_point(tmp_path):
 
 def test_submit_checks_then_hands_the_static_script_to_sbatch(tmp_path):
     e = Env(tmp_path)
-    proc = e.run("--nodes", "2", "--exp", "no_is", "--partition", "gpu-long", "--account", "proj42", "--",
-                 "trainer.total_training_steps=7", "trainer.experiment_name='my run'",
-                 extra_env={"FAKE_JOB_ID": "31337"})
+    proc = e.run(
+        "--nodes",
+        "2",
+        "--exp",
+        "no_is",
+        "--partition",
+        "gpu-long",
+        "--account",
+        "proj42",
+        "--",
+        "trainer.total_training_steps=7",
+        "trainer.experiment_name='my run'",
+        extra_env={"FAKE_JOB_ID": "31337"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = tmp_path / "out" / "slurm" / "codistill-qwen2.5-math-1.5b_7b-no_is-31337.out"
     assert f"codistill: submitted job 31337: log {log}" in proc.stdout
     assert e.lines("srun.log") == [] and e.runs() == []  # nothing ran on the login node
     (line,) = e.lines("sbatch.log")
-    hydra = ["pair=qwen2.5-math-1.5b_7b", "exp=no_is", "trainer.nnodes=2", "trainer.n_gpus_per_node=8",
-             "trainer.total_training_steps=7", "trainer.experiment_name='my run'"]
+    hydra = [
+        "pair=qwen2.5-math-1.5b_7b",
+        "exp=no_is",
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=8",
+        "trainer.total_training_steps=7",
+        "trainer.experiment_name='my run'",
+    ]
     assert shlex.split(line) == [
-        "sbatch", "--parsable", f"--chdir={REPO}", "--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=1",
-        "--job-name=codistill-qwen2.5-math-1.5b_7b-no_is", f"--output={tmp_path}/out/slurm/%x-%j.out",
-        "--partition=gpu-long", "--account=proj42", "scripts/slurm/codistill.sbatch", *hydra,
+        "sbatch",
+        "--parsable",
+        f"--chdir={REPO}",
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=1",
+        "--job-name=codistill-qwen2.5-math-1.5b_7b-no_is",
+        f"--output={tmp_path}/out/slurm/%x-%j.out",
+        "--partition=gpu-long",
+        "--account=proj42",
+        "scripts/slurm/codistill.sbatch",
+        *hydra,
     ]
 
 
@@ -187,17 +260,43 @@ def test_submit_runs_the_config_check_first(tmp_path):
 def test_the_sbatch_script_brings_ray_up_with_symmetric_run_on_two_nodes(tmp_path):
     """What SLURM runs on the first node of a two-node job."""
     e = Env(tmp_path)
-    proc = e.run("pair=qwen2.5-math-1.5b_7b", "exp=codistill", "trainer.total_training_steps=7",
-                 script=SBATCH_SCRIPT, extra_env=e.allocation(2))
+    proc = e.run(
+        "pair=qwen2.5-math-1.5b_7b",
+        "exp=codistill",
+        "trainer.total_training_steps=7",
+        script=SBATCH_SCRIPT,
+        extra_env=e.allocation(2),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "codistill: Ray on 2 nodes, head gpu1 (10.0.0.1:6379)" in proc.stdout
     srun = e.lines("srun.log")
     assert srun[0] == "srun --nodes=1 --ntasks=1 --overlap -w gpu1 hostname --ip-address"
-    entry = [*ENTRY, "trainer.nnodes=2", "trainer.n_gpus_per_node=8", "pair=qwen2.5-math-1.5b_7b", "exp=codistill",
-             "trainer.total_training_steps=7"]
-    assert srun[1] == " ".join(["srun", "--nodes=2", "--ntasks-per-node=1", "--overlap", str(FAKEBIN / "ray"),
-                                "symmetric-run", "--address", "10.0.0.1:6379", "--min-nodes", "2", "--num-gpus", "8",
-                                "--", *entry])
+    entry = [
+        *ENTRY,
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=8",
+        "pair=qwen2.5-math-1.5b_7b",
+        "exp=codistill",
+        "trainer.total_training_steps=7",
+    ]
+    assert srun[1] == " ".join(
+        [
+            "srun",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--overlap",
+            str(FAKEBIN / "ray"),
+            "symmetric-run",
+            "--address",
+            "10.0.0.1:6379",
+            "--min-nodes",
+            "2",
+            "--num-gpus",
+            "8",
+            "--",
+            *entry,
+        ]
+    )
     assert e.lines("ray.log") == ["symmetric-run --address 10.0.0.1:6379 --min-nodes 2 --num-gpus 8"]
     (call,) = e.runs()
     assert call["argv"] == entry[1:] and call["node"] == "gpu1"
@@ -210,8 +309,12 @@ def test_inside_an_allocation_the_launcher_runs_the_sbatch_script(tmp_path):
     assert proc.stdout.startswith("codistill: mode: allocation (inside SLURM job 777)")
     assert e.lines("srun.log") == [] and e.lines("ray.log") == []  # one node: the recipe starts Ray itself
     (call,) = e.runs()
-    assert call["argv"] == ENTRY[1:] + ["trainer.nnodes=1", "trainer.n_gpus_per_node=4",
-                                        "pair=qwen2.5-math-1.5b_7b", "exp=grpo_large"]
+    assert call["argv"] == ENTRY[1:] + [
+        "trainer.nnodes=1",
+        "trainer.n_gpus_per_node=4",
+        "pair=qwen2.5-math-1.5b_7b",
+        "exp=grpo_large",
+    ]
 
 
 def test_local_gpu_mode_uses_this_nodes_gpus(tmp_path):
@@ -220,13 +323,20 @@ def test_local_gpu_mode_uses_this_nodes_gpus(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("codistill: mode: local-gpu (GPUs, no SLURM): the recipe on this node's 4 GPU(s)")
     (call,) = e.runs()
-    assert call["argv"] == ENTRY[1:] + ["pair=qwen2.5-math-1.5b_7b", "exp=frozen_teacher", "trainer.nnodes=1",
-                                        "trainer.n_gpus_per_node=4", "run.fresh=true"]
+    assert call["argv"] == ENTRY[1:] + [
+        "pair=qwen2.5-math-1.5b_7b",
+        "exp=frozen_teacher",
+        "trainer.nnodes=1",
+        "trainer.n_gpus_per_node=4",
+        "run.fresh=true",
+    ]
 
 
 def test_environment_variables_select_pair_experiment_nodes(tmp_path):
     e = Env(tmp_path)
-    proc = e.run(extra_env={"CODISTILL_PAIR": "llama-3.2-1b_3.1-8b", "CODISTILL_EXP": "kd_only", "CODISTILL_NODES": "4"})
+    proc = e.run(
+        extra_env={"CODISTILL_PAIR": "llama-3.2-1b_3.1-8b", "CODISTILL_EXP": "kd_only", "CODISTILL_NODES": "4"}
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     args = shlex.split(e.lines("sbatch.log")[0])
     assert "--nodes=4" in args and "pair=llama-3.2-1b_3.1-8b" in args and "exp=kd_only" in args
@@ -272,19 +382,30 @@ def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
     run = tmp_path / "out" / "cpu" / "qwen2.5-math-1.5b_7b" / "codistill"
     lines = proc.stdout.splitlines()
-    assert lines[0] == ("codistill: mode: cpu-smoke (no SLURM, no GPU): the qwen2.5-math-1.5b_7b x codistill config "
-                        "with the CPU substitutions, 2 steps")
+    assert lines[0] == (
+        "codistill: mode: cpu-smoke (no SLURM, no GPU): the qwen2.5-math-1.5b_7b x codistill config "
+        "with the CPU substitutions, 2 steps"
+    )
     assert lines[1] == f"codistill: new run in {run}"
     assert len([line for line in lines if line.strip()]) < 80
     assert f"codistill: done: steps 1..2 of 2 in {run} (host " in proc.stdout
     assert f"codistill: metrics (one JSON line per step): {run}/metrics.jsonl" in lines
-    assert f"codistill: checkpoint: {run}/checkpoints/global_step_2 (contains: actor data.pt large_actor metrics_row.json)" in lines
+    assert (
+        f"codistill: checkpoint: {run}/checkpoints/global_step_2 (contains: actor data.pt large_actor metrics_row.json)"
+        in lines
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert 0 < rows[-1]["data"]["large/is_ess"] <= 1
 
-    proc = subprocess.run(["bash", str(SCRIPT), "--", "trainer.total_training_steps=3"], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--", "trainer.total_training_steps=3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.stdout.splitlines()[1] == f"codistill: resuming run {run} from step 2 (checkpoints/global_step_2)"
     assert f"codistill: done: steps 3..3 of 3 in {run}" in proc.stdout

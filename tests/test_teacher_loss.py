@@ -18,11 +18,11 @@ import math
 import pytest
 import torch
 from tensordict import TensorDict
-
-from recipe.codistill_grpo.trainer import large_actor_loss
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
+
+from recipe.codistill_grpo.trainer import large_actor_loss
 from verl_ext.codistill.teacher_loss import codistill_teacher_policy_loss
 
 LO, HI, C = 0.15, 0.25, 2.5  # distinct clip settings, so a config that does not reach the loss shows
@@ -271,8 +271,9 @@ def test_large_actor_loss_without_large_is_weights_raises():
 def test_large_actor_loss_with_the_recipes_large_config_and_global_token_count():
     """The config training passes (the recipe's large worker config, as a dataclass) and verl's
     global normalisation: token-mean divides by the global token count, times dp_size."""
-    from recipe.codistill_grpo.configuration import build_large_worker_config, compose_config
     from verl.utils.config import omega_conf_to_dataclass
+
+    from recipe.codistill_grpo.configuration import build_large_worker_config, compose_config
 
     cfg = omega_conf_to_dataclass(build_large_worker_config(compose_config("toy", "codistill")).actor)
     assert cfg.policy_loss.loss_mode == "codistill_teacher" and cfg.loss_agg_mode == "token-mean"
@@ -292,8 +293,9 @@ def test_explicit_settings_entry_is_the_same_loss():
 
     old, new, adv, mask, w = make_inputs(5)
     for agg in ("token-mean", "seq-mean-token-mean"):
-        loss, _ = compute_teacher_policy_loss(old, new, adv, mask.bool(), w, clip_ratio_low=0.1, clip_ratio_high=0.3,
-                                              clip_ratio_c=2.5, loss_agg_mode=agg)
+        loss, _ = compute_teacher_policy_loss(
+            old, new, adv, mask.bool(), w, clip_ratio_low=0.1, clip_ratio_high=0.3, clip_ratio_c=2.5, loss_agg_mode=agg
+        )
         want = float(reference(lambda i, t: new[i, t], old, adv, mask, w, lo=0.1, hi=0.3, c=2.5, agg=agg))
         assert float(loss) == pytest.approx(want, rel=1e-9)
     with pytest.raises(ValueError, match="is_weights is None"):

@@ -37,7 +37,10 @@ def test_tiny_models_sometimes_end_early(tiny_pair):
     tok = AutoTokenizer.from_pretrained(tiny_pair["small"])
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "What is 3 + 4?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )["input_ids"]
     for size in ("small", "large"):
         model = AutoModelForCausalLM.from_pretrained(tiny_pair[size])

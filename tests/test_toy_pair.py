@@ -76,7 +76,10 @@ def test_prompts_and_answers_are_short_with_the_tokenizer_from_disk(toy_data):
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     for path in (toy_data["train"], toy_data["test"]):
         frame = pd.read_parquet(path)
-        prompts = [tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False) for p in frame["prompt"]]
+        prompts = [
+            tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
+            for p in frame["prompt"]
+        ]
         assert max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in prompts) <= 32
         for key in ("response", "slip"):
             answers = [e[key] for e in frame["extra_info"]]
@@ -247,12 +250,26 @@ def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
     from recipe.codistill_grpo.configuration import compose_config, resolved
     from recipe.codistill_grpo.cpu.stand_in import ensure_cpu_pair
 
-    cfg = resolved(compose_config("toy", "grpo_small", ["pair.cpu.build.models.large.procedure=[0.9,0.9,0.9]",
-                                                        "+pair.cpu.build.models.small.steps=3",
-                                                        "+pair.cpu.build.models.large.steps=5"], platform="cpu"))
+    cfg = resolved(
+        compose_config(
+            "toy",
+            "grpo_small",
+            [
+                "pair.cpu.build.models.large.procedure=[0.9,0.9,0.9]",
+                "+pair.cpu.build.models.small.steps=3",
+                "+pair.cpu.build.models.large.steps=5",
+            ],
+            platform="cpu",
+        )
+    )
     settings = OmegaConf.to_container(cfg.run.cpu_pair.settings)
-    assert settings == {"data": {}, "models": {"small": {"procedure": [0.6, 0.35, 0.2], "steps": 3},
-                                               "large": {"procedure": [0.9, 0.9, 0.9], "steps": 5}}}
+    assert settings == {
+        "data": {},
+        "models": {
+            "small": {"procedure": [0.6, 0.35, 0.2], "steps": 3},
+            "large": {"procedure": [0.9, 0.9, 0.9], "steps": 5},
+        },
+    }
     ensure_cpu_pair("toy", tmp_path, ("small", "large"), settings)
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["settings"]["models"]["large"]["procedure"] == [0.9, 0.9, 0.9]
@@ -275,26 +292,32 @@ def test_each_toy_pair_has_its_own_folder_and_teacher():
 def test_stand_in_cli_builds_a_pair_with_its_yaml_settings(tmp_path, monkeypatch):
     """`stand_in --pair toy` (what reproduce_paper and pair.prepare run) hands the builder the settings
     written in configs/pair/toy.yaml, read here straight from the file; --kind uses the defaults."""
-    import yaml
 
     from recipe.codistill_grpo.cpu import stand_in, toy_pair
 
     calls = []
-    monkeypatch.setattr(toy_pair, "build_toy_pair", lambda folder, models, data, overrides: calls.append(
-        (str(folder), models, data, overrides)))
+    monkeypatch.setattr(
+        toy_pair,
+        "build_toy_pair",
+        lambda folder, models, data, overrides: calls.append((str(folder), models, data, overrides)),
+    )
     written = yaml.safe_load((REPO / "configs" / "pair" / "toy.yaml").read_text())["pair"]["cpu"]["build"]
     assert stand_in.main(["--pair", "toy", "--out", str(tmp_path / "a"), "--models", "small"]) == 0
     assert stand_in.main(["--kind", "toy", "--out", str(tmp_path / "b")]) == 0
-    assert calls == [(str(tmp_path / "a"), ("small",), written["data"], written["models"]),
-                     (str(tmp_path / "b"), ("small", "large"), None, None)]
+    assert calls == [
+        (str(tmp_path / "a"), ("small",), written["data"], written["models"]),
+        (str(tmp_path / "b"), ("small", "large"), None, None),
+    ]
 
 
 def _greedy_by_hand(model, tok, frame, max_new: int = 24) -> list[str]:
     """Greedy decoding written out: argmax of the last position, one full forward per token, no
     padding (every question of a level has the same prompt length), stop at EOS."""
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    prompts = [tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
-               for p in frame["prompt"]]
+    prompts = [
+        tok.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
+        for p in frame["prompt"]
+    ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in prompts]
     out: list[str] = [""] * len(ids)
     for length in sorted({len(x) for x in ids}):

@@ -54,6 +54,7 @@ def test_cpu_config_passes_and_keeps_the_real_reward():
     assert plan.codistill.kd.coef == 1.0 and plan.codistill.is_.level == "token"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_ext.reward.math_reward"
     from verl.utils.import_utils import load_extern_object
+
     from verl_ext.reward.math_reward import compute_score
 
     assert load_extern_object(cfg.reward.custom_reward_function.path, "compute_score") is compute_score
@@ -79,7 +80,10 @@ def test_logger_without_file_is_refused():
 
 
 def test_unknown_is_level():
-    assert _error(["algorithm.codistill.is.level=foo"]) == "algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+    assert (
+        _error(["algorithm.codistill.is.level=foo"])
+        == "algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+    )
 
 
 def test_kd_without_large_model():
@@ -113,8 +117,15 @@ def test_train_batch_not_a_multiple_of_the_mini_batch():
 
 def test_mini_batch_not_divisible_by_the_data_parallel_size():
     # 4 prompts, mini-batch 2 prompts x 3 samples = 6 responses over 4 ranks; the batch (12) divides
-    msg = _error(["trainer.n_gpus_per_node=4", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-                  "actor_rollout_ref.rollout.n=3", "pair.small.log_prob_micro_batch_size_per_gpu=3"])
+    msg = _error(
+        [
+            "trainer.n_gpus_per_node=4",
+            "data.train_batch_size=4",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+            "actor_rollout_ref.rollout.n=3",
+            "pair.small.log_prob_micro_batch_size_per_gpu=3",
+        ]
+    )
     assert msg == (
         "actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n = 2 * 3 = 6 responses is not divisible by the "
         "small actor's data-parallel size 4 (4 GPU(s) / sequence-parallel 1)"
@@ -127,9 +138,13 @@ def test_the_large_models_own_values_are_checked():
         "data.train_batch_size=4 is not a multiple of large_actor.actor.ppo_mini_batch_size=3 "
         "(both count prompts; each prompt has actor_rollout_ref.rollout.n=4 responses)"
     )
-    four = ["trainer.n_gpus_per_node=4", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
-            "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
-            "pair.large.log_prob_micro_batch_size_per_gpu=4"]
+    four = [
+        "trainer.n_gpus_per_node=4",
+        "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
+        "pair.small.log_prob_micro_batch_size_per_gpu=4",
+        "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
+        "pair.large.log_prob_micro_batch_size_per_gpu=4",
+    ]
     assert _error([*four, "+large_actor.actor.ulysses_sequence_parallel_size=3"]) == (
         "large_actor.actor.ulysses_sequence_parallel_size=3: the large actor's 4 GPU(s) are not divisible by its "
         "sequence-parallel size"
@@ -143,7 +158,9 @@ def test_the_large_models_own_values_are_checked():
         "batch per GPU 16 (train_batch_size 4 * rollout.n 4 / data-parallel 1)"
     )
     # the same values on the small model are fine: the checks read each model's own
-    check_config(cpu_config(["+large_actor.actor.ppo_mini_batch_size=2", "pair.large.actor.ppo_micro_batch_size_per_gpu=8"]))
+    check_config(
+        cpu_config(["+large_actor.actor.ppo_mini_batch_size=2", "pair.large.actor.ppo_micro_batch_size_per_gpu=8"])
+    )
     check_config(cpu_config([*four, "+large_actor.actor.ulysses_sequence_parallel_size=2"]))
 
 
@@ -156,12 +173,18 @@ def test_large_kl_loss_is_refused_not_switched_off():
 
 def test_zero_grad_skip_refused_where_it_cannot_be_exact():
     msg = _error(["+large_actor.actor.entropy_coeff=0.01"])
-    assert msg.startswith("algorithm.codistill.large.skip_zero_grad=true cannot be exact with "
-                          "large_actor.actor.entropy_coeff=0.01")
+    assert msg.startswith(
+        "algorithm.codistill.large.skip_zero_grad=true cannot be exact with large_actor.actor.entropy_coeff=0.01"
+    )
     assert msg.endswith("set algorithm.codistill.large.skip_zero_grad=false")
-    assert "loss_agg_mode='seq-mean-token-sum-norm'" in _error(["+large_actor.actor.loss_agg_mode=seq-mean-token-sum-norm"])
+    assert "loss_agg_mode='seq-mean-token-sum-norm'" in _error(
+        ["+large_actor.actor.loss_agg_mode=seq-mean-token-sum-norm"]
+    )
     # without the skip the same configs run
-    check_config(cpu_config(["+large_actor.actor.entropy_coeff=0.01", "algorithm.codistill.large.skip_zero_grad=false"]))
+    check_config(
+        cpu_config(["+large_actor.actor.entropy_coeff=0.01", "algorithm.codistill.large.skip_zero_grad=false"])
+    )
+
     # the small actor skips only where exact: the GRPO baselines (no KD term), no entropy bonus or KL loss
     def small_skips(overrides=(), exp="codistill"):
         plan = check_config(cpu_config(list(overrides), exp=exp))
@@ -173,13 +196,17 @@ def test_zero_grad_skip_refused_where_it_cannot_be_exact():
 
 
 def test_rollout_behavior_needs_the_rollouts_log_probs():
-    assert _error(["algorithm.codistill.is.behavior=rollout", "actor_rollout_ref.rollout.calculate_log_probs=false"]) == (
+    assert _error(
+        ["algorithm.codistill.is.behavior=rollout", "actor_rollout_ref.rollout.calculate_log_probs=false"]
+    ) == (
         "algorithm.codistill.is.behavior='rollout' needs the rollout's log-probs: set "
         "actor_rollout_ref.rollout.calculate_log_probs=true"
     )
 
 
-@pytest.mark.parametrize("key", ["actor_rollout_ref.actor.checkpoint.async_save", "large_actor.actor.checkpoint.async_save"])
+@pytest.mark.parametrize(
+    "key", ["actor_rollout_ref.actor.checkpoint.async_save", "large_actor.actor.checkpoint.async_save"]
+)
 def test_async_checkpoint_save_is_refused(key):
     """Issue 16 item 4: verl writes no tracker for async saves, so such a run could never resume."""
     msg = _error([f"{'+' if key.startswith('large_actor') else ''}{key}=true"])
@@ -188,28 +215,57 @@ def test_async_checkpoint_save_is_refused(key):
 
 
 def test_allocation_must_fit():
-    plan = check_config(cpu_config(["trainer.nnodes=2", "trainer.n_gpus_per_node=2", "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
-                                    "pair.small.log_prob_micro_batch_size_per_gpu=4", "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
-                                    "pair.large.log_prob_micro_batch_size_per_gpu=4"]))
+    plan = check_config(
+        cpu_config(
+            [
+                "trainer.nnodes=2",
+                "trainer.n_gpus_per_node=2",
+                "pair.small.actor.ppo_micro_batch_size_per_gpu=4",
+                "pair.small.log_prob_micro_batch_size_per_gpu=4",
+                "pair.large.actor.ppo_micro_batch_size_per_gpu=4",
+                "pair.large.log_prob_micro_batch_size_per_gpu=4",
+            ]
+        )
+    )
     check_allocation(plan, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "h100:2"})
     with pytest.raises(ConfigError, match=r"^the run needs 2 node\(s\) \(trainer.nnodes=2\) but the allocation has 1$"):
         check_allocation(plan, {"SLURM_JOB_NUM_NODES": "1"})
     with pytest.raises(ConfigError, match=r"^trainer.n_gpus_per_node=2 but the allocation has 1 GPU\(s\) per node$"):
         check_allocation(plan, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "1"})
-    separate = check_config(cpu_config(["algorithm.codistill.large.placement=separate", "algorithm.codistill.large.nnodes=1",
-                                        "algorithm.codistill.large.n_gpus_per_node=1"]))
-    with pytest.raises(ConfigError, match=r"needs 2 node\(s\) \(trainer.nnodes=1 \+ algorithm.codistill.large.nnodes=1"):
+    separate = check_config(
+        cpu_config(
+            [
+                "algorithm.codistill.large.placement=separate",
+                "algorithm.codistill.large.nnodes=1",
+                "algorithm.codistill.large.n_gpus_per_node=1",
+            ]
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"needs 2 node\(s\) \(trainer.nnodes=1 \+ algorithm.codistill.large.nnodes=1"
+    ):
         check_allocation(separate, {"SLURM_JOB_NUM_NODES": "1"})
     check_allocation(plan, {})  # not in an allocation: nothing to check
 
 
 def test_entry_point_fails_before_ray_with_one_line():
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", "algorithm.codistill.is.level=foo"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            "platform=cpu",
+            "algorithm.codistill.is.level=foo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "codistill: algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "codistill: algorithm.codistill.is.level='foo' not in ['token', 'sequence', 'geo_mean']"
+    )
     assert "ray init kwargs" not in proc.stdout + proc.stderr
 
 
@@ -217,7 +273,9 @@ def test_group_options_are_names_not_paths():
     """hydra would load exp=../pair/<file> from outside configs/exp; the entry point refuses it."""
     proc = subprocess.run(
         [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", "platform=cpu", f"exp=../pair/{PAIR}"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -290,8 +348,11 @@ def _batch(codistill: dict, seed: int = 0, groups: int = 3, g: int = 4, T: int =
     perm = torch.randperm(bs, generator=gen)
     data = DataProto.from_dict(
         tensors={
-            "token_level_rewards": rewards[perm], "response_mask": mask[perm], "old_log_probs": ls[perm] * mask[perm],
-            "large_old_log_probs": ll[perm] * mask[perm], "rollout_log_probs": rollout[perm] * mask[perm],
+            "token_level_rewards": rewards[perm],
+            "response_mask": mask[perm],
+            "old_log_probs": ls[perm] * mask[perm],
+            "large_old_log_probs": ll[perm] * mask[perm],
+            "rollout_log_probs": rollout[perm] * mask[perm],
         },
         non_tensors={"uid": uid[perm.numpy()]},
     )
@@ -317,7 +378,9 @@ def test_kd_coef_zero_reproduces_verls_grpo():
     cd = {"kd": {"coef": 0.0}}
     batch = _batch(cd)
     ref, _ = compute_grpo_outcome_advantage(
-        batch.batch["token_level_rewards"], batch.batch["response_mask"], batch.non_tensor_batch["uid"],
+        batch.batch["token_level_rewards"],
+        batch.batch["response_mask"],
+        batch.non_tensor_batch["uid"],
         norm_adv_by_std_in_grpo=True,
     )
     _trainer_stub(cd)._codistill_advantages(batch)
@@ -385,7 +448,8 @@ def test_non_finite_log_probs_stop_the_step_with_one_line(monkeypatch):
     mask = torch.ones(2, 3)
     lp = torch.tensor([[-1.0, float("nan"), -2.0], [float("-inf"), -1.0, -1.0]])
     monkeypatch.setattr(
-        RayPPOTrainer, "_compute_old_log_prob",
+        RayPPOTrainer,
+        "_compute_old_log_prob",
         lambda self, batch: (DataProto.from_dict(tensors={"old_log_probs": lp}), 0.0),
     )
     trainer = _trainer_stub({"kd": {"coef": 0.0}, "large": {"enable": False}}, step=7)
@@ -401,9 +465,19 @@ def test_non_finite_log_probs_stop_the_step_with_one_line(monkeypatch):
 def test_dry_run_prints_plan_without_models():
     """A GPU config resolves on any machine: hub names are not read, nothing starts."""
     proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", f"pair={PAIR}", "exp=codistill",
-         "run.dry_run=true", "algorithm.codistill.large.placement=separate"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recipe.codistill_grpo.main_codistill",
+            f"pair={PAIR}",
+            "exp=codistill",
+            "run.dry_run=true",
+            "algorithm.codistill.large.placement=separate",
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -417,7 +491,11 @@ def test_dry_run_prints_plan_without_models():
 def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
     """The large checkpoint records its model's signature; resuming with another large model fails."""
     from recipe.codistill_grpo.trainer import (
-        LARGE_CKPT_DIR, LARGE_META_FILE, CoDistillRunError, CoDistillTrainer, model_signature,
+        LARGE_CKPT_DIR,
+        LARGE_META_FILE,
+        CoDistillRunError,
+        CoDistillTrainer,
+        model_signature,
     )
 
     trainer = CoDistillTrainer.__new__(CoDistillTrainer)
@@ -434,7 +512,9 @@ def test_resume_refuses_another_models_large_checkpoint(tiny_pair, tmp_path):
         trainer.check_large_checkpoint(str(folder))
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith(f"resume: the large checkpoint at {folder / LARGE_CKPT_DIR} belongs to model {tiny_pair['small']!r}")
+    assert msg.startswith(
+        f"resume: the large checkpoint at {folder / LARGE_CKPT_DIR} belongs to model {tiny_pair['small']!r}"
+    )
     assert "'hidden_size': 32" in msg and "'hidden_size': 64" in msg
 
 
@@ -462,11 +542,16 @@ def _saving_trainer(tmp_path, tiny_pair, keep=1, small=None, large=None):
 
     trainer = CoDistillTrainer.__new__(CoDistillTrainer)
     trainer.cd = CoDistillConfig.from_dict({})
-    trainer.config = OmegaConf.create({
-        "trainer": {"default_local_dir": str(tmp_path / "checkpoints"), "max_actor_ckpt_to_keep": keep,
-                    "default_hdfs_dir": None},
-        "actor_rollout_ref": {"actor": {"checkpoint": {"async_save": False}}},
-    })
+    trainer.config = OmegaConf.create(
+        {
+            "trainer": {
+                "default_local_dir": str(tmp_path / "checkpoints"),
+                "max_actor_ckpt_to_keep": keep,
+                "default_hdfs_dir": None,
+            },
+            "actor_rollout_ref": {"actor": {"checkpoint": {"async_save": False}}},
+        }
+    )
     trainer.large_config = OmegaConf.create({"model": {"path": tiny_pair["large"]}})
     trainer.actor_rollout_wg, trainer.large_wg = small or _Group(), large or _Group()
     trainer.use_critic = False
@@ -502,11 +587,18 @@ def _scored_batch():
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     scores = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    return DataProto.from_dict(tensors={
-        "token_level_scores": scores, "token_level_rewards": scores, "advantages": mask * 0.5, "returns": mask * 0.5,
-        "prompts": torch.ones(2, 2, dtype=torch.long), "responses": torch.ones(2, 3, dtype=torch.long),
-        "response_mask": mask, "attention_mask": torch.cat([torch.ones(2, 2), mask], dim=1),
-    })
+    return DataProto.from_dict(
+        tensors={
+            "token_level_scores": scores,
+            "token_level_rewards": scores,
+            "advantages": mask * 0.5,
+            "returns": mask * 0.5,
+            "prompts": torch.ones(2, 2, dtype=torch.long),
+            "responses": torch.ones(2, 3, dtype=torch.long),
+            "response_mask": mask,
+            "attention_mask": torch.cat([torch.ones(2, 2), mask], dim=1),
+        }
+    )
 
 
 def test_the_steps_metrics_row_is_in_its_checkpoint_before_the_tracker(tmp_path, tiny_pair):
@@ -545,8 +637,10 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_its_traceback_goes_to_train_l
     trainer.global_steps = 4
     with pytest.raises(CoDistillRunError) as err:
         trainer._save_checkpoint()
-    assert str(err.value) == (f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints/global_step_4: "
-                              f"disk full (traceback in {tmp_path}/train.log)")
+    assert str(err.value) == (
+        f"step 4: the checkpoint could not be written to {tmp_path}/checkpoints/global_step_4: "
+        f"disk full (traceback in {tmp_path}/train.log)"
+    )
     log = (tmp_path / "train.log").read_text()
     assert log.startswith("earlier lines\n") and "Traceback (most recent call last):" in log
     assert "OSError: [Errno 28] No space left on device" in log and "save_checkpoint" in log
@@ -586,10 +680,17 @@ def test_frozen_optimizer_check_fails_loudly_when_verl_renames_attributes(monkey
     monkeypatch.setattr(tr.ray, "get", lambda refs: list(refs))
     ok = SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optimizer=None)))
     check(ok, ok)
-    for renamed, missing in [(SimpleNamespace(reference=ok.ref), "worker has no attribute 'ref'"),
-                             (SimpleNamespace(ref=SimpleNamespace(train_engine=ok.ref.engine)), "worker.ref has no attribute 'engine'"),
-                             (SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optim=None))), "worker.ref.engine has no attribute 'optimizer'")]:
-        with pytest.raises(tr.CoDistillRunError, match=f"cannot verify that the frozen large model has no optimizer: {missing}"):
+    for renamed, missing in [
+        (SimpleNamespace(reference=ok.ref), "worker has no attribute 'ref'"),
+        (SimpleNamespace(ref=SimpleNamespace(train_engine=ok.ref.engine)), "worker.ref has no attribute 'engine'"),
+        (
+            SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optim=None))),
+            "worker.ref.engine has no attribute 'optimizer'",
+        ),
+    ]:
+        with pytest.raises(
+            tr.CoDistillRunError, match=f"cannot verify that the frozen large model has no optimizer: {missing}"
+        ):
             check(ok, renamed)
     with pytest.raises(tr.CoDistillRunError, match="has an optimizer; expected none"):
         check(SimpleNamespace(ref=SimpleNamespace(engine=SimpleNamespace(optimizer=object()))))
@@ -610,10 +711,13 @@ def test_resuming_at_the_last_step_trains_nothing(tmp_path, tiny_pair, monkeypat
         def load(self):
             self.global_steps = step
             return step
+
         return load
 
     monkeypatch.setattr(RayPPOTrainer, "_load_checkpoint", loaded(3))
-    with pytest.raises(CoDistillRunComplete, match=r"^the run is complete: its checkpoint is step 3 of 3; nothing to do"):
+    with pytest.raises(
+        CoDistillRunComplete, match=r"^the run is complete: its checkpoint is step 3 of 3; nothing to do"
+    ):
         trainer._load_checkpoint()
     monkeypatch.setattr(RayPPOTrainer, "_load_checkpoint", loaded(2))
     assert trainer._load_checkpoint() == 2

@@ -32,12 +32,31 @@ RUN_TIMEOUT_S = 900
 PAIR = "qwen2.5-math-1.5b_7b"
 
 LISTED_METRICS = [
-    "small/kd_reward_mean", "small/kd_reverse_kl", "small/adv_reward_part_abs", "small/adv_kd_part_abs",
-    "small/acc", "small/pg_loss", "small/grad_norm", "small/rollout_logprob_diff_mean", "small/rollout_logprob_diff_max",
-    "large/is_weight_mean", "large/is_weight_max", "large/is_weight_min", "large/is_clip_frac", "large/is_ess",
-    "large/logprob_gap", "large/pg_loss", "large/pg_clipfrac", "large/grad_norm",
-    "timing_s/gen", "timing_s/old_log_prob", "timing_s/large_log_prob", "timing_s/update_actor",
-    "timing_s/small_update", "timing_s/large_update", "timing_s/update_weights",
+    "small/kd_reward_mean",
+    "small/kd_reverse_kl",
+    "small/adv_reward_part_abs",
+    "small/adv_kd_part_abs",
+    "small/acc",
+    "small/pg_loss",
+    "small/grad_norm",
+    "small/rollout_logprob_diff_mean",
+    "small/rollout_logprob_diff_max",
+    "large/is_weight_mean",
+    "large/is_weight_max",
+    "large/is_weight_min",
+    "large/is_clip_frac",
+    "large/is_ess",
+    "large/logprob_gap",
+    "large/pg_loss",
+    "large/pg_clipfrac",
+    "large/grad_norm",
+    "timing_s/gen",
+    "timing_s/old_log_prob",
+    "timing_s/large_log_prob",
+    "timing_s/update_actor",
+    "timing_s/small_update",
+    "timing_s/large_update",
+    "timing_s/update_weights",
 ]
 
 
@@ -47,16 +66,28 @@ LISTED_METRICS = [
 def run_recipe(run_dir: Path, exp: str, steps: int, extra: list[str] = (), check: bool = True):
     """The entry point with platform=cpu, the toy reward and the dumping trainer, into ``run_dir``."""
     args = [
-        f"pair={PAIR}", f"exp={exp}", "platform=cpu", f"run.dir={run_dir}",
-        f"trainer.total_training_steps={steps}", "trainer.save_freq=1",
+        f"pair={PAIR}",
+        f"exp={exp}",
+        "platform=cpu",
+        f"run.dir={run_dir}",
+        f"trainer.total_training_steps={steps}",
+        "trainer.save_freq=1",
         f"reward.custom_reward_function.path={REPO / 'tests' / 'toy_reward.py'}",
         "run.trainer_class=tests.support.DumpingTrainer",
         # the pair's lr (1e-6, sized for 1.5B/7B models) barely moves tiny random models in 3 steps
-        "pair.small.actor.optim.lr=1e-3", "pair.large.actor.optim.lr=1e-3", *extra,
+        "pair.small.actor.optim.lr=1e-3",
+        "pair.large.actor.optim.lr=1e-3",
+        *extra,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args], env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=REPO,
+    )
     (Path(str(run_dir) + ".console.log")).write_text(proc.stdout + "\n" + proc.stderr)
     if check:
         assert proc.returncode == 0, f"run failed (log: {run_dir}.console.log):\n{proc.stderr[-3000:]}"
@@ -107,7 +138,9 @@ def hf_log_probs(model_dir: str, state: dict | None, d: dict) -> torch.Tensor:
     resp = d["responses"]
     T = resp.shape[1]
     with torch.no_grad():
-        logits = model(input_ids=d["input_ids"], attention_mask=d["attention_mask"], position_ids=d["position_ids"]).logits
+        logits = model(
+            input_ids=d["input_ids"], attention_mask=d["attention_mask"], position_ids=d["position_ids"]
+        ).logits
     logits = logits[:, -T - 1 : -1, :].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
 
@@ -171,16 +204,24 @@ def second_eval_suite(runs_root, tiny_data) -> str:
 @pytest.fixture(scope="module")
 def baseline_run(runs_root, tiny_data, second_eval_suite) -> Path:
     # also exercises verl's in-loop validation on two eval suites (test_freq=2: at the last step)
-    run_recipe(runs_root / "baseline", "grpo_small", steps=2,
-               extra=[f"data.val_files=[{tiny_data['test']},{second_eval_suite}]", "trainer.test_freq=2"])
+    run_recipe(
+        runs_root / "baseline",
+        "grpo_small",
+        steps=2,
+        extra=[f"data.val_files=[{tiny_data['test']},{second_eval_suite}]", "trainer.test_freq=2"],
+    )
     return runs_root / "baseline"
 
 
 @pytest.fixture(scope="module")
 def frozen_run(runs_root, tiny_dir) -> Path:
     # also exercises the separate placement: the large model on its own resource pool (2nd logical GPU)
-    extra = ["algorithm.codistill.large.placement=separate", "algorithm.codistill.large.n_gpus_per_node=1",
-             "algorithm.codistill.large.nnodes=1", "ray_kwargs.ray_init.num_gpus=2"]
+    extra = [
+        "algorithm.codistill.large.placement=separate",
+        "algorithm.codistill.large.n_gpus_per_node=1",
+        "algorithm.codistill.large.nnodes=1",
+        "ray_kwargs.ray_init.num_gpus=2",
+    ]
     run_recipe(runs_root / "frozen", "frozen_teacher", steps=2, extra=extra)
     return runs_root / "frozen"
 
@@ -201,8 +242,11 @@ def test_rollout_generates_with_the_small_actors_weights(codistill_run, tiny_pai
     """Step N's samples come from the small actor after step N-1 (the initial model for step 1)."""
     for step in (1, 2, 3):
         rollout = torch.load(codistill_run / "dump" / f"rollout_weights_step_{step}.pt", weights_only=False)
-        actor = hf_state(tiny_pair["small"]) if step == 1 else ckpt_state(
-            codistill_run / "checkpoints" / f"global_step_{step - 1}" / "actor")
+        actor = (
+            hf_state(tiny_pair["small"])
+            if step == 1
+            else ckpt_state(codistill_run / "checkpoints" / f"global_step_{step - 1}" / "actor")
+        )
         for name, tensor in actor.items():
             torch.testing.assert_close(rollout[name].float(), tensor.float(), rtol=0, atol=0, msg=f"step {step} {name}")
 
@@ -216,7 +260,9 @@ def test_every_listed_metric_present_and_finite(codistill_run):
         bad = {k: data[k] for k in LISTED_METRICS if not math.isfinite(float(data[k]))}
         assert not bad, f"step {step}: non-finite {bad}"
         assert 0.0 < data["large/is_ess"] <= 1.0
-        assert not [k for k in data if k.startswith("actor/") and k != "actor/entropy"], "small-actor metrics not under small/"
+        assert not [k for k in data if k.startswith("actor/") and k != "actor/entropy"], (
+            "small-actor metrics not under small/"
+        )
 
 
 def test_rollout_mismatch_metric_against_the_dumped_log_probs(codistill_run):
@@ -230,7 +276,10 @@ def test_rollout_mismatch_metric_against_the_dumped_log_probs(codistill_run):
 
 def test_console_is_quiet_and_says_what_happened(codistill_run):
     console = Path(str(codistill_run) + ".console.log").read_text().splitlines()
-    assert console[0] == f"codistill: new run in {codistill_run}" or f"codistill: new run in {codistill_run}" in console[:3]
+    assert (
+        console[0] == f"codistill: new run in {codistill_run}"
+        or f"codistill: new run in {codistill_run}" in console[:3]
+    )
     assert len([line for line in console if line.strip()]) < 80
     assert sum(line.startswith("codistill: step ") and "/3 " in line for line in console) == 3
     assert f"codistill: done: steps 1..3 of 3 in {codistill_run}" in "\n".join(console)
@@ -319,8 +368,11 @@ def test_resume_continues_from_saved_step(codistill_run, resumed_run, tiny_pair)
         b = ckpt_state(resumed_run / "checkpoints" / "global_step_3" / sub)
         for name in a:
             torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=f"{sub} {name}")
-        for x, y in zip(optim_tensors(codistill_run / "checkpoints" / "global_step_3" / sub),
-                        optim_tensors(resumed_run / "checkpoints" / "global_step_3" / sub), strict=True):
+        for x, y in zip(
+            optim_tensors(codistill_run / "checkpoints" / "global_step_3" / sub),
+            optim_tensors(resumed_run / "checkpoints" / "global_step_3" / sub),
+            strict=True,
+        ):
             torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-8, msg=f"{sub} optimizer state")
 
 

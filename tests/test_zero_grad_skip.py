@@ -33,23 +33,36 @@ def test_zero_gradient_rows_against_a_loop():
     mask[1, 3:] = 0.0
     mask[4] = 0.0  # empty response
     want = [not any(mask[i, t] and adv[i, t] != 0 and w[i, t] != 0 for t in range(6)) for i in range(9)]
-    assert zero_gradient_rows(adv, mask, w).tolist() == want == [True, True, True, True, True, False, False, False, False]
+    assert (
+        zero_gradient_rows(adv, mask, w).tolist() == want == [True, True, True, True, True, False, False, False, False]
+    )
     want_no_w = [not any(mask[i, t] and adv[i, t] != 0 for t in range(6)) for i in range(9)]
     assert zero_gradient_rows(adv, mask).tolist() == want_no_w
 
 
 def run(run_dir: Path, exp: str, skip: bool, extra: list[str]) -> dict:
     args = [
-        "pair=qwen2.5-math-1.5b_7b", f"exp={exp}", "platform=cpu", f"run.dir={run_dir}", "trainer.total_training_steps=1",
+        "pair=qwen2.5-math-1.5b_7b",
+        f"exp={exp}",
+        "platform=cpu",
+        f"run.dir={run_dir}",
+        "trainer.total_training_steps=1",
         f"reward.custom_reward_function.path={REPO / 'tests' / 'toy_reward.py'}",
         "reward.custom_reward_function.name=compute_score_half_constant",
         # lr 1e-4: a step moves weights by ~1e-4 (Adam), so a missing sequence's gradient shows far above 1e-6,
         # while float reordering of the gradient sums (other micro-batches) stays below it
-        "pair.small.actor.optim.lr=1e-4", "pair.large.actor.optim.lr=1e-4",
-        f"algorithm.codistill.large.skip_zero_grad={str(skip).lower()}", *extra,
+        "pair.small.actor.optim.lr=1e-4",
+        "pair.large.actor.optim.lr=1e-4",
+        f"algorithm.codistill.large.skip_zero_grad={str(skip).lower()}",
+        *extra,
     ]
-    proc = subprocess.run([sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["data"]
 
@@ -61,7 +74,7 @@ def states(folder: Path) -> list[torch.Tensor]:
             sd = torch.load(folder / name, weights_only=False)
             items = sd["state"].items() if "state" in sd else sd.items()
             for _, v in sorted(items, key=lambda kv: str(kv[0])):
-                for t in (v.values() if isinstance(v, dict) else [v]):
+                for t in v.values() if isinstance(v, dict) else [v]:
                     if torch.is_tensor(t):
                         out.append((t.to_local() if hasattr(t, "to_local") else t).detach().float().clone())
     return out
@@ -76,11 +89,16 @@ def assert_same(a: Path, b: Path, sub: str, initial: str) -> None:
     from transformers import AutoModelForCausalLM
 
     start = AutoModelForCausalLM.from_pretrained(initial).state_dict()
-    end = torch.load(a / "checkpoints" / "global_step_1" / sub / "model_world_size_1_rank_0.pt", weights_only=False) \
-        if (a / "checkpoints" / "global_step_1" / sub / "model_world_size_1_rank_0.pt").exists() else None
+    end = (
+        torch.load(a / "checkpoints" / "global_step_1" / sub / "model_world_size_1_rank_0.pt", weights_only=False)
+        if (a / "checkpoints" / "global_step_1" / sub / "model_world_size_1_rank_0.pt").exists()
+        else None
+    )
     if end is not None:
-        moved = max(((v.to_local() if hasattr(v, "to_local") else v).float() - start[k].float()).abs().max().item()
-                    for k, v in end.items())
+        moved = max(
+            ((v.to_local() if hasattr(v, "to_local") else v).float() - start[k].float()).abs().max().item()
+            for k, v in end.items()
+        )
         assert moved > 1e-5, f"{sub}: the step did not move the weights ({moved})"
 
 
@@ -89,8 +107,12 @@ def test_codistill_step_is_the_same_with_and_without_the_skip(tmp_path, tiny_dir
     extra = ["algorithm.codistill.is.mode=mask", "algorithm.codistill.is.threshold=1.3"]
     if ranks == 2:
         # one rollout replica (TP 2): with one per rank, which replica answers a request (and so its seed) varies
-        extra += ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2", "+pair.cpu.micro_batch=4",
-                  "pair.small.rollout.tensor_model_parallel_size=2"]
+        extra += [
+            "trainer.n_gpus_per_node=2",
+            "ray_kwargs.ray_init.num_gpus=2",
+            "+pair.cpu.micro_batch=4",
+            "pair.small.rollout.tensor_model_parallel_size=2",
+        ]
     on = run(tmp_path / "on", "codistill", True, extra)
     off = run(tmp_path / "off", "codistill", False, extra)
     assert 0.0 < on["large/skipped_frac"] < 1.0, on["large/skipped_frac"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -69,10 +70,10 @@ def check_choice(group: str, name: str) -> None:
 
 
 def compose_config(
-    pair: Optional[str] = None,
-    exp: Optional[str] = None,
+    pair: str | None = None,
+    exp: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-    platform: Optional[str] = None,
+    platform: str | None = None,
 ) -> DictConfig:
     """The recipe's config exactly as ``python -m recipe.codistill_grpo.main_codistill`` composes it.
 
@@ -146,7 +147,7 @@ class RunPlan:
 
     config: DictConfig  # resolved
     codistill: CoDistillConfig
-    large: Optional[DictConfig]  # the large worker group's resolved config (None: no large model)
+    large: DictConfig | None  # the large worker group's resolved config (None: no large model)
     data_report: Any = None  # preflight.DataReport, once the data files are checked
 
     @property
@@ -201,7 +202,7 @@ def _check_batches(config: DictConfig, model_cfg: DictConfig, gpus: int, who: st
         )
 
 
-def _check_skip_exact(actor_cfg: DictConfig, prefix: str) -> Optional[str]:
+def _check_skip_exact(actor_cfg: DictConfig, prefix: str) -> str | None:
     """Why dropping zero-gradient sequences would change this actor's update (None: exact)."""
     if float(actor_cfg.get("entropy_coeff", 0) or 0) != 0.0:
         return f"{prefix}.entropy_coeff={actor_cfg.entropy_coeff} (an entropy bonus has a gradient on every token)"
@@ -209,7 +210,9 @@ def _check_skip_exact(actor_cfg: DictConfig, prefix: str) -> Optional[str]:
         return f"{prefix}.use_kl_loss=true (a KL loss has a gradient on every token)"
     agg = actor_cfg.get("loss_agg_mode", "token-mean")
     if agg not in SKIP_EXACT_AGG_MODES and actor_cfg.get("loss_scale_factor") is None:
-        return f"{prefix}.loss_agg_mode={agg!r} without loss_scale_factor (normalises by the micro-batch's padded width)"
+        return (
+            f"{prefix}.loss_agg_mode={agg!r} without loss_scale_factor (normalises by the micro-batch's padded width)"
+        )
     return None
 
 
@@ -317,7 +320,9 @@ def skip_small_zero_grad(codistill: CoDistillConfig, actor_cfg: DictConfig) -> b
     term: kd.coef = 0 at every step), no entropy bonus, no KL loss, a skip-safe loss aggregation."""
     kd = codistill.kd
     no_kd = kd.coef == 0.0 and (kd.coef_schedule == "constant" or kd.coef_final == 0.0)
-    return bool(codistill.large.skip_zero_grad and no_kd and _check_skip_exact(actor_cfg, "actor_rollout_ref.actor") is None)
+    return bool(
+        codistill.large.skip_zero_grad and no_kd and _check_skip_exact(actor_cfg, "actor_rollout_ref.actor") is None
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -44,7 +43,9 @@ def _step_printer(config: DictConfig):
     def on_row(row: dict) -> None:
         data = row.get("data", {})
         shown = "  ".join(f"{k}={data[k]:.4g}" for k in keys if isinstance(data.get(k), (int, float)))
-        print(f"codistill: step {row.get('step')}/{total}  {shown}  ({time.monotonic() - start:.0f}s elapsed)", flush=True)
+        print(
+            f"codistill: step {row.get('step')}/{total}  {shown}  ({time.monotonic() - start:.0f}s elapsed)", flush=True
+        )
 
     return on_row
 
@@ -125,11 +126,15 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
 
 def _summary(plan: configuration.RunPlan, first: int, last: int, rows: list[dict]) -> None:
     folder = plan.config.run.dir
-    say(f"done: steps {max(first, 0) + 1}..{last} of {plan.config.trainer.total_training_steps} in {folder} "
-        f"(host {socket.gethostname()})")
+    say(
+        f"done: steps {max(first, 0) + 1}..{last} of {plan.config.trainer.total_training_steps} in {folder} "
+        f"(host {socket.gethostname()})"
+    )
     if rows:
         data = rows[-1].get("data", {})
-        shown = ", ".join(f"{k}={data[k]:.4g}" for k in plan.config.run.console_metrics if isinstance(data.get(k), (int, float)))
+        shown = ", ".join(
+            f"{k}={data[k]:.4g}" for k in plan.config.run.console_metrics if isinstance(data.get(k), (int, float))
+        )
         say(f"step {rows[-1].get('step')}: {shown}")
     say(f"metrics (one JSON line per step): {folder}/metrics.jsonl")
     ckpt = Path(folder) / "checkpoints" / f"global_step_{last}"
@@ -158,15 +163,18 @@ def run(config: DictConfig) -> None:
     try:
         notes: list[str] = []
         total = plan.config.trainer.total_training_steps
-        with open_run(folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config),
-                      total_steps=total) as metrics:
+        with open_run(
+            folder, bool(plan.config.run.fresh), say=notes.append, on_row=_step_printer(plan.config), total_steps=total
+        ) as metrics:
             with _teed(os.path.join(folder, "train.log")):
                 for line in notes + lines:
                     say(line)
                 if subs:
                     Path(folder, "cpu_substitutions.txt").write_text("\n".join(subs) + "\n")
-                    say(f"CPU substitutions (configs/platform/cpu.yaml): {len(subs)} keys differ from platform=gpu, "
-                        f"listed in {folder}/cpu_substitutions.txt")
+                    say(
+                        f"CPU substitutions (configs/platform/cpu.yaml): {len(subs)} keys differ from platform=gpu, "
+                        f"listed in {folder}/cpu_substitutions.txt"
+                    )
                 with open_dict(config):
                     if plan.data_report is not None and plan.data_report.drops:
                         preflight.write_filtered(plan.data_report, Path(folder) / "data", config)
@@ -190,10 +198,9 @@ def run(config: DictConfig) -> None:
         raise SystemExit(f"codistill: {e}") from None
 
 
-def _run_ppo(config: DictConfig) -> Optional[str]:
+def _run_ppo(config: DictConfig) -> str | None:
     """verl's ``run_ppo`` with the recipe's task runner; the trainer's "run is complete" line, or None."""
     import ray
-
     from verl.trainer.main_ppo import run_ppo
 
     from recipe.codistill_grpo.task_runner import CoDistillTaskRunner

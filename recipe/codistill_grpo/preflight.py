@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,10 +38,12 @@ def hf_cache_dir() -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-def _stored_token() -> Optional[str]:
+def _stored_token() -> str | None:
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
     try:
@@ -100,17 +102,17 @@ def check_model(path: str, role: str) -> str:
     return "hub (downloaded at start-up)"
 
 
-def template_difference(small_tok, large_tok, messages: list[dict]) -> Optional[str]:
+def template_difference(small_tok, large_tok, messages: list[dict]) -> str | None:
     """Where the two chat templates render ``messages`` differently (None: identically)."""
     a = small_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     b = large_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     if a == b:
         return None
     i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"first difference at character {i}: small {a[max(0, i - 20):i + 30]!r} vs large {b[max(0, i - 20):i + 30]!r}"
+    return f"first difference at character {i}: small {a[max(0, i - 20) : i + 30]!r} vs large {b[max(0, i - 20) : i + 30]!r}"
 
 
-def check_files(cfg: DictConfig, large_path: Optional[str], strict: bool) -> tuple[list[str], Optional[DataReport]]:
+def check_files(cfg: DictConfig, large_path: str | None, strict: bool) -> tuple[list[str], DataReport | None]:
     """Models, tokenizers and data of a resolved config (``strict=False``: a dry run, problems become
     'warning:' lines). Returns the lines to show and the data report (None if the data check failed)."""
     lines: list[str] = []
@@ -179,7 +181,7 @@ class DataReport:
     drops: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _ground_truth(value: Any) -> Optional[str]:
+def _ground_truth(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("ground_truth")
     if value is None:
@@ -211,7 +213,9 @@ def check_data(config: DictConfig, tokenizer=None) -> DataReport:
         try:
             frame = pd.read_parquet(path)
         except Exception as e:
-            raise PreflightError(f"data file {path} ({split}) is not readable parquet: {' '.join(str(e).split())[:200]}") from None
+            raise PreflightError(
+                f"data file {path} ({split}) is not readable parquet: {' '.join(str(e).split())[:200]}"
+            ) from None
         if len(frame) == 0:
             raise PreflightError(f"data file {path} ({split}) has no rows")
         if prompt_key not in frame.columns:
@@ -239,7 +243,9 @@ def check_data(config: DictConfig, tokenizer=None) -> DataReport:
                 if data.get("filter_overlong_prompts", False):
                     report.lines.append(f"{where}: dropped (data.filter_overlong_prompts=true)")
                 elif data.get("truncation", "error") == "error":
-                    raise PreflightError(f"{where}; set data.filter_overlong_prompts=true or data.truncation=left|right|middle")
+                    raise PreflightError(
+                        f"{where}; set data.filter_overlong_prompts=true or data.truncation=left|right|middle"
+                    )
                 else:
                     report.lines.append(f"{where}: cut (data.truncation={data.truncation})")
     return report

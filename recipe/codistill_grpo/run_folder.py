@@ -28,9 +28,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 LOCK_FILE = ".lock"
 TRAINER_LOCK_FILE = ".lock.trainer"
@@ -65,7 +65,7 @@ def _step_folders(checkpoint_dir: Path) -> dict[int, Path]:
     }
 
 
-def resume_step(checkpoint_dir: Path, say: Callable[[str], None]) -> Optional[int]:
+def resume_step(checkpoint_dir: Path, say: Callable[[str], None]) -> int | None:
     """The step a run resumes from (None: no tracker file, a new run).
 
     A tracker file that exists but holds no step number (verl opens it for writing, then writes: a
@@ -98,8 +98,10 @@ def resume_step(checkpoint_dir: Path, say: Callable[[str], None]) -> Optional[in
         os.replace(tmp, tracker)
     except OSError as e:
         raise _os_error("repair the checkpoint tracker", tracker, e) from None
-    say(f"the checkpoint tracker {tracker} was corrupt ({shown}, a stop while verl wrote it); it now names "
-        f"the newest complete checkpoint, global_step_{step}")
+    say(
+        f"the checkpoint tracker {tracker} was corrupt ({shown}, a stop while verl wrote it); it now names "
+        f"the newest complete checkpoint, global_step_{step}"
+    )
     return step
 
 
@@ -118,9 +120,11 @@ def _restore_checkpoint_rows(folder: Path, upto: int, say: Callable[[str], None]
                 restored.append(row)
     _append(metrics, restored)
     for row in restored:
-        say(f"step {row['step']}: its metrics row was restored from checkpoints/global_step_{row['step']}/"
+        say(
+            f"step {row['step']}: its metrics row was restored from checkpoints/global_step_{row['step']}/"
             f"{STEP_ROW_FILE} (the run stopped before verl logged it; the metrics verl adds after the checkpoint, "
-            "e.g. timing and validation, are missing from it)")
+            "e.g. timing and validation, are missing from it)"
+        )
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -149,7 +153,7 @@ class MetricsAppender:
     never written twice; ``on_row`` sees each appended row (the console line of the step).
     """
 
-    def __init__(self, folder: Path, on_row: Optional[Callable[[dict], None]] = None, poll_s: float = 1.0):
+    def __init__(self, folder: Path, on_row: Callable[[dict], None] | None = None, poll_s: float = 1.0):
         self.attempt = folder / ATTEMPT_FILE
         self.metrics = folder / METRICS_FILE
         self.on_row = on_row
@@ -158,7 +162,7 @@ class MetricsAppender:
         self.last_step = max((int(r.get("step", -1)) for r in rows), default=-1)
         self._offset = 0
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def sync(self) -> None:
         """Append the complete new lines of the attempt file."""
@@ -229,8 +233,10 @@ def _take_lock(folder: Path):
         open(lock_path, "a+").close()
     except OSError as e:
         raise _os_error("write to the run folder", folder, e) from None
-    return _exclusive(lock_path, f"run folder {folder} is in use by {{holder}} (lock: {lock_path}); wait for it or "
-                                 "pick another run.dir")
+    return _exclusive(
+        lock_path,
+        f"run folder {folder} is in use by {{holder}} (lock: {lock_path}); wait for it or pick another run.dir",
+    )
 
 
 def hold_trainer_lock(folder: str | os.PathLike):
@@ -238,8 +244,11 @@ def hold_trainer_lock(folder: str | os.PathLike):
     held until that process ends: killing the launcher leaves Ray's processes running a moment, and a
     new launcher waits for them (``open_run``). Returns the open handle (keep a reference)."""
     path = Path(folder) / TRAINER_LOCK_FILE
-    return _exclusive(path, f"run folder {folder} is still written by the trainer of another attempt ({{holder}}, "
-                            f"lock: {path}); stop it first (see README: how to stop a run)")
+    return _exclusive(
+        path,
+        f"run folder {folder} is still written by the trainer of another attempt ({{holder}}, "
+        f"lock: {path}); stop it first (see README: how to stop a run)",
+    )
 
 
 def _wait_for_old_trainer(folder: Path, wait_s: float) -> None:
@@ -266,7 +275,7 @@ def _wait_for_old_trainer(folder: Path, wait_s: float) -> None:
                 time.sleep(0.2)
 
 
-def _move_aside(folder: Path) -> Optional[Path]:
+def _move_aside(folder: Path) -> Path | None:
     """Move everything but the lock to ``<folder>.old-<time>``; None if there was nothing."""
     entries = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, TRAINER_LOCK_FILE)]
     if not entries:
@@ -299,9 +308,14 @@ def _supersede_after(folder: Path, step: int) -> int:
 
 
 @contextmanager
-def open_run(folder: str | os.PathLike, fresh: bool, say: Callable[[str], None] = print,
-             on_row: Optional[Callable[[dict], None]] = None,
-             total_steps: Optional[int] = None, trainer_wait_s: float = TRAINER_WAIT_S) -> Iterator[MetricsAppender]:
+def open_run(
+    folder: str | os.PathLike,
+    fresh: bool,
+    say: Callable[[str], None] = print,
+    on_row: Callable[[dict], None] | None = None,
+    total_steps: int | None = None,
+    trainer_wait_s: float = TRAINER_WAIT_S,
+) -> Iterator[MetricsAppender]:
     """Lock the run folder, decide new / resume / fresh (and say which), keep metrics.jsonl appended.
 
     Yields the ``MetricsAppender`` (started); on exit its last rows are appended and the lock released.
@@ -321,7 +335,10 @@ def open_run(folder: str | os.PathLike, fresh: bool, say: Callable[[str], None] 
         _wait_for_old_trainer(folder, trainer_wait_s)
         if fresh:
             moved = _move_aside(folder)
-            say(f"fresh run in {folder}" + (f": the previous run was moved to {moved} (nothing deleted)" if moved else ""))
+            say(
+                f"fresh run in {folder}"
+                + (f": the previous run was moved to {moved} (nothing deleted)" if moved else "")
+            )
         MetricsAppender(folder).sync()  # steps a killed attempt left behind
         step = resume_step(folder / "checkpoints", say)
         if step:

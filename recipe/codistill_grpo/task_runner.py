@@ -9,7 +9,6 @@ from __future__ import annotations
 import ray
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 from verl.trainer.ppo.utils import Role, create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
@@ -55,7 +54,9 @@ class CoDistillTaskRunnerImpl(BaseTaskRunner):
         self.add_critic_worker(config)
         self.add_reward_model_resource_pool(config)
         self.add_teacher_model_resource_pool(config)
-        validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        validate_config(
+            config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+        )
 
         model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
         tokenizer, processor = model_config.tokenizer, model_config.processor

@@ -24,13 +24,12 @@ import math
 import os
 import shutil
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-
 from verl import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
@@ -48,7 +47,14 @@ from verl_ext.codistill.zero_grad import zero_gradient_rows
 
 LARGE_CKPT_DIR = "large_actor"
 LARGE_META_FILE = "codistill_large_meta.json"
-SMALL_ONLY_FIELDS = ("old_log_probs", "advantages", "returns", "rollout_is_weights", "ref_log_prob", "rollout_log_probs")
+SMALL_ONLY_FIELDS = (
+    "old_log_probs",
+    "advantages",
+    "returns",
+    "rollout_is_weights",
+    "ref_log_prob",
+    "rollout_log_probs",
+)
 LARGE_FIELDS = ("large_old_log_probs", "large_advantages", "large_is_weights", "large_response_mask")
 
 
@@ -114,7 +120,7 @@ def _count_nonfinite(values: torch.Tensor, mask: torch.Tensor) -> int:
 class CoDistillTrainer(RayPPOTrainer):
     """verl's v0 trainer plus the large model's worker group; ``fit`` is verl's."""
 
-    def __init__(self, *args, large_config: Optional[DictConfig] = None, **kwargs):
+    def __init__(self, *args, large_config: DictConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cd = CoDistillConfig.from_dict(self.config.algorithm.codistill)
         self.large_config = large_config
@@ -146,20 +152,26 @@ class CoDistillTrainer(RayPPOTrainer):
         if self.cd.large.enable and self.cd.large.placement == "separate":
             role_for_pool = Role.Actor
         else:
-            role_for_pool = Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
+            role_for_pool = (
+                Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
+            )
         pool = self.resource_pool_manager.get_resource_pool(role_for_pool)
         print(
             f"codistill: large model worker group (role {self._large_role}) on resource pool "
             f"'{self.resource_pool_manager.mapping[role_for_pool]}' ({self.cd.large.placement})"
         )
-        cls = RayClassWithInitArgs(cls=ray.remote(CoDistillActorWorker), config=self.large_config, role=self._large_role)
+        cls = RayClassWithInitArgs(
+            cls=ray.remote(CoDistillActorWorker), config=self.large_config, role=self._large_role
+        )
         self.large_wg = self.ray_worker_group_cls(
             resource_pool=pool, ray_cls_with_init=cls, name_prefix="codistill_large", device_name=self.device_name
         )
         self.large_wg.init_model()
         if self._large_role == "actor":
             # init_model installed verl's default loss; replace it with the large model's field mapping
-            self.large_wg.set_loss_fn(partial(large_actor_loss, config=omega_conf_to_dataclass(self.large_config.actor)))
+            self.large_wg.set_loss_fn(
+                partial(large_actor_loss, config=omega_conf_to_dataclass(self.large_config.actor))
+            )
         else:
             self._check_no_large_optimizer()
 
@@ -201,7 +213,9 @@ class CoDistillTrainer(RayPPOTrainer):
         if "rollout_log_probs" in batch.batch.keys():
             from verl_ext.codistill.metrics import rollout_mismatch_metrics
 
-            self._metrics.update(rollout_mismatch_metrics(batch.batch["rollout_log_probs"], old_log_prob.batch["old_log_probs"], mask))
+            self._metrics.update(
+                rollout_mismatch_metrics(batch.batch["rollout_log_probs"], old_log_prob.batch["old_log_probs"], mask)
+            )
         return old_log_prob, mfu
 
     def _compute_large_log_prob(self, batch: DataProto) -> torch.Tensor:
@@ -336,7 +350,7 @@ class CoDistillTrainer(RayPPOTrainer):
                 metrics.update(self._update_large_actor(batch))
 
         step_metrics = {
-            (self._actor_prefix + k[len("actor/"):] if k.startswith("actor/") else k): v
+            (self._actor_prefix + k[len("actor/") :] if k.startswith("actor/") else k): v
             for k, v in actor_output.meta_info["metrics"].items()
         }
         step_metrics.update(metrics)
@@ -345,7 +359,7 @@ class CoDistillTrainer(RayPPOTrainer):
         self._checkpoint_row = (batch, step_metrics)
         return actor_output
 
-    def _step_row_at_checkpoint(self) -> Optional[dict]:
+    def _step_row_at_checkpoint(self) -> dict | None:
         """The step's metrics row as known when its checkpoint is written (verl logs the full row later,
         at the end of the step): the update's metrics and verl's data metrics of the step's batch."""
         from verl.trainer.ppo.metric_utils import compute_data_metrics
@@ -364,7 +378,9 @@ class CoDistillTrainer(RayPPOTrainer):
         tensors = {k: batch.batch[k] for k in batch.batch.keys() if k not in SMALL_ONLY_FIELDS}
         skipped = {}
         if self._skip_large:
-            skip = zero_gradient_rows(tensors["large_advantages"], tensors["large_response_mask"], tensors["large_is_weights"])
+            skip = zero_gradient_rows(
+                tensors["large_advantages"], tensors["large_response_mask"], tensors["large_is_weights"]
+            )
             tensors[SKIP_FIELD] = skip
             skipped["large/skipped_frac"] = float(skip.float().mean())
         view = DataProto.from_dict(tensors=tensors, meta_info=dict(batch.meta_info))
@@ -435,7 +451,11 @@ class CoDistillTrainer(RayPPOTrainer):
                     trainer.max_actor_ckpt_to_keep, trainer.remove_previous_ckpt_in_save = keep, False
         except Exception as e:
             if isinstance(e, OSError) or "No space left on device" in str(e) or "Errno 28" in str(e):
-                reason = "disk full" if "No space left" in str(e) or getattr(e, "errno", None) == 28 else str(e).splitlines()[0]
+                reason = (
+                    "disk full"
+                    if "No space left" in str(e) or getattr(e, "errno", None) == 28
+                    else str(e).splitlines()[0]
+                )
                 log = self._log_traceback()
                 raise CoDistillRunError(
                     f"step {self.global_steps}: the checkpoint could not be written to {folder}: {reason}"
@@ -445,7 +465,7 @@ class CoDistillTrainer(RayPPOTrainer):
         if keep:
             self._remove_old_checkpoints(int(keep))
 
-    def _log_traceback(self) -> Optional[str]:
+    def _log_traceback(self) -> str | None:
         """Append the exception being handled, with its traceback, to ``<run.dir>/train.log``; its path,
         or None if it could not be written (a full disk may refuse it too)."""
         import traceback
@@ -472,7 +492,7 @@ class CoDistillTrainer(RayPPOTrainer):
         for step in steps[:-keep]:
             shutil.rmtree(os.path.join(root, f"global_step_{step}"), ignore_errors=True)
 
-    def _resume_folder(self) -> Optional[str]:
+    def _resume_folder(self) -> str | None:
         """The ``global_step_N`` folder verl's ``_load_checkpoint`` will resume from (None: from scratch)."""
         trainer = self.config.trainer
         if trainer.resume_mode == "disable":
@@ -519,5 +539,7 @@ class CoDistillTrainer(RayPPOTrainer):
                 "(raise trainer.total_training_steps to train on, or start over with --fresh)"
             )
         if large_path is not None:
-            self.large_wg.load_checkpoint(large_path, del_local_after_load=self.config.trainer.del_local_ckpt_after_load)
+            self.large_wg.load_checkpoint(
+                large_path, del_local_after_load=self.config.trainer.del_local_ckpt_after_load
+            )
         return result

@@ -18,7 +18,6 @@ sizes verl's own micro-batching already aligns the counts.
 from __future__ import annotations
 
 import torch
-
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
@@ -56,12 +55,17 @@ class SkipZeroGradTrainingWorker(TrainingWorker):
         torch.distributed.all_reduce(full, group=group)
         keep = torch.nonzero(~skip).flatten()
         skipped = torch.nonzero(skip).flatten()
-        use_dynamic = tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=self.engine_config.use_dynamic_bsz)
+        use_dynamic = tu.get_non_tensor_data(
+            data=data, key="use_dynamic_bsz", default=self.engine_config.use_dynamic_bsz
+        )
         if use_dynamic:
             rows = keep if keep.numel() else skipped[:1]
         else:
-            micro = int(tu.get_non_tensor_data(data=data, key="micro_batch_size_per_gpu",
-                                               default=self.engine_config.micro_batch_size_per_gpu))
+            micro = int(
+                tu.get_non_tensor_data(
+                    data=data, key="micro_batch_size_per_gpu", default=self.engine_config.micro_batch_size_per_gpu
+                )
+            )
             need = torch.tensor([max(1, -(-keep.numel() // micro))], dtype=torch.int64)
             torch.distributed.all_reduce(need, op=torch.distributed.ReduceOp.MAX, group=group)
             rows = torch.cat([keep, skipped[: int(need) * micro - keep.numel()]]).sort().values

@@ -9,7 +9,8 @@ Registration is idempotent: importing again or reloading the modules does not ra
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from verl.trainer.ppo import core_algos
 

@@ -7,11 +7,10 @@ cost) so that a group of equal rewards gives exactly 0 before the ``eps`` divisi
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
-
 from verl.utils import as_torch_index
 
 from .config import KD_CREDITS, CoDistillConfig, kd_coef_at
@@ -216,8 +215,10 @@ def _norm_by_std_from(config: Any) -> bool:
     """``algorithm.norm_adv_by_std_in_grpo`` of the algorithm config (verl's default True)."""
     if config is None or isinstance(config, CoDistillConfig):
         return True
-    value = config.get("norm_adv_by_std_in_grpo", True) if hasattr(config, "get") else getattr(
-        config, "norm_adv_by_std_in_grpo", True
+    value = (
+        config.get("norm_adv_by_std_in_grpo", True)
+        if hasattr(config, "get")
+        else getattr(config, "norm_adv_by_std_in_grpo", True)
     )
     return True if value is None else bool(value)
 
@@ -227,10 +228,10 @@ def compute_codistill_advantage_from_config(
     response_mask: torch.Tensor,
     index: np.ndarray,
     epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: Optional[bool] = None,
-    config: Optional[Any] = None,
-    small_log_probs: Optional[torch.Tensor] = None,
-    large_log_probs: Optional[torch.Tensor] = None,
+    norm_adv_by_std_in_grpo: bool | None = None,
+    config: Any | None = None,
+    small_log_probs: torch.Tensor | None = None,
+    large_log_probs: torch.Tensor | None = None,
     step: int = 0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +261,9 @@ def compute_codistill_advantage_from_config(
             "and large_log_probs (batch 'large_old_log_probs'), or neither (outcome part only)"
         )
     if small_log_probs is None:
-        adv = _outcome_part(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, cfg.task_reward)
+        adv = _outcome_part(
+            token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, cfg.task_reward
+        )
         return adv, adv
     return compute_codistill_outcome_advantage(
         token_level_rewards,

@@ -198,7 +198,9 @@ class CoDistillConfig(BaseConfig):
             block = _to_plain(raw.get(name), f"{PREFIX}.{name}")
             _reject_unknown(block, {f.name for f in _fields(section_cls)}, f"{PREFIX}.{name}")
             sections[name] = section_cls(**block)
-        return cls(kd=sections["kd"], is_=sections["is"], large=sections["large"], task_reward=raw.get("task_reward", True))
+        return cls(
+            kd=sections["kd"], is_=sections["is"], large=sections["large"], task_reward=raw.get("task_reward", True)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML layout (key ``is``, not ``is_``): the recipe config's ``algorithm.codistill`` node."""

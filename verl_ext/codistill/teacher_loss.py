@@ -10,11 +10,10 @@ both entry points below delegate to it instead of re-deriving the PPO objective.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 
 __all__ = ["compute_teacher_policy_loss", "codistill_teacher_policy_loss"]
@@ -30,7 +29,7 @@ def compute_teacher_policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
-    global_batch_info: Optional[dict[str, Any]] = None,
+    global_batch_info: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Teacher loss with explicit clip settings (single process unless ``global_batch_info`` is given).
 
@@ -72,7 +71,7 @@ def codistill_teacher_policy_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     loss_agg_mode: str = "token-mean",
-    config: Optional[Any] = None,
+    config: Any | None = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """verl policy loss ``codistill_teacher`` (same signature as ``compute_policy_loss_vanilla``).
@@ -85,9 +84,7 @@ def codistill_teacher_policy_loss(
         loss: scalar tensor; metrics: verl's vanilla metrics.
     """
     if rollout_is_weights is None:
-        raise ValueError(
-            "policy loss 'codistill_teacher' needs rollout_is_weights (the batch field large_is_weights)"
-        )
+        raise ValueError("policy loss 'codistill_teacher' needs rollout_is_weights (the batch field large_is_weights)")
     return compute_policy_loss_vanilla(
         old_log_prob=old_log_prob,
         log_prob=log_prob,

@@ -60,8 +60,7 @@ def assert_shared_tokenizer(small_path_or_tokenizer: Any, large_path_or_tokenize
     if diff is not None:
         tok, small_id, large_id = diff
         raise TokenizerMismatchError(
-            f"tokenizers differ: {where}: first differing token {tok!r} has id {small_id} in small, "
-            f"{large_id} in large"
+            f"tokenizers differ: {where}: first differing token {tok!r} has id {small_id} in small, {large_id} in large"
         )
 
     small_special, large_special = small.special_tokens_map, large.special_tokens_map

@@ -8,8 +8,6 @@ is added per token.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 __all__ = ["zero_gradient_rows"]
@@ -17,7 +15,7 @@ __all__ = ["zero_gradient_rows"]
 
 @torch.no_grad()
 def zero_gradient_rows(
-    advantages: torch.Tensor, response_mask: torch.Tensor, weights: Optional[torch.Tensor] = None
+    advantages: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Rows whose loss term is identically zero.
 

@@ -64,9 +64,10 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from verl_ext.reward.answer import bracket_depth, last_boxed_content, normalize_answer, valid_text
 
@@ -159,9 +160,7 @@ def prepare_item(
 def _parse_gold(gold: str) -> list:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
-    return parse(
-        "\\boxed{" + gold + "}", [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None
-    )
+    return parse("\\boxed{" + gold + "}", [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None)
 
 
 def _verify_strings(task: GradeTask) -> float:
@@ -379,7 +378,9 @@ def _close_pools() -> None:
 
 
 def _finish(status: str, score: float, has_box: bool, pred: str) -> dict[str, Any]:
-    return _result(score if status == "ok" else 0.0, has_box, pred, timeout=status == "timeout", error=status == "error")
+    return _result(
+        score if status == "ok" else 0.0, has_box, pred, timeout=status == "timeout", error=status == "error"
+    )
 
 
 def compute_score(

@@ -52,13 +52,13 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generator, Optional
+from typing import Any
 
 import numpy as np
 import ray
 import torch
-
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
@@ -97,8 +97,8 @@ class _Request:
     top_p: float
     top_k: int  # <= 0: off
     want_logprobs: bool
-    seed: Optional[int]  # None for greedy requests
-    future: Optional[asyncio.Future] = None
+    seed: int | None  # None for greedy requests
+    future: asyncio.Future | None = None
 
 
 class HFRolloutServer:
@@ -110,7 +110,6 @@ class HFRolloutServer:
 
     def __init__(self, config, model_config, replica_rank: int = 0, node_rank: int = 0):
         from transformers import AutoModelForCausalLM
-
         from verl.utils.fs import copy_to_local
 
         torch.set_num_threads(1)
@@ -131,7 +130,7 @@ class HFRolloutServer:
             self.pad_token_id = self.eos_token_id[0] if isinstance(self.eos_token_id, list) else self.eos_token_id
         eos = self.eos_token_id
         self._eos_ids = frozenset(() if eos is None else (eos if isinstance(eos, (list, tuple)) else [eos]))
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
         self.weight_version = 0
         self._lock = threading.Lock()
         self._base_seed = int(_cfg_get(config, "seed", 0) or 0) + 1_000_003 * replica_rank
@@ -152,9 +151,9 @@ class HFRolloutServer:
             )
         # the request queue and its batcher task belong to one event loop (Ray's, or one asyncio.run in tests)
         self._pending: list[_Request] = []
-        self._wakeup: Optional[asyncio.Event] = None
-        self._batcher: Optional[asyncio.Task] = None
-        self._batcher_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wakeup: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        self._batcher_loop: asyncio.AbstractEventLoop | None = None
         self.batch_sizes: list[int] = []  # size of every batch run, for tests and debugging
 
     def _request_seed(self, prompt_ids: list[int]) -> int:
@@ -265,7 +264,7 @@ class HFRolloutServer:
                 if not r.future.done():
                     r.future.set_result(out)
 
-    def _select_tokens(self, logits: torch.Tensor, reqs: list[_Request], gens: list[Optional[torch.Generator]]):
+    def _select_tokens(self, logits: torch.Tensor, reqs: list[_Request], gens: list[torch.Generator | None]):
         """Next token (and its log-prob) of every row; rows grouped by sampling parameters.
 
         Greedy rows: argmax of the logits, log-prob from the unscaled logits. Sampled rows: HF's
@@ -379,7 +378,7 @@ class HFRolloutServer:
             for i, r in enumerate(reqs)
         ]
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """Load the actor's full weights; names are HF parameter names. Returns the new weight version."""
         with self._lock:
             missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
@@ -489,7 +488,7 @@ class HFServerAdapter(BaseRollout):
         self,
         weights: Generator[tuple[str, torch.Tensor], None, None],
         wire_format: str = "named_tensors",
-        global_steps: Optional[int] = None,
+        global_steps: int | None = None,
         **kwargs,
     ):
         if wire_format != "named_tensors":

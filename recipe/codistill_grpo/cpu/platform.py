@@ -33,11 +33,10 @@ import functools
 import os
 import types
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed
-
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 PLATFORM_NAME = "cpu"
@@ -112,7 +111,7 @@ class PlatformCPU(PlatformBase):
     def set_device(self, device_index: int) -> None:
         return None
 
-    def synchronize(self, device_index: Optional[int] = None) -> None:
+    def synchronize(self, device_index: int | None = None) -> None:
         return None
 
     def manual_seed(self, seed: int) -> None:
@@ -162,7 +161,7 @@ class PlatformCPU(PlatformBase):
         return None
 
 
-def normalize_backend(backend: Optional[str]) -> Optional[str]:
+def normalize_backend(backend: str | None) -> str | None:
     """``"cpu:gloo,cpu:gloo"`` -> ``"gloo"``; any other value is returned unchanged."""
     if isinstance(backend, str) and "," in backend:
         parts = {p.strip() for p in backend.split(",") if p.strip()}

@@ -22,8 +22,9 @@ def _tiny_key() -> str:
     return hashlib.sha256(Path(tiny_pair.__file__).read_bytes()).hexdigest()[:16]
 
 
-def ensure_cpu_pair(kind: str, folder: str | Path, models: tuple[str, ...] = ("small", "large"),
-                    settings: dict | None = None) -> str:
+def ensure_cpu_pair(
+    kind: str, folder: str | Path, models: tuple[str, ...] = ("small", "large"), settings: dict | None = None
+) -> str:
     """Build the stand-in pair ``kind`` at ``folder`` unless an identical build is there; returns a line saying which.
 
     ``settings`` (the toy pair only): ``{"data": {...}, "models": {"small": {...}}}`` over
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Build a CPU stand-in pair (models/{small,large}, data/).")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--pair", help="the stand-in of configs/pair/PAIR.yaml under platform=cpu, with that "
-                                      "file's build settings (pair.cpu.build) and, without --out, its folder")
+    which.add_argument(
+        "--pair",
+        help="the stand-in of configs/pair/PAIR.yaml under platform=cpu, with that "
+        "file's build settings (pair.cpu.build) and, without --out, its folder",
+    )
     which.add_argument("--kind", choices=KINDS, help="a stand-in with the builder's default settings")
     parser.add_argument("--out", help="folder of the pair (required with --kind)")
     parser.add_argument("--models", default="small,large", help="which models (the toy pair builds each on demand)")

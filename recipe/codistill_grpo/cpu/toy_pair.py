@@ -48,8 +48,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from recipe.codistill_grpo.cpu.tiny_pair import INSTRUCTION, build_tokenizer
 
@@ -75,13 +76,35 @@ DATA_DEFAULTS: dict[str, Any] = {
 # operator; the rest show the operator slip.
 TOY_MODELS: dict[str, dict[str, Any]] = {
     "small": {
-        "hidden": 64, "intermediate": 128, "layers": 2, "heads": 2, "kv_heads": 1, "pad_multiple": 8,
-        "steps": 600, "batch_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.0, "init_std": 0.08, "seed": 1,
+        "hidden": 64,
+        "intermediate": 128,
+        "layers": 2,
+        "heads": 2,
+        "kv_heads": 1,
+        "pad_multiple": 8,
+        "steps": 600,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "warmup": 30,
+        "weight_decay": 0.0,
+        "init_std": 0.08,
+        "seed": 1,
         "procedure": [0.6, 0.35, 0.2],
     },
     "large": {
-        "hidden": 128, "intermediate": 256, "layers": 4, "heads": 4, "kv_heads": 2, "pad_multiple": 256,
-        "steps": 500, "batch_size": 64, "lr": 2e-3, "warmup": 60, "weight_decay": 0.0, "init_std": 0.06, "seed": 2,
+        "hidden": 128,
+        "intermediate": 256,
+        "layers": 4,
+        "heads": 4,
+        "kv_heads": 2,
+        "pad_multiple": 256,
+        "steps": 500,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "warmup": 60,
+        "weight_decay": 0.0,
+        "init_std": 0.06,
+        "seed": 2,
         "procedure": [0.85, 0.75, 0.65],
     },
 }
@@ -169,7 +192,10 @@ def toy_split(settings: dict[str, Any] | None = None) -> dict[str, list[tuple[in
 
 
 def toy_rows(
-    items: Sequence[tuple[int, Problem]], split: str, instruction: bool = False, data_source: str = DATA_SOURCE,
+    items: Sequence[tuple[int, Problem]],
+    split: str,
+    instruction: bool = False,
+    data_source: str = DATA_SOURCE,
 ) -> list[dict]:
     """verl RLHFDataset rows (the layout of ``tiny_pair.tiny_math_rows``) with ``extra_info``:
     ``difficulty``, ``expression`` and the warm-up's two targets ``response`` (correct) and ``slip``."""
@@ -179,8 +205,14 @@ def toy_rows(
             "prompt": [{"role": "user", "content": question(p, instruction)}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(problem_answer(p))},
-            "extra_info": {"split": split, "index": i, "difficulty": int(level), "expression": problem_text(p),
-                           "response": response(p), "slip": response(p, "-")},
+            "extra_info": {
+                "split": split,
+                "index": i,
+                "difficulty": int(level),
+                "expression": problem_text(p),
+                "response": response(p),
+                "slip": response(p, "-"),
+            },
         }
         for i, (level, p) in enumerate(items)
     ]
@@ -299,7 +331,9 @@ def same_tokenizer(a, b, texts: Iterable[str]) -> bool:
         return False
     if (a.eos_token, a.pad_token, a.bos_token) != (b.eos_token, b.pad_token, b.bos_token):
         return False
-    return all(a(t, add_special_tokens=False)["input_ids"] == b(t, add_special_tokens=False)["input_ids"] for t in texts)
+    return all(
+        a(t, add_special_tokens=False)["input_ids"] == b(t, add_special_tokens=False)["input_ids"] for t in texts
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -406,8 +440,10 @@ def train_model(spec: dict[str, Any], tokenizer, examples: Sequence[Example], na
         opt.zero_grad(set_to_none=True)
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         if (step + 1) % every == 0 or step + 1 == steps:
-            log(f"{name}: step {step + 1}/{steps} loss {running:.4f} lr {lr_at(step):.2e} "
-                f"{time.perf_counter() - start:.1f}s")
+            log(
+                f"{name}: step {step + 1}/{steps} loss {running:.4f} lr {lr_at(step):.2e} "
+                f"{time.perf_counter() - start:.1f}s"
+            )
     model.eval()
     return model
 
@@ -423,8 +459,16 @@ def procedure_of(text: str, expression: str) -> str | None:
     return m.group(2)
 
 
-def toy_facts(model, tokenizer, frame, k: int = 8, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
-              max_new_tokens: int = MAX_RESPONSE_TOKENS) -> dict[str, Any]:
+def toy_facts(
+    model,
+    tokenizer,
+    frame,
+    k: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    max_new_tokens: int = MAX_RESPONSE_TOKENS,
+) -> dict[str, Any]:
     """What the table and the pair YAML report of a model on ``frame`` (the test set):
 
     ``greedy`` accuracy (and ``greedy_per_level``), ``mean@k`` and ``pass@k`` of ``k`` samples at
@@ -436,8 +480,10 @@ def toy_facts(model, tokenizer, frame, k: int = 8, temperature: float = 1.0, see
     from verl_ext.reward.math_reward import score_batch
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    texts = [tokenizer.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
-             for p in frame["prompt"]]
+    texts = [
+        tokenizer.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
+        for p in frame["prompt"]
+    ]
     greedy: list[str] = []
     sampled: list[str] = []
     torch.manual_seed(seed)
@@ -448,8 +494,9 @@ def toy_facts(model, tokenizer, frame, k: int = 8, temperature: float = 1.0, see
                 common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, top_p=None)
                 out = model.generate(**enc, do_sample=False, top_k=None, temperature=None, **common)
                 greedy += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=k,
-                                     **common)
+                out = model.generate(
+                    **enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=k, **common
+                )
                 sampled += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
@@ -464,15 +511,19 @@ def toy_facts(model, tokenizer, frame, k: int = 8, temperature: float = 1.0, see
         quiet.setLevel(level)
     exprs = [e["expression"] for e in frame["extra_info"]]
     ops = [procedure_of(t, exprs[i // k]) for i, t in enumerate(sampled)]
-    executed = [t.strip() == response(tuple(map(int, exprs[i // k].split(" + "))), op) for i, (t, op) in
-                enumerate(zip(sampled, ops)) if op]
+    executed = [
+        t.strip() == response(tuple(map(int, exprs[i // k].split(" + "))), op)
+        for i, (t, op) in enumerate(zip(sampled, ops))
+        if op
+    ]
     levels = [int(e["difficulty"]) for e in frame["extra_info"]]
     n = len(golds)
     return {
         "items": n,
         "greedy": sum(g) / n,
-        "greedy_per_level": {str(lv): sum(x for x, l in zip(g, levels) if l == lv) / levels.count(lv)
-                             for lv in sorted(set(levels))},
+        "greedy_per_level": {
+            str(lv): sum(x for x, l in zip(g, levels) if l == lv) / levels.count(lv) for lv in sorted(set(levels))
+        },
         f"mean@{k}": sum(c) / len(c),
         f"pass@{k}": sum(max(c[i * k : (i + 1) * k]) for i in range(n)) / n,
         "procedure": sum(op == "+" for op in ops) / len(ops),
@@ -520,9 +571,12 @@ def toy_settings(
         models[name]["seed"] += seed
         models[name]["procedure"] = [float(x) for x in models[name]["procedure"]]
         if len(models[name]["procedure"]) != len(data_s["levels"]) or not all(
-                0.0 <= x <= 1.0 for x in models[name]["procedure"]):
-            raise ValueError(f"toy_pair: {name}.procedure must hold one probability in [0, 1] per level "
-                             f"{data_s['levels']}, got {models[name]['procedure']}")
+            0.0 <= x <= 1.0 for x in models[name]["procedure"]
+        ):
+            raise ValueError(
+                f"toy_pair: {name}.procedure must hold one probability in [0, 1] per level "
+                f"{data_s['levels']}, got {models[name]['procedure']}"
+            )
     return {"version": FORMAT_VERSION, "data": data_s, "models": models, "train_threads": TRAIN_THREADS}
 
 
@@ -576,8 +630,10 @@ def build_toy_pair(
                 copied.append(name)
                 continue
             if shipped:
-                log(f"{name}: no shipped weights for these settings (key {key}): training here; the result "
-                    "depends on this machine's floating point (the shipped builds do not)")
+                log(
+                    f"{name}: no shipped weights for these settings (key {key}): training here; the result "
+                    "depends on this machine's floating point (the shipped builds do not)"
+                )
             entries[name] = _build_model(out, name, spec, key, tokenizer, data_meta, evaluate, log)
             trained[name] = entries[name]["train_seconds"]
         build = {
@@ -590,15 +646,28 @@ def build_toy_pair(
         if build != previous:
             (out / "build.json").write_text(json.dumps(build, indent=1))
     result: dict[str, Any] = {name: str(out / "models" / name) for name in models}
-    result.update(train=str(out / "data" / "train.parquet"), test=str(out / "data" / "test.parquet"),
-                  tokenizer=str(out / "tokenizer"), build=str(out / "build.json"), trained=trained, shipped=copied)
+    result.update(
+        train=str(out / "data" / "train.parquet"),
+        test=str(out / "data" / "test.parquet"),
+        tokenizer=str(out / "tokenizer"),
+        build=str(out / "build.json"),
+        trained=trained,
+        shipped=copied,
+    )
     return result
 
 
 def model_key(spec: dict[str, Any], data_key: str, tokenizer_key: str) -> str:
     """What a model's weights depend on: its settings, the data, the tokenizer's files, the thread count."""
-    return _key({"version": FORMAT_VERSION, "model": spec, "data": data_key, "tokenizer": tokenizer_key,
-                 "threads": TRAIN_THREADS})
+    return _key(
+        {
+            "version": FORMAT_VERSION,
+            "model": spec,
+            "data": data_key,
+            "tokenizer": tokenizer_key,
+            "threads": TRAIN_THREADS,
+        }
+    )
 
 
 WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors", "toy_build.json")
@@ -635,21 +704,28 @@ def _add_tokenizer(out: Path, folder: Path, name: str) -> None:
         raise RuntimeError(f"toy_pair: {name}: the tokenizer saved with the model does not load back as trained")
 
 
-def _build_model(out: Path, name: str, spec: dict, key: str, tokenizer, data_meta: dict, evaluate: bool,
-                 log: Log) -> dict:
+def _build_model(
+    out: Path, name: str, spec: dict, key: str, tokenizer, data_meta: dict, evaluate: bool, log: Log
+) -> dict:
     import pandas as pd
 
     folder = out / "models" / name
     train = pd.read_parquet(out / "data" / "train.parquet")
     examples = encode_examples(tokenizer, train, data_meta["settings"]["levels"])
-    log(f"{name}: training {spec['layers']} layers x hidden {spec['hidden']} for {spec['steps']} steps "
-        f"of {spec['batch_size']} ({len(examples)} train questions, correct procedure {spec['procedure']})")
+    log(
+        f"{name}: training {spec['layers']} layers x hidden {spec['hidden']} for {spec['steps']} steps "
+        f"of {spec['batch_size']} ({len(examples)} train questions, correct procedure {spec['procedure']})"
+    )
     start = time.perf_counter()
     with _threads(TRAIN_THREADS):
         model = train_model(spec, tokenizer, examples, name=name, log=log)
         seconds = time.perf_counter() - start
-        entry: dict[str, Any] = {"key": key, "settings": spec, "train_seconds": round(seconds, 2),
-                                 "params": sum(p.numel() for p in model.parameters())}
+        entry: dict[str, Any] = {
+            "key": key,
+            "settings": spec,
+            "train_seconds": round(seconds, 2),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
         if evaluate:
             entry["test"] = toy_facts(model, tokenizer, pd.read_parquet(out / "data" / "test.parquet"))
             log(f"{name}: test {json.dumps(entry['test'])}")
@@ -685,8 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (models/, data/, tokenizer/, build.json)")
     parser.add_argument("--models", default="small,large", help="comma-separated: small, large (default both)")
     parser.add_argument("--seed", type=int, default=0, help="added to every data and model seed")
-    parser.add_argument("--procedure", default=None, metavar="P,P,P",
-                        help="the large model's correct-procedure rate per level (default: TOY_MODELS)")
+    parser.add_argument(
+        "--procedure",
+        default=None,
+        metavar="P,P,P",
+        help="the large model's correct-procedure rate per level (default: TOY_MODELS)",
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the test-set facts after training")
     parser.add_argument("--train", action="store_true", help="train even where shipped weights exist")
     parser.add_argument("--ship", action="store_true", help="then copy the built models into toy_weights/")
@@ -695,8 +775,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"large": {"procedure": [float(x) for x in args.procedure.split(",")]}} if args.procedure else None
     start = time.perf_counter()
     try:
-        paths = build_toy_pair(args.out, models=models, seed=args.seed, overrides=overrides, evaluate=not args.no_eval,
-                               shipped=None if args.train else SHIPPED)
+        paths = build_toy_pair(
+            args.out,
+            models=models,
+            seed=args.seed,
+            overrides=overrides,
+            evaluate=not args.no_eval,
+            shipped=None if args.train else SHIPPED,
+        )
     except ValueError as error:
         print(f"toy_pair: error: {error}", file=sys.stderr)
         return 2
