@@ -88,11 +88,9 @@ def phase_means(rows: dict[int, dict], warmup: int) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    sys.path.insert(0, str(REPO))  # this checkout's recipe package
+    from recipe.codistill_grpo.cli import parse_with_overrides
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
     p.add_argument("--out", help="output folder (default: a temporary folder)")
-    ns = p.parse_args(argv)
+    ns, extra = parse_with_overrides(p, argv)
 
     out = Path(ns.out or tempfile.mkdtemp(prefix="bench_step_")).resolve()
     (a, a_args), (b, b_args) = COMPARISONS[ns.compare]

@@ -453,11 +453,9 @@ def submit_after_train(plan: Plan, jobs: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1 :]
+    sys.path.insert(0, str(REPO))  # this checkout's recipe package
+    from recipe.codistill_grpo.cli import parse_with_overrides
+
     p = argparse.ArgumentParser(prog="reproduce_paper.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", help="comma-separated (default: toy on CPU, the two paper pairs elsewhere)")
     p.add_argument("--seeds", help="comma-separated training seeds (default: 1,2,3 on CPU, 1 elsewhere)")
@@ -470,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key (replaces codistill)"
     )
     p.add_argument("--allow-missing", action="store_true", help="make_tables.py: tabulate despite missing results")
-    args = p.parse_args(argv)
+    args, overrides = parse_with_overrides(p, argv)
     if args.sweep:
         key, _, values = args.sweep.partition("=")
         values = [v for v in values.split(",") if v]

@@ -426,6 +426,22 @@ def test_cli_grpo_large_and_metrics(cli_files, capsys):
     assert f"codistill/grpo_large = {total / GRPO_LARGE:.3f}" in out
 
 
+def test_cli_line_is_the_hand_worked_numbers(cli_files, capsys):
+    """The one-line estimate the launcher's dry run prints (scripts/run_qwen_math.sh --dry-run)."""
+    _, phases, configs = cli_files
+    out = _run_cli(capsys, "--phases", phases, "--configs", configs, "--pair", PAIR, "--exp", "codistill", "--line")
+    # 222.1 = 38.2 + (8.40 + 28.10) + (31.66 + 115.73); 300 x 222.10 / 3600 = 18.51 GPU-hours, / 8 GPUs = 2.31 h
+    assert out.strip().startswith(
+        f"estimated cost: {CODISTILL:.1f} GPU-s/step (generate {GEN_S:.1f}, log-prob {LP_S + LP_L:.1f}, "
+        f"train {TR_S + TR_L:.1f}); 300 steps = {300 * CODISTILL / 3600:.1f} GPU-hours, "
+        f"{300 * CODISTILL / 3600 / 8:.1f} h on 8 GPUs; codistill/grpo_large = {CODISTILL / GRPO_LARGE:.3f}"
+    )
+    assert "estimated cost: 222.1 GPU-s/step (generate 38.2, log-prob 36.5, train 147.4); 300 steps" in out
+    out = _run_cli(capsys, "--phases", phases, "--configs", configs, "--pair", PAIR, "--exp", "grpo_large", "--line")
+    assert f"estimated cost: {GRPO_LARGE:.1f} GPU-s/step (generate {GEN_L:.1f}, log-prob {LP_L:.1f}, " in out
+    assert "/grpo_large =" not in out  # no baseline ratio for the baseline itself
+
+
 def test_cli_uses_compose_config(cli_files, capsys, monkeypatch):
     _, phases, _ = cli_files
     calls = []
