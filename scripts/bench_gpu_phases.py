@@ -57,8 +57,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_model import model_key  # noqa: E402  (stdlib only: the names phase files use)
+
+
+def model_key(path_or_id: str) -> str:
+    """The model name used in phase files: 'Qwen/Qwen2.5-Math-1.5B' -> 'qwen2.5-math-1.5b',
+    'meta-llama/Llama-3.2-1B-Instruct' -> 'llama-3.2-1b' (a local folder: its last component)."""
+    name = str(path_or_id).rstrip("/").split("/")[-1].lower()
+    return name.removesuffix("-instruct")
+
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30

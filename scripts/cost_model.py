@@ -1,42 +1,22 @@
 #!/usr/bin/env python
 """Step-cost model: GPU-seconds per training step by phase and model, and a run's GPU-hours.
 
-    python scripts/cost_model.py --pair qwen2.5-math-1.5b_7b --exp codistill
-    python scripts/cost_model.py --pair qwen2.5-math-1.5b_7b --exp codistill --metrics outputs/.../metrics.jsonl
-    python scripts/cost_model.py --pair qwen2.5-math-1.5b_7b --exp grpo_large --resp-len 1200 -- trainer.total_training_steps=500
+    python scripts/cost_model.py --pair qwen2.5-math-1.5b_7b --exp codistill [--metrics <run>/metrics.jsonl]
+    python scripts/cost_model.py --pair P --exp grpo_large --resp-len 1200 -- trainer.total_training_steps=500
     python scripts/cost_model.py --phases my_gpu.jsonl --configs resolved.yaml --pair P --exp E
 
-Inputs: per-phase GPU throughput (``--phases``, JSONL written by ``scripts/bench_gpu_phases.py``;
-default: the H200 figures shipped in ``scripts/cost_data/``) and the run's settings, taken from the
-project's resolved hydra config (``recipe.codistill_grpo.configuration.compose_config(pair, exp,
-overrides)``, imported only by the CLI) or from ``--configs FILE`` (YAML/JSON: one resolved config,
-or a mapping experiment name -> resolved config), which needs no config module.
+Inputs: per-phase throughput (``--phases``: JSONL of ``scripts/bench_gpu_phases.py``; default the H200
+files in ``scripts/cost_data/``) and the run's settings from ``compose_config(pair, exp, overrides)``
+(imported by the CLI only) or ``--configs FILE`` (one resolved config, or experiment name -> config).
+For R = prompts x n responses of T = prompt + response tokens, one step is
 
-The model, for one step of P prompts x n samples = R responses of (prompt + response) tokens T:
+    generate = R / decode_batch x resp_len x (decode_linear + decode_attn)   (the generator only)
+    log_prob = R x T / logprob_fwd tok/s                                       (every loaded model)
+    train    = R x T / train_fwd_bwd[_ckpt] tok/s x (1 - zero_adv_frac where skipped)
 
-- generate (the generating model only): (R / decode_batch) x resp_len x decode_step_s, where
-  decode_step_s = decode_linear (min of eager and CUDA-graphed) + decode_attn (all layers) at the
-  measured batch nearest ``--decode-batch`` (default 256) and the measured context nearest
-  prompt + response tokens;
-- log-prob (old log-probs, no grad): R x T / logprob_fwd tokens/s, once for every loaded model
-  (the generator; and the large model when it is loaded as the second model);
-- train: R x T / train_fwd_bwd tokens/s (the ``_ckpt`` phase when gradient checkpointing is on) for
-  every model that trains. The second (large) model's train is scaled by (1 - zero_adv_frac) when
-  ``algorithm.codistill.large.skip_zero_grad`` is on; the generator's train the same way only in
-  GRPO baselines (``kd.coef == 0``, where a zero outcome advantage means a zero gradient) with the
-  skip on.
-- log-prob and train use the measured seq nearest prompt + response tokens, preferring the
-  configured micro-batch size.
-
-Run metrics (``--metrics``: verl's file-logger JSONL, one ``{"step": N, "data": {...}}`` a line):
-mean over the logged steps of ``response_length/mean`` (response tokens), ``prompt_length/mean``
-(prompt tokens) and the first zero-advantage key present of ``large/skipped_frac``,
-``small/skipped_frac``, ``actor/skipped_frac``, ``large/zero_adv_frac`` (fraction of samples
-skipped for a zero advantage). Explicit
-``--resp-len``, ``--prompt-len``, ``--zero-adv-frac`` win over the log.
-
-Not modelled: FSDP communication, the optimizer step, vLLM's scheduler and sampling, weight sync,
-reward scoring, offload, checkpoints and validation; GPU-hours assume perfect data-parallel scaling.
+each at the measured batch / ctx / seq nearest the run's (log scale). ``--metrics`` (verl's file-logger
+JSONL) gives the mean lengths and zero-advantage fraction; explicit flags win. The assumptions, what is
+not modelled and the shipped figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,9 +26,16 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu_phases import model_key  # noqa: E402,F401  (stdlib at import: the names phase files use)
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
@@ -63,16 +50,22 @@ PROMPT_LEN_KEY = "prompt_length/mean"
 ZERO_ADV_KEYS = ("large/skipped_frac", "small/skipped_frac", "actor/skipped_frac", "large/zero_adv_frac")
 LOGPROB_PHASE = "logprob_fwd"
 TRAIN_PHASES = {True: ("train_fwd_bwd_ckpt", "train_fwd_bwd"), False: ("train_fwd_bwd", "train_fwd_bwd_ckpt")}
-PHASE_ORDER = ("generate", "log_prob", "train")
 ROLE_ORDER = ("small", "large")
 BASELINE_EXP = "grpo_large"
+NO_LOG = "default (no run log given)"
 
 
-def model_key(path_or_id: str) -> str:
-    """The model name used in phase files: 'Qwen/Qwen2.5-Math-1.5B' -> 'qwen2.5-math-1.5b',
-    'meta-llama/Llama-3.2-1B-Instruct' -> 'llama-3.2-1b' (a local folder: its last component)."""
-    name = str(path_or_id).rstrip("/").split("/")[-1].lower()
-    return name[: -len("-instruct")] if name.endswith("-instruct") else name
+def read_jsonl(path: str | Path) -> pd.DataFrame:
+    """One JSON object a line (blank lines allowed) -> a DataFrame, one row a line; ValueError names a bad line."""
+    try:
+        return pd.read_json(path, lines=True, precise_float=True, dtype=False)
+    except ValueError as e:
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            try:
+                json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,53 +74,41 @@ def model_key(path_or_id: str) -> str:
 
 @dataclass(frozen=True)
 class Phases:
-    rows: tuple[dict, ...]  # measurements (objects with a "phase")
-    headers: tuple[dict, ...]  # everything else (GPU, torch, matmul TFLOP/s, params, done)
+    rows: pd.DataFrame  # measurements (lines with a "phase"), minus skipped / OOM rows
+    headers: pd.DataFrame  # everything else (GPU, torch, matmul TFLOP/s, params, done)
     sources: tuple[str, ...]
 
     @property
     def gpu(self) -> str:
-        gpus = sorted({str(h["gpu"]) for h in self.headers if "gpu" in h})
-        return ", ".join(gpus) or "unknown device"
+        return ", ".join(sorted(self.headers.get("gpu", pd.Series()).dropna().astype(str).unique())) or "unknown device"
 
     @property
     def shrunken(self) -> bool:
-        return any(h.get("shrunken") for h in self.headers)
+        return bool(self.headers.get("shrunken", pd.Series(dtype=object)).fillna(False).astype(bool).any())
 
     def models(self) -> list[str]:
-        return sorted({r["model"] for r in self.rows if "model" in r})
+        return sorted(self.rows["model"].dropna().unique())
 
 
 def load_phases(paths: str | Path | Iterable[str | Path]) -> Phases:
-    """Read one or more phase JSONL files (bench_gpu_phases.py's format) into one table."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    rows, headers, sources = [], [], []
-    for path in paths:
-        path = Path(path)
-        sources.append(str(path))
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-            (rows if "phase" in obj else headers).append(obj)
-    return Phases(tuple(rows), tuple(headers), tuple(sources))
+    """Read one or more phase JSONL files (bench_gpu_phases.py's format) into one table (file order kept)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    df = pd.concat([read_jsonl(p) for p in paths], ignore_index=True)
+    df = df.reindex(columns=df.columns.union(["phase", "model", "skipped", "error"], sort=False))
+    measured = df["phase"].notna()
+    rows = df[measured & df["skipped"].isna() & df["error"].isna()]  # bench_gpu_phases.py's skipped / OOM rows
+    return Phases(rows, df[~measured], tuple(map(str, paths)))
 
 
-def _nearest(values: Iterable[float], target: float) -> float:
-    """The value nearest ``target`` on a log scale (ties: the larger, i.e. the costlier)."""
-    return min(values, key=lambda v: (abs(math.log(v / target)), -v))
+def _select(phases: Phases, model: str, phase: str) -> pd.DataFrame:
+    return phases.rows[(phases.rows["model"] == model) & (phases.rows["phase"] == phase)]
 
 
-def _rows(phases: Phases, model: str, phase: str) -> list[dict]:
-    return [
-        r
-        for r in phases.rows
-        if r.get("model") == model and r.get("phase") == phase and not r.get("skipped") and not r.get("error")
-    ]  # bench_gpu_phases.py's skipped / OOM rows
+def _nearest(rows: pd.DataFrame, col: str, target: float) -> pd.DataFrame:
+    """The rows whose ``col`` is nearest ``target`` on a log scale (ties: the larger, i.e. the costlier)."""
+    values = pd.Series(rows[col].unique())
+    order = pd.DataFrame({"d": np.abs(np.log(values / target)), "v": -values}).sort_values(["d", "v"])
+    return rows[rows[col] == values[order.index[0]]]
 
 
 def _missing(phases: Phases, model: str, what: str) -> ValueError:
@@ -139,50 +120,36 @@ def _missing(phases: Phases, model: str, what: str) -> ValueError:
 
 def throughput(
     phases: Phases, model: str, phase_names: Sequence[str], seq: float, micro_batch: int | None = None
-) -> tuple[float, dict]:
+) -> tuple[float, pd.Series]:
     """Tokens/s of the first of ``phase_names`` measured for ``model``, at the measured seq nearest
-    ``seq``, preferring rows with ``micro_batch``. Returns (tok_per_s, row)."""
-    for name in phase_names:
-        rows = _rows(phases, model, name)
-        if rows:
-            break
-    else:
+    ``seq``, preferring rows with ``micro_batch`` (the last such row in file order).
+
+    Returns (tok_per_s, row): tok_per_s = the row's ``tok_per_s``, else micro_batch x seq / s."""
+    rows = next((r for r in (_select(phases, model, n) for n in phase_names) if len(r)), None)
+    if rows is None:
         raise _missing(phases, model, " or ".join(phase_names))
-    same_micro = [r for r in rows if micro_batch is not None and r.get("micro_batch") == micro_batch]
-    rows = same_micro or rows
-    best = _nearest({r["seq"] for r in rows}, seq)
-    row = [r for r in rows if r["seq"] == best][-1]
-    tps = row.get("tok_per_s") or row["micro_batch"] * row["seq"] / row["s"]
-    return float(tps), row
-
-
-def decode_linear_s(row: dict) -> float:
-    """A decode step's linear part: the faster of eager and CUDA-graphed (what vLLM would pick)."""
-    values = [row[k] for k in ("s_eager", "s_graph", "s") if row.get(k) is not None]
-    return float(min(values))
-
-
-def decode_attn_s(row: dict) -> float:
-    return float(row["s_all_layers"] if row.get("s_all_layers") is not None else row["s"])
+    same_micro = rows[rows["micro_batch"] == micro_batch] if micro_batch is not None else rows.iloc[:0]
+    row = _nearest(same_micro if len(same_micro) else rows, "seq", seq).iloc[-1]
+    tps = row.get("tok_per_s")
+    return float(tps if pd.notna(tps) and tps else row["micro_batch"] * row["seq"] / row["s"]), row
 
 
 def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
-    """One decode step of ``model``: linear part + attention, at the measured batch nearest
-    ``batch`` (having both parts) and the measured ctx nearest ``ctx`` for that batch."""
-    lin, attn = _rows(phases, model, "decode_linear"), _rows(phases, model, "decode_attn")
-    if not lin:
-        raise _missing(phases, model, "decode_linear")
-    if not attn:
-        raise _missing(phases, model, "decode_attn")
-    batches = {r["batch"] for r in lin} & {r["batch"] for r in attn}
-    if not batches:
+    """One decode step of ``model``: s = linear + attention, at the measured batch nearest ``batch`` (having
+    both parts) and the measured ctx nearest ``ctx`` at that batch. linear = min(s_eager, s_graph, s) (the
+    faster of eager and CUDA-graphed, what vLLM would pick); attention = s_all_layers (else s)."""
+    lin, attn = _select(phases, model, "decode_linear"), _select(phases, model, "decode_attn")
+    for rows, name in ((lin, "decode_linear"), (attn, "decode_attn")):
+        if rows.empty:
+            raise _missing(phases, model, name)
+    shared = lin[lin["batch"].isin(attn["batch"])]
+    if shared.empty:
         raise ValueError(f"decode_linear and decode_attn of '{model}' share no batch size")
-    b = _nearest(batches, batch)
-    attn_b = [r for r in attn if r["batch"] == b]
-    c = _nearest({r["ctx"] for r in attn_b}, ctx)
-    lin_s = decode_linear_s([r for r in lin if r["batch"] == b][-1])
-    attn_s = decode_attn_s([r for r in attn_b if r["ctx"] == c][-1])
-    return {"batch": b, "ctx": c, "linear_s": lin_s, "attn_s": attn_s, "s": lin_s + attn_s}
+    b = _nearest(shared, "batch", batch)["batch"].iloc[0]
+    a = _nearest(attn[attn["batch"] == b], "ctx", ctx).iloc[-1]
+    lin_s = float(lin[lin["batch"] == b].iloc[-1].reindex(["s_eager", "s_graph", "s"]).min())
+    attn_s = float(a["s_all_layers"] if pd.notna(a.get("s_all_layers")) else a["s"])
+    return {"batch": b, "ctx": a["ctx"], "linear_s": lin_s, "attn_s": attn_s, "s": lin_s + attn_s}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,30 +181,17 @@ class Settings:
     steps: int
     nnodes: int
     gpus_per_node: int
-    max_prompt_length: int | None = None
-    max_response_length: int | None = None
     prompt_len: float = DEFAULT_PROMPT_LEN
     resp_len: float = DEFAULT_RESP_LEN
     zero_adv_frac: float = 0.0
     decode_batch: int = DEFAULT_DECODE_BATCH
-    len_source: str = "default (no run log given)"
-    zero_adv_source: str = "default (no run log given)"
+    len_source: str = NO_LOG
+    zero_adv_source: str = NO_LOG
 
-    @property
-    def responses(self) -> int:
-        return self.prompts * self.n
-
-    @property
-    def seq(self) -> float:
-        return self.prompt_len + self.resp_len
-
-    @property
-    def tokens(self) -> float:
-        return self.responses * self.seq
-
-    @property
-    def gpus(self) -> int:
-        return self.nnodes * self.gpus_per_node
+    responses = property(lambda self: self.prompts * self.n)
+    seq = property(lambda self: self.prompt_len + self.resp_len)
+    tokens = property(lambda self: self.responses * self.seq)
+    gpus = property(lambda self: self.nnodes * self.gpus_per_node)
 
     def model(self, role: str) -> ModelSettings:
         return self.small if role == "small" else self.large
@@ -246,22 +200,15 @@ class Settings:
 _REQUIRED = object()
 
 
-def _get(cfg: Any, dotted: str, default: Any = _REQUIRED) -> Any:
-    """``cfg['a']['b']...`` for nested dicts or an omegaconf DictConfig."""
-    node = cfg
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except Exception:  # KeyError, omegaconf's ConfigKeyError/MissingMandatoryValue, TypeError
-            if default is _REQUIRED:
-                raise KeyError(f"the config has no '{dotted}'") from None
-            return default
-    if node is None and default is not _REQUIRED:
-        return default
-    return node
+def _get(cfg: DictConfig, key: str, default: Any = _REQUIRED) -> Any:
+    """``OmegaConf.select(cfg, key)``; a missing or null key gives ``default``, or KeyError when none is given."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None and default is _REQUIRED:
+        raise KeyError(f"the config has no '{key}'")
+    return default if value is None else value
 
 
-def _model_settings(cfg: Any, role: str) -> ModelSettings:
+def _model_settings(cfg: DictConfig, role: str) -> ModelSettings:
     path = str(_get(cfg, f"pair.{role}.model.path"))
     micro = _get(cfg, f"pair.{role}.actor.ppo_micro_batch_size_per_gpu", None)
     lp_micro = _get(cfg, f"pair.{role}.log_prob_micro_batch_size_per_gpu", None)
@@ -278,6 +225,7 @@ def settings_from_config(cfg: Any) -> Settings:
     """Run settings from the project's resolved config (a DictConfig or nested dicts), with the
     worked example's lengths (200 prompt + 800 response tokens, capped at the maximum lengths)
     and no zero-advantage skip; replace those with ``apply_run_figures``."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     generator = str(_get(cfg, "exp.generator"))
     if generator not in ("small", "large"):
         raise ValueError(f"exp.generator must be 'small' or 'large', not {generator!r}")
@@ -287,15 +235,9 @@ def settings_from_config(cfg: Any) -> Settings:
             "exp.generator=large with algorithm.codistill.large.enable=true: "
             "the large model cannot be both the actor and the second model"
         )
-    max_p = _get(cfg, "data.max_prompt_length", None)
-    max_r = _get(cfg, "data.max_response_length", None)
-    prompt_len, resp_len = min(DEFAULT_PROMPT_LEN, max_p or math.inf), min(DEFAULT_RESP_LEN, max_r or math.inf)
-    len_source = "default (no run log given)"
-    if (prompt_len, resp_len) != (DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN):
-        len_source = (
-            f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
-            f"max_response_length (no run log given)"
-        )
+    prompt_len = min(DEFAULT_PROMPT_LEN, _get(cfg, "data.max_prompt_length", math.inf))
+    resp_len = min(DEFAULT_RESP_LEN, _get(cfg, "data.max_response_length", math.inf))
+    capped = (prompt_len, resp_len) != (DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN)
     return Settings(
         pair=str(_get(cfg, "pair.name")),
         exp=str(_get(cfg, "exp.name")),
@@ -311,18 +253,21 @@ def settings_from_config(cfg: Any) -> Settings:
         steps=int(_get(cfg, "trainer.total_training_steps")),
         nnodes=int(_get(cfg, "trainer.nnodes")),
         gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
-        max_prompt_length=None if max_p is None else int(max_p),
-        max_response_length=None if max_r is None else int(max_r),
         prompt_len=float(prompt_len),
         resp_len=float(resp_len),
-        len_source=len_source,
+        len_source=(
+            f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
+            f"max_response_length (no run log given)"
+            if capped
+            else NO_LOG
+        ),
     )
 
 
 @dataclass(frozen=True)
 class RunMetrics:
     path: str
-    steps: int  # step lines read
+    steps: int  # steps with at least one of the keys read
     resp_len: float | None
     prompt_len: float | None
     zero_adv_frac: float | None
@@ -330,31 +275,17 @@ class RunMetrics:
 
 
 def read_run_metrics(path: str | Path) -> RunMetrics:
-    """Means over steps of a finished run's verl file-logger JSONL (see the module docstring)."""
-    path = Path(path)
-    series: dict[str, list[float]] = {}
-    steps = set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-        data = obj.get("data", {}) if isinstance(obj, dict) else {}
-        for key in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS):
-            value = data.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                series.setdefault(key, []).append(float(value))
-                steps.add(obj.get("step"))
-
-    def mean(key):
-        return sum(series[key]) / len(series[key]) if series.get(key) else None
-
-    zkey = next((k for k in ZERO_ADV_KEYS if series.get(k)), None)
-    return RunMetrics(
-        str(path), len(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey) if zkey else None, zkey
-    )
+    """Means over a finished run's verl file-logger JSONL lines of the keys in the module docstring
+    (finite numbers only; the zero-advantage fraction from the first of ``ZERO_ADV_KEYS`` present)."""
+    df = read_jsonl(path)
+    data = pd.DataFrame(list(df["data"]) if "data" in df else [], index=df.index)
+    keys = [k for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS) if k in data]
+    values = data[keys].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    means = values.mean()
+    zkey = next((k for k in ZERO_ADV_KEYS if k in means and pd.notna(means[k])), None)
+    mean = lambda k: float(means[k]) if k in means and pd.notna(means[k]) else None  # noqa: E731
+    steps = df.loc[values.notna().any(axis=1), "step"].nunique() if keys else 0
+    return RunMetrics(str(path), int(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey), zkey)
 
 
 def apply_run_figures(
@@ -368,38 +299,27 @@ def apply_run_figures(
     steps: int | None = None,
 ) -> Settings:
     """Lengths and zero-advantage fraction from a run log and/or explicit values (explicit wins)."""
-    changes: dict[str, Any] = {}
-    len_src = []
-    if metrics is not None and metrics.resp_len is not None:
-        changes["resp_len"] = metrics.resp_len
-        len_src.append(f"response {RESP_LEN_KEY} mean of {metrics.steps} steps in {metrics.path}")
-    if metrics is not None and metrics.prompt_len is not None:
-        changes["prompt_len"] = metrics.prompt_len
-        len_src.append(f"prompt {PROMPT_LEN_KEY} from the same log")
-    if resp_len is not None:
-        changes["resp_len"] = float(resp_len)
-        len_src.append("response --resp-len")
-    if prompt_len is not None:
-        changes["prompt_len"] = float(prompt_len)
-        len_src.append("prompt --prompt-len")
+    m = metrics or RunMetrics("", 0, None, None, None, None)
+    where = f"{m.steps} steps in {m.path}"
+    candidates = [  # (field, value, source), later ones win
+        ("resp_len", m.resp_len, f"response {RESP_LEN_KEY} mean of {where}"),
+        ("prompt_len", m.prompt_len, f"prompt {PROMPT_LEN_KEY} from the same log"),
+        ("resp_len", resp_len, "response --resp-len"),
+        ("prompt_len", prompt_len, "prompt --prompt-len"),
+    ]
+    changes: dict[str, Any] = {k: float(v) for k, v, _ in candidates if v is not None}
+    len_src = [src for _, v, src in candidates if v is not None]
     if len_src:
-        if "prompt_len" not in changes:
-            len_src.append(f"prompt default {DEFAULT_PROMPT_LEN:g}")
-        if "resp_len" not in changes:
-            len_src.append(f"response default {DEFAULT_RESP_LEN:g}")
+        len_src += [] if "prompt_len" in changes else [f"prompt default {DEFAULT_PROMPT_LEN:g}"]
+        len_src += [] if "resp_len" in changes else [f"response default {DEFAULT_RESP_LEN:g}"]
         changes["len_source"] = "; ".join(len_src)
     if zero_adv_frac is not None:
         changes["zero_adv_frac"], changes["zero_adv_source"] = float(zero_adv_frac), "--zero-adv-frac"
+    elif m.zero_adv_frac is not None:
+        changes["zero_adv_frac"], changes["zero_adv_source"] = m.zero_adv_frac, f"{m.zero_adv_key} mean in {m.path}"
     elif metrics is not None:
-        if metrics.zero_adv_frac is not None:
-            changes["zero_adv_frac"] = metrics.zero_adv_frac
-            changes["zero_adv_source"] = f"{metrics.zero_adv_key} mean in {metrics.path}"
-        else:
-            changes["zero_adv_source"] = f"0: none of {', '.join(ZERO_ADV_KEYS)} in {metrics.path}"
-    if decode_batch is not None:
-        changes["decode_batch"] = int(decode_batch)
-    if steps is not None:
-        changes["steps"] = int(steps)
+        changes["zero_adv_source"] = f"0: none of {', '.join(ZERO_ADV_KEYS)} in {m.path}"
+    changes.update({k: int(v) for k, v in (("decode_batch", decode_batch), ("steps", steps)) if v is not None})
     out = replace(s, **changes)
     if not 0.0 <= out.zero_adv_frac <= 1.0:
         raise ValueError(f"zero-advantage fraction must be in [0, 1], got {out.zero_adv_frac}")
@@ -411,15 +331,9 @@ def apply_run_figures(
 def grpo_large_settings(s: Settings, zero_adv_frac: float | None = None) -> Settings:
     """The grpo_large baseline for the same pair, batch, lengths and steps: the large model
     generates and trains alone with kd.coef 0 (zero-adv fraction: the experiment's unless given)."""
-    return replace(
-        s,
-        exp=BASELINE_EXP,
-        generator="large",
-        large_enabled=False,
-        large_train=False,
-        kd_coef=0.0,
-        zero_adv_frac=s.zero_adv_frac if zero_adv_frac is None else float(zero_adv_frac),
-    )
+    zero_adv_frac = s.zero_adv_frac if zero_adv_frac is None else float(zero_adv_frac)
+    return replace(s, exp=BASELINE_EXP, generator="large", large_enabled=False, large_train=False, kd_coef=0.0,
+                   zero_adv_frac=zero_adv_frac)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,53 +351,53 @@ class Line:
 
 def _train_scale(s: Settings, role: str) -> float:
     """1 - zero_adv_frac where zero-advantage samples are skipped in training, else 1."""
-    if not s.skip_zero_grad:
-        return 1.0
     second_large = role == "large" and s.generator == "small" and s.large_train
     grpo_actor = role == s.generator and s.kd_coef == 0
-    return 1.0 - s.zero_adv_frac if (second_large or grpo_actor) else 1.0
+    return 1.0 - s.zero_adv_frac if s.skip_zero_grad and (second_large or grpo_actor) else 1.0
 
 
 def roles(s: Settings) -> dict[str, list[str]]:
     """Which pair models run each phase."""
-    loaded = [s.generator] + (["large"] if s.generator == "small" and s.large_enabled else [])
-    trains = [s.generator] + (["large"] if s.generator == "small" and s.large_train else [])
-    return {"generate": [s.generator], "log_prob": loaded, "train": trains}
+    second = s.generator == "small"
+    loaded = [s.generator] + (["large"] if second and s.large_enabled else [])
+    return {
+        "generate": [s.generator],
+        "log_prob": loaded,
+        "train": [s.generator] + (["large"] if second and s.large_train else []),
+    }
 
 
 def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
-    """Per (phase, model) GPU-seconds of one step, with the figures used."""
-    lines = []
-    who = roles(s)
-    for role in ROLE_ORDER:
-        if role not in who["generate"]:
-            continue
-        m = s.model(role)
-        d = decode_step(phases, m.key, s.decode_batch, s.seq)
+    """Per (phase, model) GPU-seconds of one step, with the figures used (R = responses, T = prompt +
+    response tokens, B = decode batch):
+
+        generate = R / B x resp_len x decode_step_s;  log_prob = R x T / logprob tok/s;
+        train = R x T / train tok/s x (1 - zero_adv_frac where skipped)
+    """
+    who, lines = roles(s), []
+    for role in (r for r in ROLE_ORDER if r in who["generate"]):
+        m, d = s.model(role), decode_step(phases, s.model(role).key, s.decode_batch, s.seq)
         batches = s.responses / s.decode_batch
-        sec = batches * s.resp_len * d["s"]
         how = (
             f"{s.responses}/{s.decode_batch} = {batches:g} batches x {s.resp_len:g} steps x {d['s'] * 1e3:.2f} ms "
             f"(decode B={d['batch']:g}, ctx {d['ctx']:g}: {d['linear_s'] * 1e3:.2f} + {d['attn_s'] * 1e3:.2f} ms)"
         )
-        lines.append(Line("generate", role, m.key, sec, how))
-    for role in ROLE_ORDER:
-        if role not in who["log_prob"]:
-            continue
-        m = s.model(role)
-        tps, row = throughput(phases, m.key, (LOGPROB_PHASE,), s.seq, m.logprob_micro)
-        how = f"{s.tokens:,.0f} tok / {tps:,.0f} tok/s ({row['phase']}, micro {row['micro_batch']}, seq {row['seq']})"
-        lines.append(Line("log_prob", role, m.key, s.tokens / tps, how))
-    for role in ROLE_ORDER:
-        if role not in who["train"]:
-            continue
-        m = s.model(role)
-        tps, row = throughput(phases, m.key, TRAIN_PHASES[m.grad_ckpt], s.seq, m.train_micro)
-        scale = _train_scale(s, role)
-        how = f"{s.tokens:,.0f} tok / {tps:,.0f} tok/s ({row['phase']}, micro {row['micro_batch']}, seq {row['seq']})"
-        if scale != 1.0:
-            how += f" x (1 - {s.zero_adv_frac:.3g}) zero-adv skip"
-        lines.append(Line("train", role, m.key, s.tokens / tps * scale, how))
+        lines.append(Line("generate", role, m.key, batches * s.resp_len * d["s"], how))
+    for phase in ("log_prob", "train"):
+        for role in (r for r in ROLE_ORDER if r in who[phase]):
+            m = s.model(role)
+            names, micro = (
+                ((LOGPROB_PHASE,), m.logprob_micro)
+                if phase == "log_prob"
+                else (TRAIN_PHASES[m.grad_ckpt], m.train_micro)
+            )
+            tps, row = throughput(phases, m.key, names, s.seq, micro)
+            scale = _train_scale(s, role) if phase == "train" else 1.0
+            how = (
+                f"{s.tokens:,.0f} tok / {tps:,.0f} tok/s ({row['phase']}, micro {int(row['micro_batch'])}, "
+                f"seq {int(row['seq'])})" + (f" x (1 - {s.zero_adv_frac:.3g}) zero-adv skip" if scale != 1.0 else "")
+            )
+            lines.append(Line(phase, role, m.key, s.tokens / tps * scale, how))
     return lines
 
 
@@ -493,6 +407,7 @@ def step_cost(phases: Phases, s: Settings) -> dict[tuple[str, str], float]:
 
 
 def total(cost: Mapping[tuple[str, str], float]) -> float:
+    """GPU-seconds of the whole step: the sum over (phase, role)."""
     return sum(cost.values())
 
 
@@ -502,6 +417,7 @@ def large_share(cost: Mapping[tuple[str, str], float]) -> float:
 
 
 def gpu_hours(s: Settings, per_step_s: float) -> float:
+    """steps x GPU-seconds per step / 3600."""
     return s.steps * per_step_s / 3600.0
 
 
@@ -512,11 +428,11 @@ def gpu_hours(s: Settings, per_step_s: float) -> float:
 def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None) -> list[str]:
     gen = next(ln for ln in lines if ln.phase == "generate")
     d = decode_step(phases, gen.model, s.decode_batch, s.seq)
-    seqs = sorted({int(x) for x in (r.get("seq") for r in phases.rows if r.get("model") == gen.model) if x})
+    seqs = sorted(phases.rows.loc[phases.rows["model"] == gen.model, "seq"].dropna().astype(int).unique())
     applied = [f"{ln.phase} {ln.role}" for ln in lines if ln.phase == "train" and _train_scale(s, ln.role) != 1.0]
     out = [
-        f"decode batch: {s.decode_batch} sequences per GPU for the whole response (measured batch used: {d['batch']:g}); "
-        f"no tail of part-empty batches",
+        f"decode batch: {s.decode_batch} sequences per GPU for the whole response "
+        f"(measured batch used: {d['batch']:g}); no tail of part-empty batches",
         f"decode ctx: {d['ctx']:g} tokens, the measured ctx nearest prompt + response = {s.seq:g} "
         f"(attention cost taken at that ctx for every step)",
         f"log-prob and train: measured seq nearest {s.seq:g} tokens (measured: {', '.join(map(str, seqs))}), "
@@ -545,25 +461,31 @@ def format_report(
     baseline: Settings | None = None,
     baseline_lines: list[Line] | None = None,
 ) -> str:
-    cost = {(ln.phase, ln.role): ln.seconds for ln in lines}
-    tot = total(cost)
+    """The full report: the per-(phase, model) table with the figures used, shares, baseline ratio,
+    GPU-hours and the assumptions."""
+    df = pd.DataFrame([asdict(ln) for ln in lines])
+    tot, by_role = df["seconds"].sum(), df.groupby("role", sort=False)["seconds"].sum()
+    table = pd.concat([df, pd.DataFrame([{"phase": "total", "role": "", "model": "", "seconds": tot, "how": ""}])])
+    table.columns = ["phase", "model", "", "GPU-s", "figure used"]
+    left = {c: f"{{:<{table[c].str.len().max()}}}".format for c in ("phase", "model", "", "figure used")}
     out = [
         f"Step cost: pair {s.pair}, experiment {s.exp} (GPU-seconds per training step)",
         f"phases: {', '.join(phases.sources)} ({phases.gpu})",
         f"step: {s.prompts} prompts x {s.n} samples = {s.responses} responses x ({s.prompt_len:g} prompt + "
         f"{s.resp_len:g} response) tokens = {s.tokens:,.0f} tokens",
         "",
+        *(
+            ln.rstrip()
+            for ln in table.to_string(
+                index=False, justify="left", formatters=left, float_format="{:.1f}".format
+            ).splitlines()
+        ),
+        "",
+        "per model: "
+        + ", ".join(f"{r} {v:.1f} GPU-s ({v / tot:.1%})" for r, v in by_role.reindex(ROLE_ORDER).dropna().items() if v),
     ]
-    width = max(len(ln.model) for ln in lines)
-    out.append(f"{'phase':<9} {'model':<{width + 6}} {'GPU-s':>8}  figure used")
-    for ln in lines:
-        out.append(f"{ln.phase:<9} {ln.role:<5} {ln.model:<{width}} {ln.seconds:8.1f}  {ln.how}")
-    out.append(f"{'total':<9} {'':<{width + 6}} {tot:8.1f}")
-    out.append("")
-    per_model = {r: sum(v for (_, role), v in cost.items() if role == r) for r in ROLE_ORDER}
-    out.append("per model: " + ", ".join(f"{r} {v:.1f} GPU-s ({v / tot:.1%})" for r, v in per_model.items() if v))
-    share = large_share(cost)
-    if any(role == "large" for _, role in cost):
+    share = large_share(step_cost_from(lines))
+    if "large" in by_role:
         note = "; it also generates here" if s.generator == "large" else ""
         out.append(
             f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = "
@@ -573,29 +495,30 @@ def format_report(
         out.append("large model: not loaded in this experiment")
     if baseline_lines is not None:
         btot = sum(ln.seconds for ln in baseline_lines)
+        parts = " + ".join(f"{ln.phase} {ln.seconds:.1f}" for ln in baseline_lines)
         out.append(
-            f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: "
-            + " + ".join(f"{ln.phase} {ln.seconds:.1f}" for ln in baseline_lines)
-            + f"): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}"
+            f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: {parts}): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}"
         )
     gh = gpu_hours(s, tot)
-    out.append(
+    out += [
         f"run: {s.steps} steps x {tot:.1f} GPU-s = {gh:.2f} GPU-hours; on {s.nnodes} node(s) x "
-        f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)"
-    )
-    out.append("")
-    out.append("assumptions:")
-    out.extend(f"- {a}" for a in _assumptions(phases, s, lines, baseline))
+        f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)",
+        "",
+        "assumptions:",
+        *(f"- {a}" for a in _assumptions(phases, s, lines, baseline)),
+    ]
     return "\n".join(out)
+
+
+def step_cost_from(lines: list[Line]) -> dict[tuple[str, str], float]:
+    """{(phase, role): GPU-seconds} of ``step_cost_detail``'s lines."""
+    return {(ln.phase, ln.role): ln.seconds for ln in lines}
 
 
 def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | None = None) -> str:
     """The estimate in one line (what the launcher's dry run prints)."""
-    by_phase: dict[str, float] = {}
-    for ln in lines:
-        by_phase[ln.phase] = by_phase.get(ln.phase, 0.0) + ln.seconds
-    tot = sum(by_phase.values())
-    gh = gpu_hours(s, tot)
+    by_phase = pd.DataFrame([asdict(ln) for ln in lines]).groupby("phase", sort=False)["seconds"].sum()
+    tot, gh = by_phase.sum(), gpu_hours(s, by_phase.sum())
     parts = ", ".join(f"{phase.replace('_', '-')} {v:.1f}" for phase, v in by_phase.items())
     out = (
         f"estimated cost: {tot:.1f} GPU-s/step ({parts}); {s.steps} steps = {gh:.1f} GPU-hours, "
@@ -612,28 +535,19 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
 
 def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
     """The project's resolved config (imported here only: the rest of this module needs no config module)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
         raise SystemExit(
-            f"cost_model: cannot compose the config ({e}); pass --configs FILE "
-            f"(resolved config(s) as YAML/JSON) instead"
+            f"cost_model: cannot compose the config ({e}); "
+            "pass --configs FILE (resolved config(s) as YAML/JSON) instead"
         ) from None
     return compose_config(pair, exp, list(overrides))
 
 
 def load_configs_file(path: str | Path, exp: str) -> Any:
-    """``--configs``: one resolved config, or a mapping experiment name -> resolved config."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
+    """``--configs``: one resolved config, or a mapping experiment name -> resolved config (YAML or JSON)."""
+    data = OmegaConf.to_container(OmegaConf.load(path))
     if not isinstance(data, dict):
         raise SystemExit(f"cost_model: {path} holds no mapping")
     if "exp" in data and "pair" in data:
@@ -643,44 +557,32 @@ def load_configs_file(path: str | Path, exp: str) -> Any:
     return data[exp]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1 :]
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog="Everything after -- goes to compose_config as hydra overrides."
-    )
-    ap.add_argument("--pair", required=True, help="model pair, e.g. qwen2.5-math-1.5b_7b")
-    ap.add_argument("--exp", required=True, help="experiment, e.g. codistill, grpo_large")
-    ap.add_argument(
-        "--phases", action="append", help="phase JSONL (repeatable); default: the H200 files in scripts/cost_data/"
-    )
-    ap.add_argument(
-        "--configs",
-        help="resolved config(s) as YAML/JSON instead of compose_config "
-        "(one config, or a mapping experiment -> config)",
-    )
-    ap.add_argument(
-        "--metrics",
-        help="a finished run's verl file-logger JSONL: mean response/prompt length and zero-advantage fraction",
-    )
-    ap.add_argument("--resp-len", type=float, help=f"mean response tokens (default {DEFAULT_RESP_LEN:g})")
-    ap.add_argument("--prompt-len", type=float, help=f"mean prompt tokens (default {DEFAULT_PROMPT_LEN:g})")
-    ap.add_argument("--zero-adv-frac", type=float, help="fraction of samples with zero advantage (default 0)")
-    ap.add_argument(
-        "--baseline-zero-adv-frac",
-        type=float,
-        help=f"zero-advantage fraction for the {BASELINE_EXP} baseline (default: the experiment's)",
-    )
-    ap.add_argument(
-        "--decode-batch", type=int, help=f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})"
-    )
-    ap.add_argument("--steps", type=int, help="training steps (default trainer.total_training_steps)")
-    ap.add_argument("--line", action="store_true", help="print the estimate in one line")
-    args = ap.parse_args(argv)
+OPTIONS = [  # flag, type, help (float/int: a number; None: a flag)
+    ("--pair", str, "model pair, e.g. qwen2.5-math-1.5b_7b (required)"),
+    ("--exp", str, "experiment, e.g. codistill, grpo_large (required)"),
+    ("--phases", str, "phase JSONL (repeatable); default: the H200 files in scripts/cost_data/"),
+    ("--configs", str, "resolved config(s) as YAML/JSON instead of compose_config (one, or experiment -> config)"),
+    ("--metrics", str, "a finished run's file-logger JSONL: mean lengths and zero-advantage fraction"),
+    ("--resp-len", float, f"mean response tokens (default {DEFAULT_RESP_LEN:g})"),
+    ("--prompt-len", float, f"mean prompt tokens (default {DEFAULT_PROMPT_LEN:g})"),
+    ("--zero-adv-frac", float, "fraction of samples with zero advantage (default 0, or the log's)"),
+    ("--baseline-zero-adv-frac", float, f"zero-advantage fraction of the {BASELINE_EXP} baseline (default: same)"),
+    ("--decode-batch", int, f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})"),
+    ("--steps", int, "training steps (default trainer.total_training_steps)"),
+    ("--line", None, "print the estimate in one line"),
+]
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (see the module docstring); everything after ``--`` goes to compose_config as hydra overrides."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="After --: hydra overrides.")
+    for flag, kind, help_ in OPTIONS:
+        extra = {"action": "store_true"} if kind is None else {"type": kind, "required": flag in ("--pair", "--exp")}
+        ap.add_argument(flag, help=help_, **extra, **({"action": "append"} if flag == "--phases" else {}))
+    sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
+    from recipe.codistill_grpo.cli import parse_with_overrides
+
+    args, overrides = parse_with_overrides(ap, argv)
     if args.configs and overrides:
         ap.error("overrides after -- go to compose_config; with --configs, put them in the config file")
     try:
@@ -692,23 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'"
             )
         metrics = read_run_metrics(args.metrics) if args.metrics else None
-        s = apply_run_figures(
-            s,
-            metrics=metrics,
-            resp_len=args.resp_len,
-            prompt_len=args.prompt_len,
-            zero_adv_frac=args.zero_adv_frac,
-            decode_batch=args.decode_batch,
-            steps=args.steps,
-        )
+        figures = ("resp_len", "prompt_len", "zero_adv_frac", "decode_batch", "steps")
+        s = apply_run_figures(s, metrics=metrics, **{k: getattr(args, k) for k in figures})
         lines = step_cost_detail(phases, s)
-        baseline = baseline_lines = None
-        if s.exp != BASELINE_EXP:
-            baseline = grpo_large_settings(s, args.baseline_zero_adv_frac)
-            baseline_lines = step_cost_detail(phases, baseline)
+        baseline = grpo_large_settings(s, args.baseline_zero_adv_frac) if s.exp != BASELINE_EXP else None
+        baseline_lines = step_cost_detail(phases, baseline) if baseline else None
     except (ValueError, KeyError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"cost_model: {msg}") from None
+        raise SystemExit(f"cost_model: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
     print(
         format_line(s, lines, baseline_lines)
         if args.line
