@@ -1,6 +1,6 @@
 """scripts/cost_model.py: held to numbers worked out by hand from the shipped H200 JSONL (pinned
-below with their derivation, each figure they use checked against the file) and to README's GPU-cost
-table; through the real pair configs and through hand-built ones; zero-advantage scaling, run-log
+below with their derivation, each figure they use checked against the file) and to the GPU-cost
+table of docs/benchmarks.md; through the real pair configs and through hand-built ones; zero-advantage scaling, run-log
 parsing and the CLI without the config module."""
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def test_the_figures_used_are_the_shipped_rows():
 
 
 def _readme_table() -> dict[str, list[str]]:
-    """The GPU-cost table of README.md: first cell -> the other cells."""
+    """The GPU-cost table of docs/benchmarks.md (moved there from README.md): first cell -> the other cells."""
     rows = {}
-    for line in (REPO / "README.md").read_text().splitlines():
+    for line in (REPO / "docs" / "benchmarks.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| Qwen") or line.startswith("| Llama"):
             rows[cells[0]] = cells[1:]
@@ -117,7 +117,7 @@ def _readme_table() -> dict[str, list[str]]:
 
 
 def test_readme_table_is_the_hand_worked_numbers():
-    """README's table (what a reader sizes a run with) states these numbers, rounded to 0.1."""
+    """docs/benchmarks.md's table (what a reader sizes a run with) states these numbers, rounded to 0.1."""
     t = _readme_table()
     one = lambda x: f"{x:.1f}"  # noqa: E731
     assert t["Qwen 1.5B/7B `grpo_large`"][:6] == [f"{one(GEN_L)} (7B)", "-", one(LP_L), "-", one(TR_L), one(GRPO_LARGE)]
