@@ -278,7 +278,7 @@ def read_run_metrics(path: str | Path) -> RunMetrics:
     """Means over a finished run's verl file-logger JSONL lines of the keys in the module docstring
     (finite numbers only; the zero-advantage fraction from the first of ``ZERO_ADV_KEYS`` present)."""
     df = read_jsonl(path)
-    data = pd.DataFrame(list(df["data"]) if "data" in df else [], index=df.index)
+    data = pd.DataFrame([d if isinstance(d, dict) else {} for d in df.get("data", [])], index=df.index)
     keys = [k for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS) if k in data]
     values = data[keys].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
     means = values.mean()
@@ -484,7 +484,7 @@ def format_report(
         "per model: "
         + ", ".join(f"{r} {v:.1f} GPU-s ({v / tot:.1%})" for r, v in by_role.reindex(ROLE_ORDER).dropna().items() if v),
     ]
-    share = large_share(step_cost_from(lines))
+    share = large_share(step_cost_from(lines))  # the large model's log-prob + train
     if "large" in by_role:
         note = "; it also generates here" if s.generator == "large" else ""
         out.append(
