@@ -204,6 +204,13 @@ def test_mode_detection_is_printed_first(tmp_path, tools, extra, mode):
     proc = e.run("--dry-run", "--exp", "grpo_small", extra_env=extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[0].startswith(f"codistill: mode: {mode} ")
+    plan = {  # the first line of a dry run says which plan it shows
+        "cpu-smoke": "CPU smoke run on this machine (no SLURM, no GPU): the qwen2.5-math-1.5b_7b x grpo_small config",
+        "local-gpu": "the recipe on this machine (GPUs, no SLURM): the recipe on this node's 4 GPU(s)",
+        "slurm-submit": "SLURM job, 1 node(s) x 8 GPU(s) (sbatch found: without --dry-run it submits)",
+        "allocation": "the recipe in this allocation (inside SLURM job 5)",
+    }[mode]
+    assert proc.stdout.splitlines()[0].startswith(f"codistill: mode: {mode} (dry run), plan: {plan}")
     assert e.lines("sbatch.log") == [] and e.lines("srun.log") == [] and e.runs() == []
 
 
