@@ -1,13 +1,20 @@
-"""Test-only pieces loaded into real runs: a trainer subclass that dumps each step's batch.
+"""Test-only pieces shared by the tests.
 
-Selected with ``run.trainer_class=tests.support.DumpingTrainer`` (the Ray workers import it, so the
-test puts the repository on PYTHONPATH).
+- ``DumpingTrainer``, loaded into real runs: a trainer subclass that dumps each step's batch. Selected
+  with ``run.trainer_class=tests.support.DumpingTrainer`` (the Ray workers import it, so the test puts
+  the repository on PYTHONPATH).
+- ``make_batch``: the advantage / importance-weight tests' batch (groups, lengths, log-probs, rewards).
+- ``group_stats`` and ``grpo_reference``: the slow obvious GRPO reference (python floats, one group
+  at a time) every test compares verl's and the recipe's advantages with.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Hashable, Sequence
 
+import numpy as np
 import ray
 import torch
 
@@ -53,3 +60,74 @@ class DumpingTrainer(CoDistillTrainer):
             server.__ray_call__.remote(lambda srv: {k: v.detach().clone() for k, v in srv.model.state_dict().items()})
         )
         torch.save(weights, os.path.join(folder, f"rollout_weights_step_{self.global_steps}.pt"))
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def make_batch(
+    seed: int = 0, T: int = 7, dtype=torch.float32, ls_scale: float = 5.0, ll_noise: float = 2.0, extreme_ls=True
+):
+    """A batch of 15 responses: groups of sizes 4,1,3,2,5 (``uid-0`` .. ``uid-4``; ``uid-2``, rows 5..7, has
+    all-equal rewards, ``uid-1`` is a singleton), lengths incl. 0 (row 0), 1 (row 5) and ``T`` (row 7),
+    tokens with ``|ll - ls| > 30`` (rows 1, 2, 8) and, with ``extreme_ls``, ``ls[3, T-1] = -60``.
+
+    ``ls = -U(0,1) * ls_scale``, ``ll = ls + N(0,1) * ll_noise``; a 0/1 outcome reward on each response's
+    last valid token.
+
+    Returns:
+        rewards, mask: ``(15, T)`` in ``dtype`` (mask: 1 on valid tokens); labels: ``(15,)`` object array;
+        ls, ll: ``(15, T)`` in ``dtype``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sizes = [4, 1, 3, 2, 5]
+    labels = [f"uid-{k}" for k, s in enumerate(sizes) for _ in range(s)]
+    n = len(labels)
+    lengths = torch.randint(1, T + 1, (n,), generator=g)
+    lengths[0], lengths[5], lengths[7] = 0, 1, T  # empty, length-1, full
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(dtype)
+    ls = -torch.rand(n, T, generator=g) * ls_scale
+    ll = ls + torch.randn(n, T, generator=g) * ll_noise
+    ll[1, 0], ll[2, 1], ll[8, 2] = ls[1, 0] + 35.0, ls[2, 1] - 40.0, ls[8, 2] + 31.0
+    if extreme_ls:
+        ls[3, T - 1] = -60.0  # extreme, possibly masked
+    rewards_seq = torch.randint(0, 2, (n,), generator=g).float()
+    rewards_seq[5:8] = 1.0  # group uid-2 (rows 5..7): all equal rewards
+    rewards = torch.zeros(n, T)
+    rewards[torch.arange(n), (lengths - 1).clamp_min(0)] = rewards_seq
+    return rewards.to(dtype), mask, np.array(labels, dtype=object), ls.to(dtype), ll.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------ GRPO reference
+
+
+def group_stats(values: Sequence[float], labels: Sequence[Hashable]) -> dict[Hashable, tuple[float, float]]:
+    """``{label: (mean, std)}`` of ``values`` by group, verl's GRPO convention, in python floats.
+
+    ``mean = sum(v) / n``, ``std = sqrt(sum((v - mean)^2) / (n - 1))`` (unbiased); a group of one
+    response has mean 0 and std 1 (verl's ``compute_grpo_outcome_advantage``).
+    """
+    groups: dict[Hashable, list[float]] = {}
+    for value, label in zip(values, labels):
+        groups.setdefault(label, []).append(float(value))
+    stats = {}
+    for label, members in groups.items():
+        if len(members) == 1:
+            stats[label] = (0.0, 1.0)
+        else:
+            mean = sum(members) / len(members)
+            stats[label] = (mean, math.sqrt(sum((v - mean) ** 2 for v in members) / (len(members) - 1)))
+    return stats
+
+
+def grpo_reference(
+    scores: Sequence[float], labels: Sequence[Hashable], eps: float = 1e-6, norm: bool = True
+) -> list[float]:
+    """verl's GRPO outcome advantage, one response at a time: ``A[i] = (r_i - mean_g r) / (std_g r + eps)``
+    (``r_i - mean_g r`` without ``norm``), the statistics of ``group_stats``."""
+    stats = group_stats(scores, labels)
+    out = []
+    for score, label in zip(scores, labels):
+        mean, std = stats[label]
+        out.append((float(score) - mean) / (std + eps) if norm else float(score) - mean)
+    return out

@@ -22,60 +22,19 @@ from verl.trainer.ppo.core_algos import (
 )
 
 import verl_ext.codistill as codistill
+from tests.support import group_stats, grpo_reference, make_batch
 from verl_ext.codistill.advantage import (
     compute_codistill_advantage_from_config,
     compute_codistill_outcome_advantage,
     compute_kd_reward,
 )
 
-# ---------------------------------------------------------------- batch + slow references
-
-
-def make_batch(seed: int = 0, T: int = 7, dtype=torch.float32):
-    """Groups of sizes 4,1,3,2,5 (one all-equal-reward group, one singleton), lengths incl. 0 and 1,
-    and tokens with |ll - ls| > 30."""
-    g = torch.Generator().manual_seed(seed)
-    sizes = [4, 1, 3, 2, 5]
-    labels = [f"uid-{k}" for k, s in enumerate(sizes) for _ in range(s)]
-    n = len(labels)
-    lengths = torch.randint(1, T + 1, (n,), generator=g)
-    lengths[0], lengths[5], lengths[7] = 0, 1, T  # empty, length-1, full
-    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(dtype)
-    ls = -torch.rand(n, T, generator=g) * 5
-    ll = ls + torch.randn(n, T, generator=g) * 2
-    ll[1, 0], ll[2, 1], ll[8, 2] = ls[1, 0] + 35.0, ls[2, 1] - 40.0, ls[8, 2] + 31.0
-    ls[3, T - 1] = -60.0  # extreme, possibly masked
-    rewards_seq = torch.randint(0, 2, (n,), generator=g).float()
-    rewards_seq[5:8] = 1.0  # group uid-2 (rows 5..7): all equal rewards
-    rewards = torch.zeros(n, T)
-    last = (lengths - 1).clamp_min(0)
-    rewards[torch.arange(n), last] = rewards_seq
-    return rewards.to(dtype), mask, np.array(labels, dtype=object), ls.to(dtype), ll.to(dtype)
-
-
-def ref_group_stats(values, labels):
-    groups: dict = {}
-    for v, lab in zip(values, labels):
-        groups.setdefault(lab, []).append(v)
-    stats = {}
-    for lab, vs in groups.items():
-        if len(vs) == 1:
-            stats[lab] = (0.0, 1.0)
-        else:
-            mean = sum(vs) / len(vs)
-            var = sum((v - mean) ** 2 for v in vs) / (len(vs) - 1)
-            stats[lab] = (mean, math.sqrt(var))
-    return stats
+# ---------------------------------------------------------------- slow references (batch: tests/support.py)
 
 
 def ref_grpo_scalar(rewards, labels, eps, norm):
-    scores = [float(sum(row)) for row in rewards.double().tolist()]
-    stats = ref_group_stats(scores, labels)
-    out = []
-    for s, lab in zip(scores, labels):
-        mean, std = stats[lab]
-        out.append((s - mean) / (std + eps) if norm else s - mean)
-    return out
+    """The GRPO reference of tests/support.py on the row sums of ``rewards`` (bs, T)."""
+    return grpo_reference([float(sum(row)) for row in rewards.double().tolist()], labels, eps, norm)
 
 
 def ref_kd(ls, ll, mask, c):
@@ -97,7 +56,7 @@ def ref_advantage(rewards, mask, labels, ls, ll, beta, credit, c, eps, norm, tas
         for i in range(n):
             cnt = sum(1 for j in range(t) if mask[i, j] > 0)
             seq.append(sum(d[i]) / cnt if cnt else 0.0)
-        stats = ref_group_stats(seq, labels)
+        stats = group_stats(seq, labels)
     out = [[0.0] * t for _ in range(n)]
     for i in range(n):
         for j in range(t):

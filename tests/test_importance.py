@@ -13,6 +13,7 @@ import torch
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
 
+from tests import support
 from verl_ext.codistill.importance import compute_large_advantage, compute_large_is_weights
 
 LEVELS = ["token", "sequence", "geo_mean"]
@@ -20,23 +21,9 @@ MODES = ["truncate", "mask", "none"]
 
 
 def make_batch(seed: int = 0, T: int = 7, dtype=torch.float32):
-    """Groups of sizes 4,1,3,2,5 (an all-equal-reward group, a singleton), lengths incl. 0 and 1,
-    and tokens with |ll - ls| > 30."""
-    g = torch.Generator().manual_seed(seed)
-    sizes = [4, 1, 3, 2, 5]
-    labels = [f"uid-{k}" for k, s in enumerate(sizes) for _ in range(s)]
-    n = len(labels)
-    lengths = torch.randint(1, T + 1, (n,), generator=g)
-    lengths[0], lengths[5], lengths[7] = 0, 1, T
-    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(dtype)
-    ls = -torch.rand(n, T, generator=g) * 3
-    ll = ls + torch.randn(n, T, generator=g) * 0.6
-    ll[1, 0], ll[2, 1], ll[8, 2] = ls[1, 0] + 35.0, ls[2, 1] - 40.0, ls[8, 2] + 31.0
-    rewards_seq = torch.randint(0, 2, (n,), generator=g).float()
-    rewards_seq[5:8] = 1.0
-    rewards = torch.zeros(n, T)
-    rewards[torch.arange(n), (lengths - 1).clamp_min(0)] = rewards_seq
-    return rewards.to(dtype), mask, np.array(labels, dtype=object), ls.to(dtype), ll.to(dtype)
+    """tests/support.py's batch with milder gaps: ``ls = -U(0,1) * 3``, ``ll = ls + N(0,1) * 0.6`` (and the
+    extreme tokens of rows 1, 2, 8)."""
+    return support.make_batch(seed, T, dtype, ls_scale=3.0, ll_noise=0.6, extreme_ls=False)
 
 
 def ref_weights(ls, ll, mask, level, mode, C, self_normalize):
@@ -209,15 +196,12 @@ def ref_is_baseline(rewards, mask, labels, ls, ll, eps, norm):
     for i in range(n):
         s = sum(float(ll[i, j]) - float(ls[i, j]) for j in range(t) if mask[i, j] > 0)
         big_w.append(math.exp(min(max(s, -20.0), 20.0)))
+    stats = support.group_stats(r, labels)  # std_g r (1 for a group of one)
     out = []
     for i in range(n):
         members = [j for j in range(n) if labels[j] == labels[i]]
         b = sum(big_w[j] * r[j] for j in members) / sum(big_w[j] for j in members)
-        if len(members) == 1:
-            std = 1.0
-        else:
-            mean = sum(r[j] for j in members) / len(members)
-            std = math.sqrt(sum((r[j] - mean) ** 2 for j in members) / (len(members) - 1))
+        std = stats[labels[i]][1]
         a = (r[i] - b) / (std + eps) if norm else r[i] - b
         out.append([a * float(mask[i, j]) for j in range(t)])
     return torch.tensor(out, dtype=torch.float64)

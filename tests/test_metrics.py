@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support import grpo_reference
 from verl_ext.codistill.advantage import (
     add_kd_advantage,
     compute_codistill_advantage_from_config,
@@ -93,17 +94,13 @@ def test_small_metrics_match_loop_reference_on_random_batch(credit):
     beta, c = 0.8, 2.0
     _, metrics = two_phase(rewards, mask, index, ls, ll, kd_coef=beta, kd_credit=credit, kd_clamp=c)
     r = [float(rewards[i].sum()) for i in range(n)]
-    a_r = []
-    for i in range(n):
-        members = [r[j] for j in range(n) if index[j] == index[i]]
-        mean = sum(members) / len(members)
-        std = math.sqrt(sum((x - mean) ** 2 for x in members) / (len(members) - 1))
-        a_r.append((r[i] - mean) / (std + 1e-6))
+    a_r = grpo_reference(r, index.tolist())
     cells = [(i, j) for i in range(n) for j in range(t) if mask[i, j] > 0]
     d = {(i, j): min(max(float(ll[i, j] - ls[i, j]), -c), c) for i, j in cells}
     expected_d = sum(d.values()) / len(cells)
     expected_r = sum(abs(a_r[i]) for i, j in cells) / len(cells)
     seq = [sum(d.get((i, j), 0.0) for j in range(t)) / max(int(lengths[i]), 1) for i in range(n)]
+    seq_k = grpo_reference(seq, index.tolist())  # sequence credit: seq standardised within its group
     k = {}
     for i, j in cells:
         if credit == "token":
@@ -111,10 +108,7 @@ def test_small_metrics_match_loop_reference_on_random_batch(credit):
         elif credit == "reward_to_go":
             k[i, j] = sum(d.get((i, jj), 0.0) for jj in range(j, t))
         else:
-            members = [seq[m] for m in range(n) if index[m] == index[i]]
-            mean = sum(members) / len(members)
-            std = math.sqrt(sum((x - mean) ** 2 for x in members) / (len(members) - 1))
-            k[i, j] = (seq[i] - mean) / (std + 1e-6)
+            k[i, j] = seq_k[i]
     expected_k = sum(abs(beta * k[cell]) for cell in cells) / len(cells)
     assert metrics["small/kd_reward_mean"] == pytest.approx(expected_d, rel=1e-9)
     assert metrics["small/kd_reverse_kl"] == pytest.approx(-expected_d, rel=1e-9)

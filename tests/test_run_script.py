@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_qwen_math.sh"
@@ -49,6 +51,7 @@ class Env:
             "HF_HUB_OFFLINE": "1",
             "CODISTILL_DATA_DIR": str(tmp / "data"),
             "CODISTILL_OUTPUT_DIR": str(tmp / "out"),
+            "TMPDIR": str(tmp),  # where a dry run's resolved config goes
         }
 
     def allocation(self, nodes: int, gpus: int = 8) -> dict:
@@ -74,6 +77,20 @@ class Env:
     def runs(self) -> list[dict]:
         """The recipe runs the fake python was asked for (not its dry runs)."""
         return [json.loads(line) for line in self.lines("python.log")]
+
+
+def dry_run_config(proc) -> tuple[Path, int]:
+    """The file a dry run named for its resolved config, and the line count it printed."""
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("codistill: resolved config (")]
+    count, path = line.removeprefix("codistill: resolved config (").split(" lines): ")
+    return Path(path), int(count)
+
+
+def leaves(tree, prefix=""):
+    """{"a.b.c": value} of a nested dict (an empty dict is a leaf)."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, value in tree.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
 
 
 def one_error_line(proc, rc=2) -> str:
@@ -187,6 +204,13 @@ def test_mode_detection_is_printed_first(tmp_path, tools, extra, mode):
     proc = e.run("--dry-run", "--exp", "grpo_small", extra_env=extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[0].startswith(f"codistill: mode: {mode} ")
+    plan = {  # the first line of a dry run says which plan it shows
+        "cpu-smoke": "CPU smoke run on this machine (no SLURM, no GPU): the qwen2.5-math-1.5b_7b x grpo_small config",
+        "local-gpu": "the recipe on this machine (GPUs, no SLURM): the recipe on this node's 4 GPU(s)",
+        "slurm-submit": "SLURM job, 1 node(s) x 8 GPU(s) (sbatch found: without --dry-run it submits)",
+        "allocation": "the recipe in this allocation (inside SLURM job 5)",
+    }[mode]
+    assert proc.stdout.splitlines()[0].startswith(f"codistill: mode: {mode} (dry run), plan: {plan}")
     assert e.lines("sbatch.log") == [] and e.lines("srun.log") == [] and e.runs() == []
 
 
@@ -361,7 +385,9 @@ def test_dry_run_shows_models_and_sbatch_request_and_runs_nothing(tmp_path, pair
     else:
         mode = "frozen (forward only, no optimizer)" if exp == "frozen_teacher" else "trained (codistill_teacher loss)"
         assert f"  large model      {large} {mode}, colocated on global_pool" in out
-    assert "\nactor_rollout_ref:\n" in out  # the resolved config
+    config, count = dry_run_config(proc)  # the resolved config: in a file, not on the console
+    assert config.parent == tmp_path and "\nactor_rollout_ref:\n  actor:\n" in config.read_text()
+    assert len(config.read_text().splitlines()) == count > 900 and len(out.splitlines()) < 40
     assert "codistill: estimated cost: " in out and "GPU-hours" in out
     (request,) = [line for line in out.splitlines() if line.startswith("codistill: would submit: sbatch ")]
     assert "--nodes=2 --gpus-per-node=8" in request and f"pair={pair} exp={exp} trainer.nnodes=2" in request
@@ -429,3 +455,89 @@ def test_dry_run_sbatch_line_is_shell_quoted(tmp_path):
     argv = shlex.split(logged)
     assert "--partition=gpu;touch INJECTED_A" in argv and "--account=$(touch INJECTED_B)" in argv
     assert argv[:2] == ["sbatch", "--parsable"] and "scripts/slurm/codistill.sbatch" in argv
+
+
+# ----------------------------------------------------------------------------- the cluster's plan anywhere
+
+
+def test_nodes_dry_run_without_sbatch_shows_the_slurm_plan(tmp_path, monkeypatch):
+    """Issue 17 item 4: `--nodes 2 --dry-run` on a machine without sbatch shows the SLURM job's plan (not a
+    CPU smoke run's), says so first, writes the GPU config to a file and starts nothing."""
+    e = Env(tmp_path, tools=())
+    pair, exp = "qwen2.5-math-1.5b_7b", "codistill"
+    proc = e.run("--pair", pair, "--nodes", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        "codistill: mode: slurm-submit (dry run), plan: SLURM job, 2 node(s) x 8 GPU(s) "
+        "(sbatch not needed for --dry-run)"
+    )
+    assert len(lines) < 40  # not the ~1,200 lines of the resolved config
+    out = proc.stdout
+    # the GPU config's models and batch arithmetic (configs/pair/qwen2.5-math-1.5b_7b.yaml: 128 prompts x 8)
+    assert (
+        "  small model      Qwen/Qwen2.5-Math-1.5B (actor + vllm rollout), pool global_pool: 2 node(s) x 8 GPU(s)"
+        in out
+    )
+    assert "  large model      Qwen/Qwen2.5-Math-7B trained (codistill_teacher loss), colocated on global_pool" in out
+    assert "  batch            128 prompts x 8 samples = 1024 responses/step, mini-batch 512" in out
+    assert "CPU substitutions" not in out and "hf rollout" not in out
+    (cost,) = [x for x in lines if x.startswith("codistill: estimated cost: ")]
+    assert "on 16 GPUs" in cost
+    (request,) = [x for x in lines if x.startswith("codistill: would submit: ")]
+    assert shlex.split(request.removeprefix("codistill: would submit: ")) == [
+        "sbatch",
+        "--parsable",
+        f"--chdir={REPO}",
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=1",
+        f"--job-name=codistill-{pair}-{exp}",
+        f"--output={tmp_path}/out/slurm/%x-%j.out",
+        "scripts/slurm/codistill.sbatch",
+        f"pair={pair}",
+        f"exp={exp}",
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=8",
+    ]
+    assert lines[-1] == "codistill: dry run: nothing was run or submitted"
+    # the file: the resolved GPU config (hydra composing pair x exp x platform=gpu), key for key
+    path, count = dry_run_config(proc)
+    assert path.parent == tmp_path and path.name.startswith(f"codistill-dry-run-{pair}-{exp}-")
+    written = yaml.safe_load(path.read_text())
+    assert len(path.read_text().splitlines()) == count
+    from recipe.codistill_grpo import configuration
+
+    for var in ("CODISTILL_OUTPUT_DIR", "CODISTILL_DATA_DIR"):
+        monkeypatch.setenv(var, e.env[var])
+    gpu = configuration.compose_config(pair, exp, ["trainer.nnodes=2", "trainer.n_gpus_per_node=8"], platform="gpu")
+    expected = leaves(OmegaConf.to_container(configuration.resolved(gpu)))
+    got = leaves(written)
+    assert set(got) == set(expected)
+    assert {k for k in got if got[k] != expected[k]} == {"run.dry_run"}
+    assert got["actor_rollout_ref.model.path"] == "Qwen/Qwen2.5-Math-1.5B"
+    assert got["pair.large.model.path"] == "Qwen/Qwen2.5-Math-7B"
+    assert got["actor_rollout_ref.rollout.name"] == "vllm" and got["data.train_batch_size"] == 128
+    assert got["trainer.nnodes"] == 2 and got["trainer.n_gpus_per_node"] == 8
+    assert got["run.dir"] == f"{tmp_path}/out/{pair}/{exp}"  # the GPU run folder, not <out>/cpu/...
+    # nothing launched or written besides that file
+    assert e.lines("sbatch.log") == [] and e.lines("srun.log") == [] and e.runs() == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tools,extra", [((), {}), (("nvidia-smi",), {"FAKE_GPUS": "4"})])
+def test_nodes_without_sbatch_and_without_dry_run_is_an_error(tmp_path, tools, extra):
+    """`--nodes 2` (or CODISTILL_NODES) where there is no sbatch would run on this machine, not on 2 nodes."""
+    e = Env(tmp_path, tools=tools)
+    mode = "local-gpu" if extra else "cpu-smoke"
+    line = one_error_line(e.run("--nodes", "2", extra_env=extra))
+    assert line == (
+        f"codistill: error: --nodes 2 sizes a SLURM job, but this is a {mode} run on this machine (no sbatch on PATH): "
+        "submit from the cluster's login node, add --dry-run to see the SLURM plan here, or leave out --nodes "
+        "(and CODISTILL_NODES)"
+    )
+    line = one_error_line(e.run(extra_env={**extra, "CODISTILL_NODES": "3"}))
+    assert line.startswith(f"codistill: error: --nodes 3 sizes a SLURM job, but this is a {mode} run on this machine")
+    line = one_error_line(e.run("--nodes", "2", "--mode", "cpu-smoke", "--dry-run", extra_env=extra))
+    assert "(--mode cpu-smoke): submit from the cluster's login node, or leave out --nodes" in line
+    assert e.runs() == [] and e.lines("sbatch.log") == [] and not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ from recipe.codistill_grpo.configuration import (
     resolved,
     skip_small_zero_grad,
 )
+from tests.support import grpo_reference
 
 PAIR = "qwen2.5-math-1.5b_7b"
 
@@ -279,7 +280,8 @@ def test_group_options_are_names_not_paths():
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"codistill: unknown exp '../pair/{PAIR}'; available: codistill, frozen_teacher, grpo_large, grpo_small, kd_only, no_is"
+        f"codistill: unknown exp '../pair/{PAIR}'; available: "
+        "codistill, frozen_teacher, grpo_large, grpo_small, kd_only, no_is"
     )
     with pytest.raises(ConfigError, match="unknown pair 'gpt'; available: llama-3.2-1b_3.1-8b, qwen2.5-math-1.5b_7b"):
         compose_config("gpt", "codistill")
@@ -361,15 +363,8 @@ def _batch(codistill: dict, seed: int = 0, groups: int = 3, g: int = 4, T: int =
 
 
 def _loop_grpo(batch) -> list[float]:
-    scores = batch.batch["token_level_rewards"].sum(-1).tolist()
-    uids = list(batch.non_tensor_batch["uid"])
-    out = []
-    for i, u in enumerate(uids):
-        grp = [scores[j] for j in range(len(uids)) if uids[j] == u]
-        mean = sum(grp) / len(grp)
-        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (len(grp) - 1))
-        out.append((scores[i] - mean) / (std + 1e-6))
-    return out
+    """tests/support.py's GRPO reference on the batch's scores and uids."""
+    return grpo_reference(batch.batch["token_level_rewards"].sum(-1).tolist(), list(batch.non_tensor_batch["uid"]))
 
 
 def test_kd_coef_zero_reproduces_verls_grpo():

@@ -10,8 +10,8 @@ between the tests through module-scoped fixtures:
 * ``frozen``: 2 steps of exp=frozen_teacher, the large model on its own resource pool.
 
 The tiny random models score 0 under the math reward, so these runs use the dense toy reward
-(``tests/toy_reward.py``) and a learning rate of 1e-3 to move both models. Expected values come from independent code in this
-file (loops, a plain HF forward), never from the recipe.
+(``tests/toy_reward.py``) and a learning rate of 1e-3 to move both models. Expected values come from
+independent code in this file or tests/support.py (loops, a plain HF forward), never from the recipe.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support import grpo_reference
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900
@@ -143,20 +145,6 @@ def hf_log_probs(model_dir: str, state: dict | None, d: dict) -> torch.Tensor:
         ).logits
     logits = logits[:, -T - 1 : -1, :].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-
-
-def grpo_reference(scores: list[float], uids: list[str], eps: float = 1e-6) -> list[float]:
-    """verl's GRPO outcome advantage, one sample at a time (unbiased std, size-1 group: mean 0, std 1)."""
-    out = []
-    for i, u in enumerate(uids):
-        group = [scores[j] for j in range(len(uids)) if uids[j] == u]
-        if len(group) == 1:
-            mean, std = 0.0, 1.0
-        else:
-            mean = sum(group) / len(group)
-            std = math.sqrt(sum((x - mean) ** 2 for x in group) / (len(group) - 1))
-        out.append((scores[i] - mean) / (std + eps))
-    return out
 
 
 def row_key(d: dict, i: int) -> tuple:

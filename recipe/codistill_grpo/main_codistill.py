@@ -1,11 +1,14 @@
 """Hydra entry point of the CoDistill-GRPO recipe (the recipe's counterpart of verl's ``main_ppo``).
 
-    python -m recipe.codistill_grpo.main_codistill pair=qwen2.5-math-1.5b_7b exp=codistill [platform=cpu] [key=value ...]
+    python -m recipe.codistill_grpo.main_codistill pair=qwen2.5-math-1.5b_7b exp=codistill \\
+        [platform=cpu] [key=value ...]
 
 Before Ray starts: the groups must be plain names, the config passes every check
 (``configuration.check_config``), the models, tokenizers and data files are checked
 (``preflight``); any failure is one line ``codistill: <message>`` and exit status 1.
-``run.dry_run=true`` prints the resolved config and the launch plan and starts nothing.
+``run.dry_run=true`` prints the launch plan and starts nothing; the resolved config goes to the file
+``$CODISTILL_DRY_RUN_CONFIG`` (default: a new ``codistill-dry-run-<pair>-<exp>-*.yaml`` in the temp
+folder), whose name it prints.
 
 Then the run folder (``run.dir``) is locked, resumed or started (``run.fresh`` moves an old run
 aside), the resolved config is written there, and verl's ``run_ppo`` runs the recipe's task runner.
@@ -18,6 +21,7 @@ import errno
 import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -92,7 +96,8 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
         for group in ("pair", "exp"):
             if config[group].name != choices[group]:
                 raise configuration.ConfigError(
-                    f"configs/{group}/{choices[group]}.yaml sets {group}.name={config[group].name!r}; it must be its file name"
+                    f"configs/{group}/{choices[group]}.yaml sets {group}.name={config[group].name!r}; "
+                    "it must be its file name"
                 )
         env = {k: str(v) for k, v in (OmegaConf.to_container(config.run.env, resolve=True) or {}).items()}
         os.environ.update(env)
@@ -124,6 +129,22 @@ def _check(config: DictConfig) -> tuple[configuration.RunPlan, dict[str, str], l
     return plan, env, lines
 
 
+def _write_dry_run_config(config: DictConfig) -> tuple[str, int]:
+    """Save a dry run's resolved config to ``$CODISTILL_DRY_RUN_CONFIG`` or, unset, a new file in the
+    temp folder (never the run folder: a dry run leaves the outputs alone); returns the path and its lines."""
+    path = os.environ.get("CODISTILL_DRY_RUN_CONFIG")
+    if not path:
+        pair, exp = config.pair.name, config.exp.name
+        fd, path = tempfile.mkstemp(prefix=f"codistill-dry-run-{pair}-{exp}-", suffix=".yaml")
+        os.close(fd)
+    text = OmegaConf.to_yaml(config)
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise SystemExit(f"codistill: cannot write the dry run's config to {path} ({e.strerror or e})") from None
+    return path, len(text.splitlines())
+
+
 def _summary(plan: configuration.RunPlan, first: int, last: int, rows: list[dict]) -> None:
     folder = plan.config.run.dir
     say(
@@ -145,7 +166,8 @@ def _summary(plan: configuration.RunPlan, first: int, last: int, rows: list[dict
 def run(config: DictConfig) -> None:
     plan, env, lines = _check(config)
     if plan.config.run.dry_run:
-        print(OmegaConf.to_yaml(plan.config))
+        path, n = _write_dry_run_config(plan.config)
+        say(f"resolved config ({n} lines): {path}")
         say("dry run (nothing started); the launch plan:")
         for line in configuration.launch_plan(plan) + lines:
             print(f"  {line}")

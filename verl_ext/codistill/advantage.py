@@ -22,6 +22,7 @@ __all__ = [
     "compute_codistill_advantage_from_config",
     "add_kd_advantage",
     "compute_outcome_advantage_scalar",
+    "outcome_advantage",
     "group_ids",
     "group_mean_std",
 ]
@@ -119,12 +120,18 @@ def compute_kd_reward(
     Returns:
         ``(bs, T)`` ``d`` in float32 (or wider if an input is wider), 0 on masked tokens.
     """
-    if not clamp > 0:
-        raise ValueError(f"kd clamp={clamp!r} must be > 0")
+    _check_kd("token", clamp)
     _check_2d("large_log_probs", large_log_probs, small_log_probs.shape)
     _check_2d("response_mask", response_mask, small_log_probs.shape)
     dtype = _result_dtype(small_log_probs, large_log_probs)
     return _kd_reward(small_log_probs, large_log_probs, response_mask.to(dtype), clamp, dtype)
+
+
+def _check_kd(credit: str, clamp: float) -> None:
+    if credit not in KD_CREDITS:
+        raise ValueError(f"kd_credit={credit!r} not in {list(KD_CREDITS)}")
+    if not clamp > 0:
+        raise ValueError(f"kd clamp={clamp!r} must be > 0")
 
 
 def _kd_reward(ls: torch.Tensor, ll: torch.Tensor, mask: torch.Tensor, clamp: float, dtype) -> torch.Tensor:
@@ -133,6 +140,39 @@ def _kd_reward(ls: torch.Tensor, ll: torch.Tensor, mask: torch.Tensor, clamp: fl
 
 
 @torch.no_grad()
+def outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """verl's GRPO outcome advantage on every valid token: ``A_R[i] * m[i,t]``.
+
+    ``A_R[i] = (r_i - mean_g r) / (std_g r + eps)`` (``compute_outcome_advantage_scalar``), ``r_i`` the sum
+    of row ``i`` of ``token_level_rewards``. The one outcome part of both models: the small model's
+    (what the ``codistill`` estimator returns in verl's advantage pass) and the large model's ``grpo``
+    advantage (``importance.compute_large_advantage``).
+
+    Args:
+        token_level_rewards, response_mask: ``(bs, T)``.
+        index: ``(bs,)`` group labels (``uid``).
+        dtype: of the result (default: float32, or the rewards' dtype if wider).
+
+    Returns:
+        ``(bs, T)`` in ``dtype``, 0 on masked tokens.
+    """
+    shape = token_level_rewards.shape
+    _check_2d("response_mask", response_mask, shape)
+    dtype = dtype or _result_dtype(token_level_rewards)
+    gidx, num_groups = group_ids(index, shape[0], token_level_rewards.device)
+    a_r = compute_outcome_advantage_scalar(
+        token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
+    )
+    return a_r.to(dtype).unsqueeze(-1) * response_mask.to(dtype)
+
+
 def _outcome_part(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -141,18 +181,11 @@ def _outcome_part(
     norm_adv_by_std_in_grpo: bool,
     task_reward: bool,
 ) -> torch.Tensor:
-    """``A_R[i] * m[i,t]`` (bs, T), 0 with ``task_reward=False``: what verl's own advantage pass gets."""
-    shape = token_level_rewards.shape
-    _check_2d("response_mask", response_mask, shape)
-    dtype = _result_dtype(token_level_rewards)
-    mask = response_mask.to(dtype)
-    if not task_reward:
-        return torch.zeros_like(mask)
-    gidx, num_groups = group_ids(index, shape[0], token_level_rewards.device)
-    a_r = compute_outcome_advantage_scalar(
-        token_level_rewards.sum(dim=-1), gidx, num_groups, epsilon, norm_adv_by_std_in_grpo
-    )
-    return a_r.to(dtype).unsqueeze(-1) * mask
+    """``outcome_advantage``, or 0 with ``task_reward=False`` (the KD-only ablation): ``(bs, T)``."""
+    if task_reward:
+        return outcome_advantage(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo)
+    _check_2d("response_mask", response_mask, token_level_rewards.shape)
+    return torch.zeros_like(response_mask, dtype=_result_dtype(token_level_rewards))
 
 
 def compute_codistill_outcome_advantage(
@@ -310,10 +343,7 @@ def add_kd_advantage(
         metrics: the ``small/`` metrics of ``metrics.compute_small_metrics`` (``A_R`` read from
             ``outcome_advantages``).
     """
-    if kd_credit not in KD_CREDITS:
-        raise ValueError(f"kd_credit={kd_credit!r} not in {list(KD_CREDITS)}")
-    if not kd_clamp > 0:
-        raise ValueError(f"kd clamp={kd_clamp!r} must be > 0")
+    _check_kd(kd_credit, kd_clamp)
     shape = small_log_probs.shape
     _check_2d("outcome_advantages", outcome_advantages, shape)
     _check_2d("large_log_probs", large_log_probs, shape)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .advantage import _check_2d, _result_dtype, compute_outcome_advantage_scalar, group_ids, group_mean_std
+from .advantage import _check_2d, _result_dtype, group_ids, group_mean_std, outcome_advantage
 from .config import IS_LEVELS, IS_MODES, LARGE_ADVANTAGES
 from .metrics import is_metrics_from_sums
 
@@ -179,22 +179,20 @@ def compute_large_advantage(
     shape = token_level_rewards.shape
     _check_2d("response_mask", response_mask, shape)
     dtype = _result_dtype(token_level_rewards, small_log_probs, large_log_probs)
-    scores = token_level_rewards.sum(dim=-1)
-    gidx, num_groups = group_ids(index, shape[0], scores.device)
-
-    if estimator == "grpo":
-        scalar = compute_outcome_advantage_scalar(scores, gidx, num_groups, epsilon, norm_adv_by_std_in_grpo)
-    else:
-        _check_2d("small_log_probs", small_log_probs, shape)
-        _check_2d("large_log_probs", large_log_probs, shape)
-        log_w = _log_ratio(small_log_probs, large_log_probs, response_mask.to(dtype), dtype)
-        seq_w = torch.exp(log_w.sum(-1).to(torch.float64).clamp(-SAFETY_BOUND, SAFETY_BOUND))
-        r = scores.to(torch.float64)
-        zeros = torch.zeros(num_groups, dtype=torch.float64, device=r.device)
-        baseline = (zeros.index_add(0, gidx, seq_w * r) / zeros.index_add(0, gidx, seq_w))[gidx]
-        scalar = r - baseline
-        if norm_adv_by_std_in_grpo:
-            _, std = group_mean_std(r, gidx, num_groups)
-            scalar = scalar / (std + epsilon)
+    if estimator == "grpo":  # the small model's outcome part, the same function
+        adv = outcome_advantage(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, dtype)
+        return adv, adv
+    _check_2d("small_log_probs", small_log_probs, shape)
+    _check_2d("large_log_probs", large_log_probs, shape)
+    r = token_level_rewards.sum(dim=-1).to(torch.float64)
+    gidx, num_groups = group_ids(index, shape[0], r.device)
+    log_w = _log_ratio(small_log_probs, large_log_probs, response_mask.to(dtype), dtype)
+    seq_w = torch.exp(log_w.sum(-1).to(torch.float64).clamp(-SAFETY_BOUND, SAFETY_BOUND))
+    zeros = torch.zeros(num_groups, dtype=torch.float64, device=r.device)
+    baseline = (zeros.index_add(0, gidx, seq_w * r) / zeros.index_add(0, gidx, seq_w))[gidx]
+    scalar = r - baseline
+    if norm_adv_by_std_in_grpo:
+        _, std = group_mean_std(r, gidx, num_groups)
+        scalar = scalar / (std + epsilon)
     adv = scalar.to(dtype).unsqueeze(-1) * response_mask.to(dtype)
     return adv, adv
