@@ -25,6 +25,68 @@ SKIP_FIELD = "codistill_skip"
 FULL_TOKENS = "codistill_batch_num_tokens"
 
 
+def _lm_head_fsdp_module(module: torch.nn.Module):
+    """The causal LM's ``lm_head`` when FSDP2 sharded it as a unit of its own, else ``None``.
+
+    verl's ``apply_fsdp2`` wraps ``lm_head`` separately when the model does not tie it to the input
+    embedding (``tie_word_embeddings=false``: Qwen2.5-Math-7B, Llama-3.1-8B, the CPU stand-ins);
+    a tied head belongs to the root unit, which FSDP2 unshards around the root's forward anyway.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    get_head = getattr(module, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else getattr(module, "lm_head", None)
+    return head if isinstance(head, FSDPModule) and isinstance(module, FSDPModule) else None
+
+
+def install_fused_lm_head_hooks(module: torch.nn.Module) -> bool:
+    """Let verl's fused log-prob forward use an FSDP2-sharded ``lm_head`` weight.
+
+    verl's fused forward (``verl/models/transformers/dense_common.py``, ``forward_with_torch_backend``)
+    reads ``self.lm_head.weight`` inside the causal LM's forward and never calls ``lm_head``'s own
+    forward, so FSDP2 never all-gathers that unit: the weight is still a sharded ``DTensor`` and the
+    chunked matmul stops with ``aten.mm.default got mixed torch.Tensor and DTensor``. Two hooks on
+    the root module close the gap with FSDP2's public API:
+
+    - forward pre-hook (after FSDP's own): ``lm_head.unshard()``, the all-gather its forward would do
+      (in the mixed-precision ``param_dtype``), so the weight is a plain full tensor;
+    - forward post-hook: without autograd (the log-prob passes) ``lm_head.reshard()`` at once. With
+      autograd the full weight is saved for the backward; FSDP2's end-of-backward callback runs the
+      post-backward of every unit that did not get one from autograd, which reduce-scatters the
+      ``lm_head`` gradient into its shard and reshards it (``reshard_after_backward``).
+
+    Returns whether hooks were installed (only for an FSDP2 root whose ``lm_head`` is its own unit).
+    """
+    head = _lm_head_fsdp_module(module)
+    if head is None:
+        return False
+
+    def unshard_head(_module, _args, _kwargs):
+        head.unshard()
+
+    def reshard_head(_module, _args, _kwargs, output):
+        if not torch.is_grad_enabled():
+            head.reshard()
+        return output
+
+    module.register_forward_pre_hook(unshard_head, with_kwargs=True)
+    module.register_forward_hook(reshard_head, with_kwargs=True)
+    return True
+
+
+class FusedLmHeadMixin:
+    """A verl ``TrainingWorker`` whose FSDP2 model gets ``install_fused_lm_head_hooks`` once its engine is
+    built, when ``model.use_fused_kernels`` is on (otherwise nothing changes)."""
+
+    def reset(self):
+        super().reset()
+        module = getattr(self.engine, "module", None)
+        if not self.engine_config.use_fused_kernels or module is None or module is getattr(self, "_hooked", None):
+            return
+        if install_fused_lm_head_hooks(module):
+            self._hooked = module
+
+
 class _FullTokenCountLoss:
     """Calls the loss with ``batch_num_tokens`` = the mini-batch's count before rows were skipped."""
 
@@ -40,7 +102,11 @@ class _FullTokenCountLoss:
         return self.loss_fn(**kwargs)
 
 
-class SkipZeroGradTrainingWorker(TrainingWorker):
+class FusedLmHeadTrainingWorker(FusedLmHeadMixin, TrainingWorker):
+    """verl's training worker with the fused-log-prob hooks (the frozen teacher's ``ref`` engine)."""
+
+
+class SkipZeroGradTrainingWorker(FusedLmHeadMixin, TrainingWorker):
     """verl's training worker; a mini-batch with a ``codistill_skip`` field drops its marked rows."""
 
     def set_loss_fn(self, loss_fn):
@@ -75,6 +141,8 @@ class SkipZeroGradTrainingWorker(TrainingWorker):
 
 
 class CoDistillActorWorker(ActorRolloutRefWorker):
-    """verl's actor/rollout/ref worker with the skipping training engine (small and large actors)."""
+    """verl's actor/rollout/ref worker with the skipping training engine (small and large actors) and
+    the fused-log-prob hooks on both of its engines (actor and ``ref``)."""
 
     actor_worker_cls = SkipZeroGradTrainingWorker
+    ref_worker_cls = FusedLmHeadTrainingWorker
