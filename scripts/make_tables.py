@@ -46,7 +46,6 @@ import json
 import math
 import statistics
 import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +236,7 @@ def paired(a: dict, b: dict, stat: int = 0) -> np.ndarray:
 
 
 def _order(keys: list[tuple]) -> list[tuple]:
-    pairs = list(OrderedDict.fromkeys(k[0] for k in sorted(keys)))
+    pairs = list(dict.fromkeys(k[0] for k in sorted(keys)))
 
     def rank(values: list[str], x: str) -> tuple:
         base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
@@ -249,10 +248,6 @@ def _order(keys: list[tuple]) -> list[tuple]:
 def method_title(method: str) -> str:
     base, _, variant = method.partition("[")
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def experiment_of(role: str, method: str) -> str | None:
@@ -356,7 +351,7 @@ def table_rows(
         row["avg"] = sum(means) / len(means) if all(m is not None for m in means) else None
         exp = experiment_of(key[1], key[2])
         runs = (minutes or {}).get(exp) if exp else None
-        row["time"] = _mean_std(runs) if runs else None
+        row["time"] = (statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else None) if runs else None
         rows.append(row)
     return rows
 
@@ -529,10 +524,10 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     from matplotlib.ticker import MaxNLocator
 
     all_keys = sorted({k for series in logs.values() for k in series})
-    keys = list(OrderedDict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
+    keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    groups: dict[str, list[dict[str, dict[int, float]]]] = OrderedDict()
+    groups: dict[str, list[dict[str, dict[int, float]]]] = {}
     for label, series in logs.items():
         groups.setdefault(label.split("/")[0], []).append(series)
     colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
