@@ -466,7 +466,7 @@ def write_csv(rows: list[dict[str, Any]], table: dict, suites: list[str], path: 
         time = row["time"] or (None, None)
         record.update(avg=row["avg"], train_min=time[0], train_min_std=time[1], seeds=row["seeds"])
         records.append({**record, "missing": "; ".join(row["flag"].values())})
-    pd.DataFrame(records).to_csv(path, index=False, float_format=f"%.{digits}f")
+    pd.DataFrame(records).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
 
 
 def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
@@ -481,7 +481,7 @@ def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: P
         if row[s] is not None
     ]
     order = ["pair", "model", "comparison", "suite", *names[:3], "excludes_zero", *names[3:], "missing"]
-    pd.DataFrame(records, columns=order).to_csv(path, index=False, float_format=f"%.{digits}f")
+    pd.DataFrame(records, columns=order).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
 
 
 def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
