@@ -29,13 +29,15 @@ The file is rewritten after every batch; a rerun with the same sampling settings
 items already there and generates only the rest. Beside it, ``<out>/<model name>/<suite>.items.jsonl``
 is append-only: a header line (sampling, checkpoint), then one line per finished item. A rerun takes
 the finished items from both, so a summary JSON cut mid-write (kept as ``<suite>.json.corrupt``) or a
-last JSONL line cut short loses at most the items of that line; it says in one line what it recovered. Scoring is the training reward
-(``verl_ext.reward.math_reward.score_batch``).
+last JSONL line cut short loses at most the items of that line; it says in one line what it recovered.
+Generation (HF backend) and scoring (the training reward, ``verl_ext.reward.math_reward.score_batch``) are
+the project's one evaluator, ``recipe.codistill_grpo.evaluation``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -53,9 +55,12 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S, score_batch  # noqa: E402
+from recipe.codistill_grpo.evaluation import HFGenerator, chat_prompts, score  # noqa: E402
+from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S  # noqa: E402
 
 FORMAT_VERSION = 1
+# an item record's per-sample lists and the reward's keys they come from
+ITEM_KEYS = (("correct", "score"), ("format", "format"), ("timeout", "timeout"), ("error", "error"), ("pred", "pred"))
 STEP_DIR = re.compile(r"global_step_(\d+)$")
 
 
@@ -97,11 +102,8 @@ MERGE_RECORD = "merge_source.json"
 
 def merge_fingerprint(step_dir: Path) -> dict[str, Any]:
     """The verl step folder a merge came from: its path and its shards' sizes and mtimes."""
-    shards = sorted(step_dir.glob("model_world_size_*_rank_*.pt"))
-    return {
-        "source": str(step_dir),
-        "shards": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in shards},
-    }
+    shards = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in step_dir.glob("model_world_size_*_rank_*.pt")}
+    return {"source": str(step_dir), "shards": dict(sorted(shards.items()))}
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -126,10 +128,8 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
     fingerprint = merge_fingerprint(path)
     if target.exists():
         record = None
-        try:
+        with contextlib.suppress(OSError, ValueError):
             record = json.loads((target / MERGE_RECORD).read_text())
-        except (OSError, ValueError):
-            pass
         if record == fingerprint and is_hf_dir(target):
             return target
         other = record.get("source") if isinstance(record, dict) else None
@@ -144,18 +144,8 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
     target.mkdir(parents=True, exist_ok=True)
     # claimed before merging, so that a merge that dies half-way is redone, not refused, next time
     (target / MERGE_RECORD).write_text(json.dumps({"source": str(path), "shards": None}))
-    cmd = [
-        sys.executable,
-        "-m",
-        "verl.model_merger",
-        "merge",
-        "--backend",
-        "fsdp",
-        "--local_dir",
-        str(path),
-        "--target_dir",
-        str(target),
-    ]
+    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(path)]
+    cmd += ["--target_dir", str(target)]
     print(f"converting verl checkpoint: {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not is_hf_dir(target):
@@ -165,58 +155,6 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
 
 
 # ----------------------------------------------------------------------------- generators
-
-
-def chat_prompts(tokenizer, prompts: Sequence[Sequence[dict]]) -> list[str]:
-    """Apply the model's own chat template (as verl's agent loop does) with the generation prompt."""
-    return [
-        tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
-        for messages in prompts
-    ]
-
-
-class HFGenerator:
-    """Hugging Face ``generate`` on CPU (or one GPU): left-padded batches, ``n`` samples per prompt."""
-
-    def __init__(self, model_dir: Path | str, dtype: str = "float32", device: str = "cpu", seed: int = 0):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.device = device
-        self.seed = seed
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-
-    def generate(
-        self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: Sequence[int] = (0,)
-    ) -> list[list[str]]:
-        """``n`` completions per prompt; sampling seeded by ``seed + item_ids[0]`` (the batch's first item)."""
-        torch = self.torch
-        texts = chat_prompts(self.tokenizer, prompts)
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sample = temperature > 0
-        torch.manual_seed(self.seed + int(item_ids[0]))
-        with torch.no_grad():
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=max_tokens,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=top_p if sample else None,
-                top_k=None,
-                num_return_sequences=n,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        responses = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [responses[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-    def close(self) -> None:
-        del self.model
-        gc.collect()
 
 
 class VLLMGenerator:
@@ -284,35 +222,23 @@ class VLLMGenerator:
 def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
     file = Path(data_dir) / f"{suite}.parquet"
     if not file.exists():
-        raise EvalError(
-            f"suite '{suite}': {file} not found (write it with scripts/prepare_data.py --out {data_dir} --suites {suite})"
-        )
+        prepare = f"scripts/prepare_data.py --out {data_dir} --suites {suite}"
+        raise EvalError(f"suite '{suite}': {file} not found (write it with {prepare})")
     return pd.read_parquet(file)
 
 
 def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """mean@k, pass@k, format rate and counts over item records with equal sample counts."""
-    if not items:
-        return {
-            "n_items": 0,
-            "k": 0,
-            "accuracy": 0.0,
-            "mean@k": 0.0,
-            "pass@k": 0.0,
-            "format_rate": 0.0,
-            "timeouts": 0,
-            "errors": 0,
-        }
-    correct = np.array([it["correct"] for it in items], dtype=np.float64)  # [N, k]
+    """mean@k, pass@k, format rate and counts over item records with equal sample counts (``correct`` [N, k])."""
+    correct = np.array([it["correct"] for it in items], dtype=np.float64).reshape(len(items), -1 if items else 0)
     fmt = np.array([it["format"] for it in items], dtype=np.float64)
-    mean_at_k = float(correct.mean(axis=1).mean())
+    mean_at_k = float(correct.mean(axis=1).mean()) if items else 0.0
     return {
-        "n_items": int(correct.shape[0]),
+        "n_items": len(items),
         "k": int(correct.shape[1]),
         "accuracy": mean_at_k,
         "mean@k": mean_at_k,
-        "pass@k": float(correct.max(axis=1).mean()),
-        "format_rate": float(fmt.mean()),
+        "pass@k": float(correct.max(axis=1).mean()) if items else 0.0,
+        "format_rate": float(fmt.mean()) if items else 0.0,
         "timeouts": int(sum(sum(it["timeout"]) for it in items)),
         "errors": int(sum(sum(it["error"]) for it in items)),
     }
@@ -321,30 +247,68 @@ def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _read_items_log(path: Path) -> tuple[dict | None, dict[int, dict]]:
     """The header and the items of an append-only ``.items.jsonl``; a line cut short (the last) is ignored."""
     header, items = None, {}
-    if not path.exists():
-        return header, items
-    for line in path.read_text().splitlines():
-        try:
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
             record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "header" in record:
-            header = record["header"]
-        elif isinstance(record, dict) and "index" in record and "correct" in record:
-            items[int(record["index"])] = record
+            if isinstance(record, dict) and "header" in record:
+                header = record["header"]
+            elif isinstance(record, dict) and "index" in record and "correct" in record:
+                items[int(record["index"])] = record
     return header, items
 
 
-def _write_items_log(path: Path, header: dict, items: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [{"header": header}, *items]))
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (a reader sees the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+def _jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
+
+
+def finished_items(
+    out_file: Path, sampling: dict, checkpoint: str, golds: dict[int, str], suite: str
+) -> dict[int, dict]:
+    """The items already evaluated with these settings, from ``out_file`` and its ``.items.jsonl`` (a JSON cut
+    mid-write is kept aside as ``.json.corrupt[.N]``); settings or gold answers that differ are an error."""
+    previous, broken, items_log = {}, None, out_file.with_suffix(".items.jsonl")
+    if out_file.exists():
+        try:
+            previous = json.loads(out_file.read_text())
+        except ValueError as error:  # cut mid-write: keep it aside, recover the items from the JSONL
+            names = (out_file.with_name(f"{out_file.name}.corrupt" + (f".{n}" if n else "")) for n in range(1000))
+            aside = next(f for f in names if not f.exists())
+            broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
+            os.replace(out_file, aside)
+    logged_header, logged = _read_items_log(items_log)
+    if logged_header is not None and not previous:
+        previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
+    if previous and previous.get("sampling") != sampling:
+        raise EvalError(
+            f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
+            "use another --out or --overwrite"
+        )
+    if previous.get("checkpoint", checkpoint) != checkpoint:
+        raise EvalError(
+            f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {checkpoint}; "
+            "use another --out or --name, or --overwrite"
+        )
+    done = {int(it["index"]): it for it in previous.get("items", [])}
+    # a log of other settings is already refused above unless the JSON agrees: then it is ignored
+    same = logged_header == {"sampling": sampling, "checkpoint": checkpoint}
+    extra = {i: it for i, it in logged.items() if i not in done} if same else {}
+    if broken or extra:
+        print(
+            f"evaluate: recovered {len(extra)} finished items from {items_log}" + (f" ({broken})" if broken else ""),
+            flush=True,
+        )
+    done.update(extra)
+    for it in done.values():
+        if golds.get(it["index"], it["ground_truth"]) != it["ground_truth"]:
+            raise EvalError(f"{out_file}: item {it['index']} has a different ground truth than {suite}.parquet")
+    return done
 
 
 def evaluate_suite(
@@ -368,97 +332,33 @@ def evaluate_suite(
     golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
     if len(set(indices)) != len(indices):
         raise EvalError(f"suite '{suite}': extra_info.index is not unique, so items cannot be resumed by index")
-    done: dict[int, dict] = {}
-    items_log = out_file.with_suffix(".items.jsonl")
-    log_header = {"sampling": sampling, "checkpoint": header["checkpoint"]}
-    if not overwrite:
-        previous, broken = {}, None
-        if out_file.exists():
-            try:
-                previous = json.loads(out_file.read_text())
-            except ValueError as error:  # cut mid-write: keep it aside, recover the items from the JSONL
-                aside = next(
-                    f
-                    for n in range(1000)
-                    if not (f := out_file.with_suffix(".json.corrupt" + (f".{n}" if n else ""))).exists()
-                )
-                broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
-                os.replace(out_file, aside)
-        logged_header, logged = _read_items_log(items_log)
-        if logged_header is not None and not previous:
-            previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
-        if previous and previous.get("sampling") != sampling:
-            raise EvalError(
-                f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
-                "use another --out or --overwrite"
-            )
-        if previous.get("checkpoint", header["checkpoint"]) != header["checkpoint"]:
-            raise EvalError(
-                f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {header['checkpoint']}; "
-                "use another --out or --name, or --overwrite"
-            )
-        done = {int(it["index"]): it for it in previous.get("items", [])}
-        extra = {i: it for i, it in logged.items() if i not in done}
-        if logged_header not in (None, log_header):
-            extra = {}  # a log of other settings, already refused above unless the JSON agrees: ignore it
-        if broken or extra:
-            print(
-                f"evaluate: recovered {len(extra)} finished items from {items_log}"
-                + (f" ({broken})" if broken else ""),
-                flush=True,
-            )
-        done.update(extra)
-        gold_of = dict(zip(indices, golds))
-        for it in done.values():
-            if it["index"] in gold_of and gold_of[it["index"]] != it["ground_truth"]:
-                raise EvalError(f"{out_file}: item {it['index']} has a different ground truth than {suite}.parquet")
+    checkpoint, items_log = header["checkpoint"], out_file.with_suffix(".items.jsonl")
+    done = {} if overwrite else finished_items(out_file, sampling, checkpoint, dict(zip(indices, golds)), suite)
     todo = [i for i, index in enumerate(indices) if index not in done]
-    _write_items_log(items_log, log_header, sorted(done.values(), key=lambda it: it["index"]))  # drops a cut last line
-    payload = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
-
     wanted = set(indices)
+
+    def in_order() -> list[dict]:
+        return sorted(done.values(), key=lambda it: it["index"])
 
     def flush(complete: bool) -> None:
         # the file keeps every finished item; the aggregate covers this run's items (the suite, or its --limit)
-        items = sorted(done.values(), key=lambda it: it["index"])
-        scored_here = [it for it in items if it["index"] in wanted]
-        _write_json(out_file, {**payload, "complete": complete, "aggregate": aggregate(scored_here), "items": items})
+        here = aggregate([it for it in in_order() if it["index"] in wanted])
+        result = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
+        result.update(complete=complete, aggregate=here, items=in_order())
+        _write(out_file, json.dumps(result, indent=1, ensure_ascii=False))
 
-    n = sampling["n"]
-    batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+    _write(items_log, _jsonl([{"header": {"sampling": sampling, "checkpoint": checkpoint}}, *in_order()]))
     bar = tqdm(total=len(todo), desc=f"{header['model']}/{suite}", unit="item", disable=not show_progress)
-    for batch in batches:
-        prompts = [frame["prompt"].iloc[i] for i in batch]
-        responses = get_generator().generate(
-            prompts,
-            n=n,
-            temperature=sampling["temperature"],
-            top_p=sampling["top_p"],
-            max_tokens=sampling["max_tokens"],
-            item_ids=[indices[i] for i in batch],
-        )
-        flat = [r for group in responses for r in group]
-        scored = score_batch(
-            flat,
-            [golds[i] for i in batch for _ in range(n)],
-            timeout=timeout,
-            num_workers=reward_workers,
-            fallback_unboxed=fallback_unboxed,
-        )
+    for batch in (todo[s : s + batch_size] for s in range(0, len(todo), batch_size)):
+        settings = {k: sampling[k] for k in ("n", "temperature", "top_p", "max_tokens")}
+        prompts, item_ids = [frame["prompt"].iloc[i] for i in batch], [indices[i] for i in batch]
+        responses = get_generator().generate(prompts, **settings, item_ids=item_ids)
+        scored = score(responses, [golds[i] for i in batch], timeout, reward_workers, fallback_unboxed)
         for b, i in enumerate(batch):
-            group = scored[b * n : (b + 1) * n]
-            done[indices[i]] = {
-                "index": indices[i],
-                "ground_truth": golds[i],
-                "responses": responses[b],
-                "correct": [r["score"] for r in group],
-                "format": [r["format"] for r in group],
-                "timeout": [r["timeout"] for r in group],
-                "error": [r["error"] for r in group],
-                "pred": [r["pred"] for r in group],
-            }
+            record = {"index": indices[i], "ground_truth": golds[i], "responses": responses[b]}
+            done[indices[i]] = {**record, **{key: [r[k] for r in scored[b]] for key, k in ITEM_KEYS}}
         with items_log.open("a") as fh:  # finished items first, then the summary
-            fh.write("".join(json.dumps(done[indices[i]], ensure_ascii=False) + "\n" for i in batch))
+            fh.write(_jsonl([done[index] for index in item_ids]))
         flush(complete=False)
         bar.update(len(batch))
     bar.close()
@@ -482,13 +382,8 @@ def suite_sampling(suite: str, args) -> dict[str, Any]:
     temperature = args.temperature if k == 1 else (args.temperature or args.sample_temperature)
     if k > 1 and temperature <= 0:
         raise EvalError(f"suite '{suite}': {k} samples per item need a temperature > 0 (--sample-temperature)")
-    return {
-        "n": k,
-        "temperature": temperature,
-        "top_p": args.top_p if temperature > 0 else 1.0,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-    }
+    top_p = args.top_p if temperature > 0 else 1.0
+    return {"n": k, "temperature": temperature, "top_p": top_p, "max_tokens": args.max_tokens, "seed": args.seed}
 
 
 def _sampled(text: str) -> tuple[int, float]:
@@ -504,12 +399,8 @@ def _sampled(text: str) -> tuple[int, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--checkpoint", action="append", required=True, help="HF model folder or verl global_step_N/actor (repeatable)"
-    )
-    p.add_argument(
-        "--name", action="append", default=[], help="result name per --checkpoint (default: derived from the path)"
-    )
+    p.add_argument("--checkpoint", action="append", required=True, help="HF model, Hub id or verl step/actor folder")
+    p.add_argument("--name", action="append", default=[], help="result name per --checkpoint (default: from the path)")
     p.add_argument("--data-dir", required=True, help="folder of <suite>.parquet written by scripts/prepare_data.py")
     p.add_argument("--suites", default="math500,minerva,olympiadbench,aime24,amc23", help="comma-separated suites")
     p.add_argument("--out", required=True, help="results folder: <out>/<name>/<suite>.json")
@@ -520,13 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-seed", type=int, default=None, help="the training run's seed (for make_tables: mean +- std)")
     p.add_argument("--n", type=int, default=1, help="samples per item for suites not in --suite-n (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument(
-        "--sampled",
-        default=None,
-        metavar="N,T",
-        type=_sampled,
-        help="also evaluate N samples per item at temperature T into <out>/<name>-sampled (same model load)",
-    )
+    p.add_argument("--sampled", metavar="N,T", type=_sampled, help="also N samples at temperature T: <name>-sampled")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--suite-n", default="", help="per-suite samples for mean@k, e.g. aime24=16,amc23=16")
@@ -548,6 +433,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_generator(args, model_dir: Path | str):
+    """The ``--backend``'s generator for one model (loaded when first asked for a completion)."""
+    if args.backend == "hf":
+        return HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
+    vllm = (args.tensor_parallel_size, args.gpu_memory_utilization, args.max_model_len)
+    return VLLMGenerator(model_dir, args.dtype or "bfloat16", args.seed, *vllm)
+
+
+def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.DataFrame]) -> list[tuple]:
+    """Every suite for ``--checkpoint`` number ``c`` (then, with ``--sampled``, again into ``<name>-sampled``
+    with the model still loaded): ``[(name, suite, aggregate, counts)]``."""
+    checkpoint, exists = args.checkpoint[c], Path(args.checkpoint[c]).exists()
+    name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
+    if not args.name and not exists:
+        name = str(checkpoint).rstrip("/").split("/")[-1]
+    model_dir = resolve_checkpoint(checkpoint, args.merged_root)
+    generator = None
+
+    def get_generator():  # loaded on first use: a run whose results are all there loads nothing
+        nonlocal generator
+        generator = generator or make_generator(args, model_dir)
+        return generator
+
+    meta = {"pair": args.pair, "method": args.method, "role": args.role}
+    meta.update({"seed": args.run_seed} if args.run_seed is not None else {})
+    source = str(Path(checkpoint).resolve()) if exists else str(checkpoint)
+    header = {"model": name, "checkpoint": source, "model_dir": str(model_dir), "backend": args.backend, "meta": meta}
+    variants = [(name, args)]
+    if args.sampled:
+        changed = {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n_map": {}}
+        variants.append((f"{name}-sampled", argparse.Namespace(**{**vars(args), **changed})))
+    summary = []
+    for folder, settings in variants:
+        (Path(args.out) / folder).mkdir(parents=True, exist_ok=True)
+        for suite in suites:
+            out_file = Path(args.out) / folder / f"{suite}.json"
+            counts = evaluate_suite(
+                get_generator, frames[suite], suite, out_file, suite_sampling(suite, settings),
+                {**header, "model": folder}, args.batch_size or (8 if args.backend == "hf" else 512), args.timeout,
+                args.reward_workers, args.fallback_unboxed, args.overwrite, not args.no_progress,
+            )  # fmt: skip
+            summary.append((folder, suite, json.loads(out_file.read_text())["aggregate"], counts))
+    if generator is not None:
+        generator.close()
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -555,67 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.name and len(args.name) != len(args.checkpoint):
             raise EvalError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
         suites = [s for s in args.suites.split(",") if s]
-        frames = {s: load_suite(args.data_dir, s) for s in suites}
-        if args.limit is not None:
-            frames = {s: f.iloc[: args.limit] for s, f in frames.items()}
-        batch_size = args.batch_size or (8 if args.backend == "hf" else 512)
-        summary = []
-        for c, checkpoint in enumerate(args.checkpoint):
-            name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
-            if not args.name and not Path(checkpoint).exists():
-                name = str(checkpoint).rstrip("/").split("/")[-1]
-            model_dir = resolve_checkpoint(checkpoint, args.merged_root)
-            generator = None
-
-            def get_generator():
-                nonlocal generator
-                if generator is None:
-                    if args.backend == "hf":
-                        generator = HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
-                    else:
-                        generator = VLLMGenerator(
-                            model_dir,
-                            args.dtype or "bfloat16",
-                            args.seed,
-                            args.tensor_parallel_size,
-                            args.gpu_memory_utilization,
-                            args.max_model_len,
-                        )
-                return generator
-
-            source = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
-            header = {
-                "model": name,
-                "checkpoint": source,
-                "model_dir": str(model_dir),
-                "backend": args.backend,
-                "meta": {
-                    "pair": args.pair,
-                    "method": args.method,
-                    "role": args.role,
-                    **({"seed": args.run_seed} if args.run_seed is not None else {}),
-                },
-            }
-            # the model's own settings, then (--sampled) n samples at a temperature with the model still loaded
-            variants = [(name, {})] + (
-                [(f"{name}-sampled", {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n_map": {}})]
-                if args.sampled
-                else []
-            )
-            for folder, change in variants:
-                (Path(args.out) / folder).mkdir(parents=True, exist_ok=True)
-                for suite in suites:
-                    out_file = Path(args.out) / folder / f"{suite}.json"
-                    counts = evaluate_suite(
-                        get_generator, frames[suite], suite, out_file,
-                        suite_sampling(suite, argparse.Namespace(**{**vars(args), **change})), {**header, "model": folder},
-                        batch_size, args.timeout, args.reward_workers, args.fallback_unboxed, args.overwrite,
-                        not args.no_progress,
-                    )  # fmt: skip
-                    agg = json.loads(out_file.read_text())["aggregate"]
-                    summary.append((folder, suite, agg, counts))
-            if generator is not None:
-                generator.close()
+        frames = {s: load_suite(args.data_dir, s).iloc[: args.limit] for s in suites}
+        summary = [row for c in range(len(args.checkpoint)) for row in evaluate_checkpoint(args, c, suites, frames)]
     except EvalError as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -41,17 +41,16 @@ min-max spread shaded.
 from __future__ import annotations
 
 import argparse
-import csv
 import fnmatch
 import json
 import math
 import statistics
 import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 SUITES = ["math500", "minerva", "olympiadbench", "aime24", "amc23"]
 SUITE_TITLES = {
@@ -100,8 +99,8 @@ def _mode(data: dict) -> str:
 def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[dict, list[str]]:
     """``{(pair, role, method): {(suite, mode): cell}}`` from evaluate.py JSONs, and the skipped files.
 
-    ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k", "temperature", "files": {seed: file}, "complete"}``.
-    A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped and listed).
+    ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k": {samples}, "files": {seed: file}}``.
+    A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped, listed).
     """
     table: dict[tuple, dict] = {}
     seen: dict[tuple, str] = {}
@@ -130,22 +129,19 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
             meta = data.get("meta") or {}
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
             suite, seed, mode = data["suite"], meta.get("seed"), _mode(data)
-            if (*key, seed, suite, mode) in seen:
+            where = (*key, seed, suite, mode)
+            if where in seen:
                 raise TableError(
                     f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
-                    f"suite={suite!r} ({mode}): {seen[(*key, seed, suite, mode)]} and {file}"
+                    f"suite={suite!r} ({mode}): {seen[where]} and {file}"
                 )
-            seen[(*key, seed, suite, mode)] = str(file)
-            cell = table.setdefault(key, {}).setdefault(
-                (suite, mode), {"seeds": {}, "k": set(), "temperature": set(), "files": {}, "complete": True}
-            )
+            seen[where] = str(file)
+            cell = table.setdefault(key, {}).setdefault((suite, mode), {"seeds": {}, "k": set(), "files": {}})
             cell["seeds"][seed] = {
-                int(it["index"]): (float(np.mean(it["correct"])), float(np.max(it["correct"]))) for it in data["items"]
+                int(it["index"]): (np.mean(it["correct"]), np.max(it["correct"])) for it in data["items"]
             }
             cell["k"].add(len(data["items"][0]["correct"]))
-            cell["temperature"].add(float((data.get("sampling") or {}).get("temperature", 0.0)))
             cell["files"][seed] = str(file)
-            cell["complete"] &= bool(data.get("complete", True))
     return table, skipped
 
 
@@ -187,11 +183,11 @@ def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, st
     return missing
 
 
-def cell_matrix(cell: dict, stat: int = 0) -> tuple[np.ndarray, list, list[int]]:
-    """``[S, N]`` per-item values (``stat`` 0: mean@k, 1: pass@k) over the cell's seeds and the items all of them have."""
+def cell_matrix(cell: dict, stat: int = 0) -> np.ndarray:
+    """``[S, N]`` per-item values (``stat`` 0: mean@k, 1: pass@k) over the cell's seeds and the items all have."""
     seeds = sorted(cell["seeds"], key=str)
     items = sorted(set.intersection(*(set(cell["seeds"][s]) for s in seeds)))
-    return np.array([[cell["seeds"][s][i][stat] for i in items] for s in seeds]), seeds, items
+    return np.array([[cell["seeds"][s][i][stat] for i in items] for s in seeds])
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -240,7 +236,7 @@ def paired(a: dict, b: dict, stat: int = 0) -> np.ndarray:
 
 
 def _order(keys: list[tuple]) -> list[tuple]:
-    pairs = list(OrderedDict.fromkeys(k[0] for k in sorted(keys)))
+    pairs = list(dict.fromkeys(k[0] for k in sorted(keys)))
 
     def rank(values: list[str], x: str) -> tuple:
         base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
@@ -254,10 +250,6 @@ def method_title(method: str) -> str:
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def experiment_of(role: str, method: str) -> str | None:
     """The training run behind a row: ``grpo_<role>`` for GRPO, the method otherwise (base: none)."""
     if method == "base":
@@ -265,14 +257,20 @@ def experiment_of(role: str, method: str) -> str | None:
     return f"grpo_{role}" if method == "grpo" else method
 
 
-def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
-    """``{experiment: [training minutes of each seed's run]}``: the sum of ``timing_s/step`` of a log."""
+def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list[float]]:
+    """``{experiment (a log's label before its last "/"): [per_run(log) of each seed's log]}`` (None: left out)."""
     out: dict[str, list[float]] = {}
     for label, series in logs.items():
-        steps = series.get("timing_s/step")
-        if steps:
-            out.setdefault(label.rsplit("/", 1)[0] if "/" in label else label, []).append(sum(steps.values()) / 60.0)
+        if (value := per_run(series)) is not None:
+            out.setdefault(label.rsplit("/", 1)[0], []).append(value)
     return out
+
+
+def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
+    """``{experiment: [training minutes of each seed's run]}``: the sum of ``timing_s/step`` of a log."""
+    return _per_experiment(
+        logs, lambda log: sum(log["timing_s/step"].values()) / 60.0 if log.get("timing_s/step") else None
+    )
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
@@ -282,19 +280,20 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     responses) and ``perf/total_num_tokens`` = sum of their attention masks = R (prompt + response
     mean), so ``R = total / (prompt mean + response mean)`` and the step generated ``R * response mean``::
 
-        tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
+        tokens(run) = sum_steps perf/total_num_tokens * response_length/mean
+                                / (prompt_length/mean + response_length/mean)
     """
-    out: dict[str, list[float]] = {}
-    for label, series in logs.items():
+
+    def tokens(log: dict[str, dict[int, float]]) -> float | None:
         total, resp, prompt = (
-            series.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
+            log.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
         )
         steps = set(total) & set(resp) & set(prompt)
-        if steps:
-            out.setdefault(label.rsplit("/", 1)[0] if "/" in label else label, []).append(
-                sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
-            )
-    return out
+        return (
+            sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0) if steps else None
+        )
+
+    return _per_experiment(logs, tokens)
 
 
 def columns(table: dict, suites: list[str]) -> list[tuple[str, str]]:
@@ -345,14 +344,14 @@ def table_rows(
             cell = cells.get(where) if where else None
             row[(suite, kind)] = None
             if cell:
-                row[(suite, kind)] = tuple(100 * x for x in bootstrap(cell_matrix(cell, stat)[0], resamples, seed))
+                row[(suite, kind)] = tuple(100 * x for x in bootstrap(cell_matrix(cell, stat), resamples, seed))
             if where and (missing or {}).get((*key, *where)):
                 row["flag"][(suite, kind)] = missing[(*key, *where)]
         means = [row[(s, "main")][0] if row[(s, "main")] else None for s in suites]
         row["avg"] = sum(means) / len(means) if all(m is not None for m in means) else None
         exp = experiment_of(key[1], key[2])
         runs = (minutes or {}).get(exp) if exp else None
-        row["time"] = _mean_std(runs) if runs else None
+        row["time"] = (statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else None) if runs else None
         rows.append(row)
     return rows
 
@@ -391,16 +390,26 @@ def _ci(cell: tuple | None, digits: int) -> str:
 
 def _title(table: dict, suite: str, kind: str) -> str:
     name = SUITE_TITLES.get(suite, suite)
-    ks = {
-        k
-        for cells in table.values()
-        for (s, mode), c in cells.items()
-        if s == suite and mode == "sampled"
-        for k in c["k"]
-    }
+    ks = set().union(
+        *(c["k"] for cells in table.values() for (s, mode), c in cells.items() if (s, mode) == (suite, "sampled"))
+    )
     k = str(ks.pop()) if len(ks) == 1 else "k"
     both = {"greedy", "sampled"} <= {mode for cells in table.values() for (s, mode) in cells if s == suite}
     return {"main": f"{name} mean@{k}" if both else name, "greedy": f"{name} greedy", "pass": f"{name} pass@{k}"}[kind]
+
+
+def _markdown(header: list[str], rows: list[list[str]], after: list[str]) -> str:
+    """A Markdown table (three text columns, then right-aligned numbers) and the lines ``after`` it."""
+    align = ["---"] * 3 + ["---:"] * (len(header) - 3)
+    lines = [header, *rows]
+    return (
+        "\n".join(
+            ["| " + " | ".join(lines[0]) + " |", "|" + "|".join(align) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in lines[1:]]
+            + after
+        )
+        + "\n"
+    )
 
 
 def render_markdown(
@@ -409,8 +418,7 @@ def render_markdown(
     cols = columns(table, suites)
     header = ["Model pair", "Model", "Method"] + [_title(table, s, k) for s, k in cols]
     header += (["Avg"] if len(suites) > 1 else []) + ["Train time (min)", "Seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
-    notes = []
+    lines, notes = [], []
     for row in rows:
         cells = [row["pair"], row["role"], row["method"]]
         for col in cols:
@@ -424,78 +432,56 @@ def render_markdown(
             "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"),
             str(row["seeds"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent."]
-    lines += list(dict.fromkeys(notes)) + list(footer)
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    notes = ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent.", *dict.fromkeys(notes)]
+    return _markdown(header, lines, [*notes, *footer])
 
 
 def render_differences(rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1) -> str:
     header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(table, s, 'main')}" for s in suites]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(suites)) + "|"]
+    lines = []
     for row in rows:
         cells = [row["pair"], row["role"], row["comparison"]]
         for s in suites:
             text = _ci(row[s], digits)
             excludes = row[s] is not None and (row[s][1] > 0 or row[s][2] < 0)
             cells.append((f"**{text}**" if excludes else text) + ("†" if s in row["flag"] else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
+        lines.append(cells)
+    note = (
         "Paired differences in percentage points, 95% bootstrap interval (items paired by index; seeds "
-        "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items.",
-    ]
-    return "\n".join(lines) + "\n"
+        "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items."
+    )
+    return _markdown(header, lines, ["", note])
 
 
 def write_csv(rows: list[dict[str, Any]], table: dict, suites: list[str], path: Path, digits: int = 2) -> None:
-    def num(x):
-        return "" if x is None else f"{x:.{digits}f}"
-
+    """main_table.csv: per row and column the number and its interval (``<col>``, ``_lo``, ``_hi``), blank if none."""
     cols = columns(table, suites)
     names = [s if k == "main" else f"{s}_{k}" for s, k in cols]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["pair", "model", "method"]
-            + [f"{n}{part}" for n in names for part in ("", "_lo", "_hi")]
-            + ["avg", "train_min", "train_min_std", "seeds", "missing"]
-        )
-        for row in rows:
-            values = [num(row[c][i]) if row[c] else "" for c in cols for i in range(3)]
-            time = row["time"] or (None, None)
-            writer.writerow(
-                [row["pair"], row["role"], row["method"]]
-                + values
-                + [num(row["avg"]), num(time[0]), num(time[1]), row["seeds"], "; ".join(row["flag"].values())]
-            )
+    records = []
+    for row in rows:
+        record = {"pair": row["pair"], "model": row["role"], "method": row["method"]}
+        for col, name in zip(cols, names):
+            record.update(zip((name, f"{name}_lo", f"{name}_hi"), row[col] or (None,) * 3))
+        time = row["time"] or (None, None)
+        record.update(avg=row["avg"], train_min=time[0], train_min_std=time[1], seeds=row["seeds"])
+        records.append({**record, "missing": "; ".join(row["flag"].values())})
+    pd.DataFrame(records).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
 
 
 def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"]
-        )
-        for row in rows:
-            for s in suites:
-                if row[s] is not None:
-                    d, lo, hi, n_seeds, n_items = row[s]
-                    writer.writerow(
-                        [
-                            row["pair"],
-                            row["role"],
-                            row["comparison"],
-                            s,
-                            f"{d:.{digits}f}",
-                            f"{lo:.{digits}f}",
-                            f"{hi:.{digits}f}",
-                            int(lo > 0 or hi < 0),
-                            n_seeds,
-                            n_items,
-                            int(s in row["flag"]),
-                        ]
-                    )
+    """differences.csv: one line per (comparison, suite) with a difference."""
+    names = ["diff", "lo", "hi", "seeds", "items"]
+    records = [
+        {"pair": row["pair"], "model": row["role"], "comparison": row["comparison"], "suite": s}
+        | dict(zip(names, row[s]))
+        | {"excludes_zero": int(row[s][1] > 0 or row[s][2] < 0), "missing": int(s in row["flag"])}
+        for row in rows
+        for s in suites
+        if row[s] is not None
+    ]
+    order = ["pair", "model", "comparison", "suite", *names[:3], "excludes_zero", *names[3:], "missing"]
+    pd.DataFrame(records, columns=order).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
 
 
 def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
@@ -511,25 +497,21 @@ def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
-    """``{metric: {step: value}}`` from a verl file-logger JSONL (non-numeric values skipped)."""
-    series: dict[str, dict[int, float]] = {}
-    with Path(path).open() as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TableError(f"{path}:{line_no}: not JSON ({error.msg})") from error
-            if "step" not in record:
-                raise TableError(f"{path}:{line_no}: no 'step' key")
-            data = record["data"] if isinstance(record.get("data"), dict) else record
-            for key, value in data.items():
-                if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                if math.isfinite(value):
-                    series.setdefault(key, {})[int(record["step"])] = float(value)
-    return series
+    """``{metric: {step: value}}`` from a verl file-logger JSONL (non-numeric values skipped; a repeated
+    step keeps each metric's last value)."""
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as error:
+            raise TableError(f"{path}:{line_no}: not JSON ({error.msg})") from error
+        if record is not None and "step" not in record:
+            raise TableError(f"{path}:{line_no}: no 'step' key")
+        data = record and (record["data"] if isinstance(record.get("data"), dict) else record)
+        numbers = {k: v for k, v in (data or {}).items() if type(v) in (int, float) and math.isfinite(v)}
+        rows += [{**numbers, "step": int(record["step"])}] if record else []
+    frame = pd.DataFrame(rows).groupby("step").last() if rows else pd.DataFrame()
+    return {key: {int(k): float(v) for k, v in column.dropna().items()} for key, column in frame.items()}
 
 
 def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str], path: Path) -> list[str]:
@@ -542,10 +524,10 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     from matplotlib.ticker import MaxNLocator
 
     all_keys = sorted({k for series in logs.values() for k in series})
-    keys = list(OrderedDict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
+    keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    groups: dict[str, list[dict[str, dict[int, float]]]] = OrderedDict()
+    groups: dict[str, list[dict[str, dict[int, float]]]] = {}
     for label, series in logs.items():
         groups.setdefault(label.split("/")[0], []).append(series)
     colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
@@ -554,24 +536,13 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, runs in groups.items():
-            runs = [r[key] for r in runs if key in r]
-            if not runs:
+            frame = pd.DataFrame({i: r[key] for i, r in enumerate(runs) if key in r}).sort_index()  # [steps, seeds]
+            if frame.empty:
                 continue
-            steps = sorted(set().union(*runs))
-            values = [[r[s] for r in runs if s in r] for s in steps]
-            mean = [statistics.fmean(v) for v in values]
-            ax.plot(
-                steps,
-                mean,
-                label=f"{name} (n={len(runs)})",
-                marker="o" if len(steps) <= 50 else None,
-                markersize=3,
-                color=colors[name],
-            )
-            if len(runs) > 1:
-                ax.fill_between(
-                    steps, [min(v) for v in values], [max(v) for v in values], color=colors[name], alpha=0.2
-                )
+            style = {"marker": "o" if len(frame) <= 50 else None, "markersize": 3, "color": colors[name]}
+            ax.plot(frame.index, frame.mean(axis=1), label=f"{name} (n={frame.shape[1]})", **style)
+            if frame.shape[1] > 1:
+                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.2)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -585,30 +556,61 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     return keys
 
 
+def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
+    """``{label: read_log(FILE)}`` of ``--log EXP[/SEED]=FILE`` (a sweep's label has its own ``=``:
+    ``codistill[kd.coef=0.3]/1=FILE``)."""
+    logs = {}
+    for item in items:
+        if "=" not in item:
+            raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
+        cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
+        label, file = item[:cut], item[cut + 1 :]
+        if not Path(file).exists():
+            raise TableError(f"--log {label}: {file} not found")
+        logs[label] = read_log(file)
+    return logs
+
+
+def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, out: Path) -> None:
+    """main_table.md/.csv and differences.md/.csv from ``--results`` (and the logs' train times and tokens)."""
+    table, skipped = load_results(args.results, suites, args.allow_missing)
+    if not table:
+        raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
+    missing = check_missing(table, seeds)
+    if missing and not args.allow_missing:
+        (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
+        more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
+        raise TableError(
+            f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or pass --allow-missing"
+        )
+    footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
+    rows = table_rows(table, suites, train_minutes(logs), missing, args.resamples, args.bootstrap_seed)
+    diffs = difference_rows(table, suites, missing, args.resamples, args.bootstrap_seed)
+    markdown, diff_md = render_markdown(rows, table, suites, footer=footer), render_differences(diffs, table, suites)
+    (out / "main_table.md").write_text(markdown)
+    (out / "differences.md").write_text(diff_md)
+    write_csv(rows, table, suites, out / "main_table.csv")
+    write_differences_csv(diffs, suites, out / "differences.csv")
+    print(markdown + "\n" + diff_md, end="")
+    print(
+        "wrote "
+        + ", ".join(str(out / f) for f in ("main_table.md", "main_table.csv", "differences.md", "differences.csv"))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--results", action="append", default=[], help="folder of evaluate.py JSONs (repeatable, searched recursively)"
-    )
+    p.add_argument("--results", action="append", default=[], help="folder of evaluate.py JSONs (repeatable, recursive)")
     p.add_argument("--out", required=True, help="output folder: main_table.md/.csv, differences.md/.csv, curves.png")
     p.add_argument("--suites", default=",".join(SUITES), help="table columns, in order")
-    p.add_argument(
-        "--log",
-        action="append",
-        default=[],
-        metavar="EXP[/SEED]=FILE",
-        help="verl file-logger JSONL (repeatable); EXP may be a sweep's codistill[KEY=VALUE]",
-    )
+    p.add_argument("--log", action="append", default=[], metavar="EXP[/SEED]=FILE", help="verl file-logger JSONL")
     p.add_argument("--curve-keys", default=None, help="comma-separated fnmatch patterns of metrics to plot")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds every trained row must have")
-    p.add_argument(
-        "--allow-missing", action="store_true", help="tabulate despite missing/corrupt results (cells marked †)"
-    )
+    p.add_argument("--allow-missing", action="store_true", help="tabulate despite missing results (cells marked †)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per cell (default 2000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="RNG seed of the bootstrap (default 0)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    suites = [s for s in args.suites.split(",") if s]
+    out, suites = Path(args.out), [s for s in args.suites.split(",") if s]
     try:
         if not args.results and not args.log:
             raise TableError("nothing to do: give --results and/or --log")
@@ -618,46 +620,15 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else None
         except ValueError:
             raise TableError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-        logs = {}
-        for item in args.log:
-            if "=" not in item:
-                raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-            # a sweep's label has its own "=": codistill[kd.coef=0.3]/1=FILE
-            cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
-            label, file = item[:cut], item[cut + 1 :]
-            if not Path(file).exists():
-                raise TableError(f"--log {label}: {file} not found")
-            logs[label] = read_log(file)
+        logs = parse_logs(args.log)
         out.mkdir(parents=True, exist_ok=True)
         if args.results:
-            table, skipped = load_results(args.results, suites, args.allow_missing)
-            if not table:
-                raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
-            missing = check_missing(table, seeds)
-            if missing and not args.allow_missing:
-                (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
-                more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
-                raise TableError(
-                    f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or "
-                    "pass --allow-missing"
-                )
-            footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
-            rows = table_rows(table, suites, train_minutes(logs), missing, args.resamples, args.bootstrap_seed)
-            markdown = render_markdown(rows, table, suites, footer=footer)
-            diffs = difference_rows(table, suites, missing, args.resamples, args.bootstrap_seed)
-            diff_md = render_differences(diffs, table, suites)
-            (out / "main_table.md").write_text(markdown)
-            write_csv(rows, table, suites, out / "main_table.csv")
-            (out / "differences.md").write_text(diff_md)
-            write_differences_csv(diffs, suites, out / "differences.csv")
-            print(markdown + "\n" + diff_md, end="")
-            print(
-                f"wrote {out / 'main_table.md'}, {out / 'main_table.csv'}, {out / 'differences.md'}, {out / 'differences.csv'}"
-            )
+            write_tables(args, suites, seeds, logs, out)
         if logs:
-            patterns = args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS
             try:
-                keys = plot_curves(logs, patterns, out / "curves.png")
+                keys = plot_curves(
+                    logs, args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS, out / "curves.png"
+                )
                 print(f"wrote {out / 'curves.png'} ({len(keys)} panels: {', '.join(keys)})")
             except TableError as error:
                 if not args.results:

@@ -33,6 +33,7 @@ Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -112,7 +113,7 @@ class Plan:
     """What the stages do for the pairs, seeds and methods asked for; facts come from the recipe's config."""
 
     def __init__(self, args, where: str):
-        sys.path.insert(0, str(REPO))
+        sys.path[:0] = [str(REPO), str(REPO / "scripts")]
         from omegaconf import OmegaConf
 
         from recipe.codistill_grpo.configuration import compose_config, resolved
@@ -151,31 +152,19 @@ class Plan:
                         ("codistill", *variant_of[name]) if name in variant_of else (name, name, [])
                     )
                     folder = self.out / "runs" / pair / folder_name / f"seed{seed}"
-                    hydra = [
-                        f"pair={pair}",
-                        f"exp={exp}",
-                        f"platform={self.platform}",
-                        f"run.seed={seed}",
-                        f"run.dir={folder}",
-                        *self._common(),
-                        *extra,
-                    ]
+                    hydra = [f"pair={pair}", f"exp={exp}", f"platform={self.platform}", f"run.seed={seed}"]
+                    hydra += [f"run.dir={folder}", *self._common(), *extra]
                     self.runs.append(Run(pair, exp, seed, folder, self.pairs[pair]["steps"], hydra, name))
 
     def expected_minutes(self, todo: list[Run]) -> str:
         """One line: runs to train x per-run minutes, measured from finished runs' logs or estimated."""
+        from make_tables import read_log, train_minutes  # the table's train time, read the table's way
+
         measured = []
-        for run in self.runs:
-            try:
-                lines = (run.folder / "metrics.jsonl").read_text().splitlines()
-                steps = {
-                    r["step"]: (r.get("data") or r).get("timing_s/step", 0.0)
-                    for r in map(json.loads, filter(None, lines))
-                }
-            except (OSError, ValueError, KeyError, AttributeError):
-                continue
-            if run.finished() and sum(steps.values()) > 0:
-                measured.append(sum(steps.values()) / 60)
+        for run in filter(Run.finished, self.runs):
+            with contextlib.suppress(OSError, ValueError):  # no log yet, or a broken one: not a measurement
+                minutes = train_minutes({"run": read_log(run.folder / "metrics.jsonl")}).get("run", [])
+                measured += [m for m in minutes if m > 0]
         if measured:
             per_run, how = sum(measured) / len(measured), f"measured: mean of {len(measured)} finished runs"
         elif self.platform == "cpu":
@@ -198,9 +187,7 @@ def _sampled_eval(pair: str, node) -> dict | None:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})") from None
     if n < 1 or temperature <= 0:
-        raise ValueError(
-            f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} temperature={temperature}"
-        )
+        raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} {temperature=}")
     return {"n": n, "temperature": temperature}
 
 
@@ -254,9 +241,8 @@ def stage_train(plan: Plan) -> list[str]:
             sys.stdout.write(out.stdout)
             if out.returncode:
                 raise SystemExit(f"[reproduce] error: submitting {run.label} failed:\n{out.stderr[-2000:]}")
-            job = [w for line in out.stdout.splitlines() if "submitted job" in line for w in line.split()][3].rstrip(
-                ":"
-            )
+            words = [w for line in out.stdout.splitlines() if "submitted job" in line for w in line.split()]
+            job = words[3].rstrip(":")
             run.folder.mkdir(parents=True, exist_ok=True)
             (run.folder / "slurm_job_id").write_text(job + "\n")
             jobs.append(job)
@@ -265,14 +251,13 @@ def stage_train(plan: Plan) -> list[str]:
     done_steps, start = 0, time.monotonic()
     for i, run in enumerate(todo, 1):
 
-        def progress(line: str, run=run, i=i) -> None:
-            nonlocal done_steps
+        def progress(line: str, run=run, i=i, before=done_steps) -> None:
             step = progress_step(line)
             if step is None:
                 return
             elapsed = time.monotonic() - start
-            left = total_steps - (done_steps + step)
-            rate = elapsed / max(done_steps + step, 1)
+            left = total_steps - (before + step)
+            rate = elapsed / max(before + step, 1)
             say(
                 f"run {i}/{len(todo)} {run.label}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, "
                 f"about {left * rate / 60:.0f} min left"
@@ -297,13 +282,10 @@ def _pending_job(run: Run) -> str | None:
 
 
 def _complete(folder: Path, suites: list[str]) -> bool:
-    for suite in suites:
-        try:
-            if not json.loads((folder / f"{suite}.json").read_text()).get("complete"):
-                return False
-        except (OSError, ValueError):
-            return False
-    return True
+    """Every suite's evaluate.py result is there and marked complete."""
+    with contextlib.suppress(OSError, ValueError):
+        return all(json.loads((folder / f"{suite}.json").read_text()).get("complete") for suite in suites)
+    return False
 
 
 def _evaluate(
@@ -323,33 +305,11 @@ def _evaluate(
     if all(_complete(results / folder, facts["suites"]) for folder in folders):
         say(f"skip evaluation {pair}/{name}: results complete")
         return
-    cmd = [
-        python(),
-        "scripts/evaluate.py",
-        "--checkpoint",
-        checkpoint,
-        "--name",
-        name,
-        "--data-dir",
-        facts["data_dir"],
-        "--suites",
-        ",".join(facts["suites"]),
-        "--out",
-        str(results),
-        "--backend",
-        "hf" if plan.where == "cpu" else "vllm",
-        "--pair",
-        pair,
-        "--method",
-        method,
-        "--role",
-        role,
-        "--max-tokens",
-        str(facts["max_tokens"]),
-        "--merged-root",
-        str(plan.out / "merged" / pair / exp),
-        "--no-progress",
-    ]  # run folders are seed<N> under each exp
+    cmd = [python(), "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--out", str(results)]
+    cmd += ["--data-dir", facts["data_dir"], "--suites", ",".join(facts["suites"]), "--no-progress"]
+    cmd += ["--backend", "hf" if plan.where == "cpu" else "vllm", "--max-tokens", str(facts["max_tokens"])]
+    cmd += ["--pair", pair, "--method", method, "--role", role]
+    cmd += ["--merged-root", str(plan.out / "merged" / pair / exp)]  # run folders are seed<N> under each exp
     cmd += (["--run-seed", str(seed)] if seed is not None else []) + sampling
     cmd += ["--batch-size", "64"] if plan.where == "cpu" else []  # the toy models: one generate call per 64 items
     if act(plan.args, cmd):
@@ -390,52 +350,27 @@ def stage_tables(plan: Plan) -> None:
     """One table per pair (tables/<pair>/): its results, its runs' logs (a row's train time and
     tokens come from the same pair's runs)."""
     for pair, facts in plan.pairs.items():
-        cmd = [
-            python(),
-            "scripts/make_tables.py",
-            "--results",
-            str(plan.out / "results" / pair),
-            "--out",
-            str(plan.out / "tables" / pair),
-            "--suites",
-            ",".join(facts["suites"]),
-        ]
+        cmd = [python(), "scripts/make_tables.py", "--results", str(plan.out / "results" / pair)]
+        cmd += ["--out", str(plan.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
         for r in plan.runs:
             if r.pair == pair and (r.folder / "metrics.jsonl").exists():
                 cmd += ["--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}"]
-        cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + (
-            ["--allow-missing"] if plan.args.allow_missing else []
-        )
+        cmd += ["--seeds", ",".join(map(str, plan.args.seeds))] + ["--allow-missing"] * plan.args.allow_missing
         if act(plan.args, cmd):
             raise SystemExit(f"[reproduce] error: make_tables.py failed for {pair}")
 
 
 def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     args = plan.args
-    cmd = [
-        "bash",
-        "scripts/reproduce_paper.sh",
-        "--stage",
-        "after-train",
-        "--pairs",
-        ",".join(args.pairs),
-        "--seeds",
-        ",".join(map(str, args.seeds)),
-    ]
+    cmd = ["bash", "scripts/reproduce_paper.sh", "--stage", "after-train", "--pairs", ",".join(args.pairs)]
+    cmd += ["--seeds", ",".join(map(str, args.seeds))]
     cmd += (["--ablations"] if args.ablations else []) + (["--steps", str(args.steps)] if args.steps else [])
     cmd += ["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] if args.sweep else []
     cmd += ["--allow-missing"] if args.allow_missing else []
     cmd += ["--", *args.overrides] if args.overrides else []
-    sbatch = [
-        "sbatch",
-        "--parsable",
-        f"--chdir={REPO}",
-        "--nodes=1",
-        "--ntasks-per-node=1",
-        "--gpus-per-node=8",
-        "--job-name=codistill-reproduce-eval",
-        f"--output={Path(os.environ['CODISTILL_OUTPUT_DIR']) / 'slurm'}/%x-%j.out",
-    ]
+    log = Path(os.environ["CODISTILL_OUTPUT_DIR"]) / "slurm" / "%x-%j.out"
+    sbatch = ["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8"]
+    sbatch += ["--job-name=codistill-reproduce-eval", f"--output={log}"]
     if jobs:
         sbatch.append("--dependency=afterany:" + ":".join(jobs))
     sbatch += ["scripts/slurm/job.sbatch", *cmd]
@@ -464,9 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", default="all", choices=STAGES)
     p.add_argument("--nodes", type=int, help="nodes per training run (login node: run_qwen_math.sh --nodes)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is skipped; run nothing")
-    p.add_argument(
-        "--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key (replaces codistill)"
-    )
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="one codistill run per value of a hydra key")
     p.add_argument("--allow-missing", action="store_true", help="make_tables.py: tabulate despite missing results")
     args, overrides = parse_with_overrides(p, argv)
     if args.sweep:
@@ -488,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     for pair in args.pairs:
         if where == "cpu" and pair not in CPU_PAIRS:
             raise SystemExit(
-                f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs {' or '.join(CPU_PAIRS)}"
+                f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy or toy_strong"
             )
     try:
         plan = Plan(args, where)
@@ -499,12 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(args.pairs)}; output in {plan.out}"
     )
     started = time.monotonic()
-    if args.stage == "after-train":
-        stages = ["eval", "tables"]
-    elif args.stage != "all":
-        stages = [args.stage]
-    else:
-        stages = ["train"] if where == "login" else ["train", "eval", "tables"]
+    stages = {"after-train": ["eval", "tables"], "all": ["train"] if where == "login" else ["train", "eval", "tables"]}
+    stages = stages.get(args.stage, [args.stage])
     jobs: list[str] = []
     for stage in stages:
         say(f"== stage {stage}")

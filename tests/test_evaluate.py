@@ -309,10 +309,10 @@ def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
         "small",
     ]
     assert evaluate.main(args) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny-small"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-small"))
     assert line.split()[1:3] == ["tiny", "2"] and line.split()[-1] == "2"
     assert evaluate.main(args) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny-small"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-small"))
     assert line.split()[-1] == "0"  # resumed: nothing new generated
     result = json.loads((tmp_path / "res" / "tiny-small" / "tiny.json").read_text())
     assert result["meta"] == {"pair": "tiny", "method": "base", "role": "small"} and result["aggregate"]["n_items"] == 2
@@ -524,3 +524,18 @@ def test_a_log_of_other_sampling_is_refused_when_the_summary_is_gone(tmp_path):
             reward_workers=1,
             show_progress=False,
         )
+
+
+def test_the_evaluator_returns_what_it_generated_token_by_token(tiny_pair, suite_dir):
+    """recipe.codistill_grpo.evaluation.hf_generate with ids: the unpadded prompt as the chat template
+    tokenizes it, and a response that decodes to the returned text and ends at its first EOS."""
+    from recipe.codistill_grpo.evaluation import chat_prompts, hf_generate
+
+    generator = evaluate.HFGenerator(Path(tiny_pair["small"]))
+    tok, frame = generator.tokenizer, pd.read_parquet(suite_dir / "tiny.parquet").iloc[:3]
+    texts, ids = hf_generate(generator.model, tok, frame["prompt"], max_tokens=6, batch_size=2, return_ids=True)
+    assert len(texts) == len(ids) == 3
+    for messages, [text], [(prompt, response)] in zip(frame["prompt"], texts, ids):
+        assert prompt == tok(chat_prompts(tok, [messages])[0], add_special_tokens=False)["input_ids"]
+        assert tok.decode(response, skip_special_tokens=True) == text
+        assert 1 <= len(response) <= 6 and tok.eos_token_id not in response[:-1]

@@ -2,9 +2,10 @@
 raises the small model's held-out greedy accuracy (the RL signal) and lowers its held-out reverse
 KL to the large model (the distillation signal).
 
-Both are measured here independently of the recipe: greedy HF generate of each test question
-scored by the project's math reward, and per-token log-probs of both models recomputed with plain
-HF forwards on the small model's greedy responses. They are also compared with what the run's own
+Both are measured here independently of the training loop: greedy HF generate of each test question
+scored by the project's math reward (the project's one evaluator, ``recipe.codistill_grpo.evaluation``),
+and per-token log-probs of both models recomputed with plain HF forwards on the small model's greedy
+responses. They are also compared with what the run's own
 in-loop validation logged (``val-core/.../mean@1`` and ``val/kd_kl``)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from recipe.codistill_grpo.configuration import compose_config, resolved
 from recipe.codistill_grpo.cpu.stand_in import ensure_stand_in
-from verl_ext.reward.math_reward import compute_score
+from recipe.codistill_grpo.evaluation import evaluate_frame
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -53,31 +54,18 @@ def _model(folder: Path, shard: Path | None = None):
 def held_out(small, large, tok, test: pd.DataFrame) -> tuple[int, float]:
     """(correct greedy answers of the small model, mean over response tokens of log pi_s - log pi_l
     on those greedy responses, EOS included, log-probs at temperature 1)."""
-    tok.padding_side = "left"
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in test["prompt"]]
-    correct, diff_sum, tokens = 0, 0.0, 0
-    for start in range(0, len(texts), 64):
-        enc = tok(texts[start : start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+    greedy = evaluate_frame(small, tok, test, max_tokens=24, batch_size=64, return_ids=True)
+    diff_sum, tokens = 0.0, 0
+    for ((prompt, response),) in greedy.ids:  # one sequence at a time, no padding: plain forwards
+        ids = torch.tensor([prompt + response])
         with torch.no_grad():
-            out = small.generate(**enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id)
-        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        golds = [r["ground_truth"] for r in test["reward_model"].iloc[start : start + 64]]
-        correct += sum(compute_score("toy_arith", a, g)["score"] == 1.0 for a, g in zip(answers, golds))
-        for row in range(out.shape[0]):  # one sequence at a time, no padding: plain forwards
-            prompt = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-            response = out[row, enc["input_ids"].shape[1] :].tolist()
-            response = response[: response.index(eos) + 1] if eos in response else response
-            ids = torch.tensor([prompt + response])
-            with torch.no_grad():
-                lp = [
-                    torch.log_softmax(m(input_ids=ids).logits[0, len(prompt) - 1 : -1].double(), -1)
-                    for m in (small, large)
-                ]
-            picked = [x.gather(-1, torch.tensor(response)[:, None]).squeeze(-1) for x in lp]
-            diff_sum += float((picked[0] - picked[1]).sum())
-            tokens += len(response)
-    return correct, diff_sum / tokens
+            lp = [
+                torch.log_softmax(m(input_ids=ids).logits[0, len(prompt) - 1 : -1].double(), -1) for m in (small, large)
+            ]
+        picked = [x.gather(-1, torch.tensor(response)[:, None]).squeeze(-1) for x in lp]
+        diff_sum += float((picked[0] - picked[1]).sum())
+        tokens += len(response)
+    return sum(c[0] == 1.0 for c in greedy.correct), diff_sum / tokens
 
 
 def test_codistill_raises_accuracy_and_lowers_the_held_out_kl(toy, tmp_path):

@@ -185,7 +185,8 @@ def test_table_sampled_main_greedy_beside_with_intervals(tmp_path, capsys):
     assert (
         md[0] == "| Model pair | Model | Method | Test mean@4 | Test greedy | Test pass@4 | Train time (min) | Seeds |"
     )
-    # mean@4 by hand: base (1 + 0 + 0 + 1) / 16 = 12.5%; GRPO (4 + 4 + 3) / 48 = 22.9%; CoDistill (8 + 8 + 7) / 48 = 47.9%
+    # mean@4 by hand: base (1 + 0 + 0 + 1) / 16 = 12.5%; GRPO (4 + 4 + 3) / 48 = 22.9%;
+    # CoDistill (8 + 8 + 7) / 48 = 47.9%
     # greedy by hand: base 25%, GRPO 5/12 = 41.7%, CoDistill 8/12 = 66.7%; pass@4: base 50%, GRPO 7/12, CoDistill 10/12
     rows = {line.split(" | ")[2]: line.split(" | ")[3:6] for line in md[2:5]}
     for method, title, mean, greedy, passk in (
@@ -336,7 +337,8 @@ def test_sweep_rows_train_time_and_tokens_generated(tmp_path):
         _write(res, f"c{seed}", "test", [[1], [1]], "toy", "small", "codistill[kd.coef=0.3]", seed)
         _write(res, f"cl{seed}", "test", [[1], [1]], "toy", "large", "codistill[kd.coef=0.3]", seed)
     logs = []
-    # per step 16 prompts x 8 = 128 responses, mean prompt length 10: perf/total_num_tokens = 128 * (10 + response mean);
+    # per step 16 prompts x 8 = 128 responses, mean prompt length 10:
+    # perf/total_num_tokens = 128 * (10 + response mean);
     # grpo_small: 2 steps of response mean 6 -> 2 * 128 * 6 = 1536 tokens; codistill: 3 steps of 5 -> 3 * 128 * 5 = 1920
     for exp, steps, resp in (("grpo_small", 2, 6.0), ("codistill[kd.coef=0.3]", 3, 5.0)):
         for seed in (1, 2):
@@ -394,7 +396,7 @@ def test_read_log_verl_file_logger_format(tmp_path):
         {"step": 2, "data": {"critic/score/mean": 0.25}},  # a repeated step keeps its last value
         {"step": 3, "critic/score/mean": 0.3},  # flat form
     ]
-    log.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     series = make_tables.read_log(log)
     assert series["critic/score/mean"] == {1: 0.1, 2: 0.25, 3: 0.3}
     assert series["large/is_ess"] == {1: 0.9, 2: 0.8}

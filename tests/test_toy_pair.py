@@ -18,6 +18,7 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from recipe.codistill_grpo.cpu import toy_pair
+from recipe.codistill_grpo.evaluation import evaluate_frame
 from verl_ext.reward.math_reward import compute_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -379,6 +380,10 @@ def test_shipped_pair_facts_recomputed_independently(pair, tmp_path):
         greedy = sum(m is not None and int(m.group(1)) == g for m, g in zip(boxed, golds)) / len(golds)
         procedure = sum(_plus_probability(model, tok, test)) / len(test)
         facts[role] = (greedy, procedure)
+        # the project's evaluator (batched, left-padded generate + the math reward) against the loop written here
+        evaluated = evaluate_frame(model, tok, test, max_tokens=24, batch_size=64)
+        differ = sum(r[0] != a for r, a in zip(evaluated.responses, answers))
+        assert differ <= 1 and evaluated.mean == pytest.approx(greedy, abs=1 / 192 + 1e-9), (role, differ)
         assert greedy == pytest.approx(written[role]["greedy"], abs=1 / 192 + 1e-9), (role, greedy)
         # 1536 samples: the sampled rate is within 4 standard errors (<= 0.051) of the exact one
         assert abs(procedure - written[role]["procedure"]) < 0.051, (role, procedure, written[role])

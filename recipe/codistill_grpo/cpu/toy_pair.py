@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import os
 import random
@@ -296,7 +295,8 @@ def load_tokenizer(folder: str | os.PathLike):
 
 
 def _build_tokenizer(out: Path, log: Log) -> dict[str, Any]:
-    """Save ``tiny_pair.build_tokenizer(split_digits=True)`` to ``out/tokenizer`` (replaced only when its files change)."""
+    """Save ``tiny_pair.build_tokenizer(split_digits=True)`` to ``out/tokenizer`` (replaced only when its files
+    change)."""
     folder = out / "tokenizer"
     tmp = _fresh_tmp(folder)
     build_tokenizer(split_digits=True).save_pretrained(tmp)
@@ -477,38 +477,15 @@ def toy_facts(
     operator they wrote). Scored by the project's reward, in this process."""
     import torch
 
-    from verl_ext.reward.math_reward import score_batch
+    from recipe.codistill_grpo.evaluation import evaluate_frame
 
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    texts = [
-        tokenizer.apply_chat_template([dict(m) for m in p], add_generation_prompt=True, tokenize=False)
-        for p in frame["prompt"]
-    ]
-    greedy: list[str] = []
-    sampled: list[str] = []
-    torch.manual_seed(seed)
-    try:
-        with torch.no_grad():
-            for s in range(0, len(texts), batch_size):
-                enc = tokenizer(texts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-                common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, top_p=None)
-                out = model.generate(**enc, do_sample=False, top_k=None, temperature=None, **common)
-                greedy += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                out = model.generate(
-                    **enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=k, **common
-                )
-                sampled += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
-    quiet = logging.getLogger("math_verify")  # graded in this process, math-verify warns that it has no timeout
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        g = [r["score"] for r in score_batch(greedy, golds, num_workers=0)]
-        c = [r["score"] for r in score_batch(sampled, [x for x in golds for _ in range(k)], num_workers=0)]
-    finally:
-        quiet.setLevel(level)
+    greedy = evaluate_frame(model, tokenizer, frame, max_new_tokens, batch_size=batch_size)
+    torch.manual_seed(seed)  # greedy decoding draws nothing from the RNG
+    sampled_eval = evaluate_frame(
+        model, tokenizer, frame, max_new_tokens, n=k, temperature=temperature, top_k=0, batch_size=batch_size
+    )
+    g = [c[0] for c in greedy.correct]
+    sampled = [t for group in sampled_eval.responses for t in group]
     exprs = [e["expression"] for e in frame["extra_info"]]
     ops = [procedure_of(t, exprs[i // k]) for i, t in enumerate(sampled)]
     executed = [
@@ -517,15 +494,15 @@ def toy_facts(
         if op
     ]
     levels = [int(e["difficulty"]) for e in frame["extra_info"]]
-    n = len(golds)
+    n = len(g)
     return {
         "items": n,
         "greedy": sum(g) / n,
         "greedy_per_level": {
-            str(lv): sum(x for x, l in zip(g, levels) if l == lv) / levels.count(lv) for lv in sorted(set(levels))
+            str(lv): sum(x for x, at in zip(g, levels) if at == lv) / levels.count(lv) for lv in sorted(set(levels))
         },
-        f"mean@{k}": sum(c) / len(c),
-        f"pass@{k}": sum(max(c[i * k : (i + 1) * k]) for i in range(n)) / n,
+        f"mean@{k}": sampled_eval.mean,
+        f"pass@{k}": sampled_eval.passed,
         "procedure": sum(op == "+" for op in ops) / len(ops),
         "executed": sum(executed) / max(1, len(executed)),
         "sampling": {"k": k, "temperature": temperature, "seed": seed},
