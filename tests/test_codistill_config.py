@@ -90,14 +90,16 @@ ERRORS = [
     ({"kd": {"coef_schedule": "linear"}}, f"{P}.kd.decay_steps=0 must be > 0 when {P}.kd.coef_schedule='linear'"),
     (
         {"kd": {"beta": 1}},
-        f"{P}.kd.beta is not a known key; allowed keys: ['clamp', 'coef', 'coef_final', 'coef_schedule', 'credit', 'decay_steps']",
+        f"{P}.kd.beta is not a known key; allowed keys: "
+        "['clamp', 'coef', 'coef_final', 'coef_schedule', 'credit', 'decay_steps']",
     ),
     ({"large": {"advantage": "gae"}}, f"{P}.large.advantage='gae' not in ['grpo', 'is_baseline']"),
     ({"large": {"enable": 1}}, f"{P}.large.enable=1 must be a bool (true or false)"),
     ({"large": {"train": None}}, f"{P}.large.train=None must be a bool (true or false)"),
     (
         {"large": {"path": "x"}},
-        f"{P}.large.path is not a known key; allowed keys: ['advantage', 'enable', 'n_gpus_per_node', 'nnodes', 'placement', 'skip_zero_grad', 'train']",
+        f"{P}.large.path is not a known key; allowed keys: "
+        "['advantage', 'enable', 'n_gpus_per_node', 'nnodes', 'placement', 'skip_zero_grad', 'train']",
     ),
     ({"large": {"placement": "remote"}}, f"{P}.large.placement='remote' not in ['colocate', 'separate']"),
     ({"large": {"nnodes": 0}}, f"{P}.large.nnodes=0 must be an int >= 1"),

@@ -247,7 +247,8 @@ def test_model_found_locally_or_in_the_cache(hub_env, monkeypatch):
     assert check_model("Qwen/Qwen2.5-Math-7B", "large") == "HF cache"
     with pytest.raises(
         PreflightError,
-        match=r"large model Qwen/Qwen2\.5-Math-1\.5B is not a local dir and not in the HF cache .* and HF_HUB_OFFLINE=1",
+        match=r"large model Qwen/Qwen2\.5-Math-1\.5B is not a local dir and not in the HF cache "
+        r".* and HF_HUB_OFFLINE=1",
     ):
         check_model("Qwen/Qwen2.5-Math-1.5B", "large")
     with pytest.raises(PreflightError, match="small model path ./nowhere does not exist"):

@@ -155,7 +155,7 @@ def test_fallback_unboxed_is_an_option():
 
 
 def test_compute_score_is_safe_off_the_main_thread():
-    cases = [("\\boxed{%d/4}" % k, str(k / 4)) for k in range(8)] + [("\\boxed{7}", "8")] * 4
+    cases = [(f"\\boxed{{{k}/4}}", str(k / 4)) for k in range(8)] + [("\\boxed{7}", "8")] * 4
     out: dict[int, float] = {}
 
     def grade(i, solution, gold):

@@ -192,7 +192,7 @@ def test_bad_rows_fail_by_default_and_drop_by_flag(tmp_path, capsys):
         manifest["suites"]["train"]["rows"],
         manifest["suites"]["train"]["dropped"],
     ) == (5, 2, 3)
-    line = next(l for l in captured.out.splitlines() if l.startswith("train"))
+    line = next(s for s in captured.out.splitlines() if s.startswith("train"))
     assert line.split()[:5] == ["train", "5", "2", "3", "0"]
 
 

@@ -198,7 +198,8 @@ def _check_batches(config: DictConfig, model_cfg: DictConfig, gpus: int, who: st
     if log_prob_micro and (prompts * n // dp) % int(log_prob_micro):
         raise ConfigError(
             f"{prefix}.rollout.log_prob_micro_batch_size_per_gpu={log_prob_micro} does not divide the {who}'s share "
-            f"of the batch per GPU {prompts * n // dp} (train_batch_size {prompts} * rollout.n {n} / data-parallel {dp})"
+            f"of the batch per GPU {prompts * n // dp} "
+            f"(train_batch_size {prompts} * rollout.n {n} / data-parallel {dp})"
         )
 
 

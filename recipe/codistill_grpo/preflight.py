@@ -85,7 +85,8 @@ def check_model(path: str, role: str) -> str:
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise PreflightError(
-                f"{role} model {path}: the hub answered {e.code} (private or gated: accept its license and set HF_TOKEN)"
+                f"{role} model {path}: the hub answered {e.code} "
+                "(private or gated: accept its license and set HF_TOKEN)"
             ) from None
         raise PreflightError(f"{role} model {path}: the hub ({endpoint}) answered {e.code}; check the name") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -109,7 +110,8 @@ def template_difference(small_tok, large_tok, messages: list[dict]) -> str | Non
     if a == b:
         return None
     i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"first difference at character {i}: small {a[max(0, i - 20) : i + 30]!r} vs large {b[max(0, i - 20) : i + 30]!r}"
+    lo, hi = max(0, i - 20), i + 30
+    return f"first difference at character {i}: small {a[lo:hi]!r} vs large {b[lo:hi]!r}"
 
 
 def check_files(cfg: DictConfig, large_path: str | None, strict: bool) -> tuple[list[str], DataReport | None]:
@@ -220,14 +222,16 @@ def check_data(config: DictConfig, tokenizer=None) -> DataReport:
             raise PreflightError(f"data file {path} ({split}) has no rows")
         if prompt_key not in frame.columns:
             raise PreflightError(
-                f"data file {path} ({split}) has no '{prompt_key}' column (columns: {', '.join(map(str, frame.columns))})"
+                f"data file {path} ({split}) has no '{prompt_key}' column "
+                f"(columns: {', '.join(map(str, frame.columns))})"
             )
         gts = frame["reward_model"] if "reward_model" in frame.columns else [None] * len(frame)
         missing = [i for i, v in enumerate(gts) if _ground_truth(v) is None]
         if missing:
             if config.run.bad_rows != "drop":
                 raise PreflightError(
-                    f"data file {path} ({split}): {len(missing)} of {len(frame)} rows have no reward_model.ground_truth "
+                    f"data file {path} ({split}): {len(missing)} of {len(frame)} rows "
+                    "have no reward_model.ground_truth "
                     f"(first: row {missing[0]}); fix the file or set run.bad_rows=drop"
                 )
             report.drops[path] = missing
@@ -239,7 +243,10 @@ def check_data(config: DictConfig, tokenizer=None) -> DataReport:
             lengths = [len(x) for x in ids]
             over = sum(n > max_len for n in lengths)
             if over:
-                where = f"data file {path} ({split}): {over} of {len(frame)} prompts are longer than data.max_prompt_length={max_len}"
+                where = (
+                    f"data file {path} ({split}): {over} of {len(frame)} prompts "
+                    f"are longer than data.max_prompt_length={max_len}"
+                )
                 if data.get("filter_overlong_prompts", False):
                     report.lines.append(f"{where}: dropped (data.filter_overlong_prompts=true)")
                 elif data.get("truncation", "error") == "error":

@@ -262,7 +262,8 @@ class CoDistillTrainer(RayPPOTrainer):
         small_lp = self.config.actor_rollout_ref.rollout
         large_lp = self.large_config.rollout if self._large_role == "actor" else self.large_config.ref
         divisor = math.lcm(*(
-            wg.world_size * (1 if cfg.get("log_prob_use_dynamic_bsz") else int(cfg.log_prob_micro_batch_size_per_gpu or 1))
+            wg.world_size
+            * (1 if cfg.get("log_prob_use_dynamic_bsz") else int(cfg.log_prob_micro_batch_size_per_gpu or 1))
             for wg, cfg in ((self.actor_rollout_wg, small_lp), (self.large_wg, large_lp))
         ))  # fmt: skip
         batch, pad = pad_dataproto_to_divisor(batch, divisor)
