@@ -230,6 +230,7 @@ class VLLMGenerator:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        enforce_eager: bool = False,
     ):
         from transformers import AutoTokenizer
         from vllm import LLM
@@ -243,6 +244,7 @@ class VLLMGenerator:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
         )
 
     def generate(
@@ -544,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm")
     p.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    p.add_argument(
+        "--enforce-eager", action="store_true", help="vllm: no compilation/graphs (CPU: skips a long compile warm-up)"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -580,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.tensor_parallel_size,
                             args.gpu_memory_utilization,
                             args.max_model_len,
+                            args.enforce_eager,
                         )
                 return generator
 

