@@ -512,5 +512,5 @@ def test_sequence_weights_and_is_baseline_end_to_end(sequence_run):
             assert abs(d["large_is_weights"][i, t].item() - min(big_w[i], 2.0) * m[i, t].item()) < 1e-5
             assert abs(d["large_advantages"][i, t].item() - want_adv * m[i, t].item()) < 1e-4
     want_loss = -(d["large_is_weights"].double() * d["large_advantages"].double() * m).sum().item() / m.sum().item()
-    assert abs(want_loss) > 1e-3
+    assert abs(want_loss) > 1e-4  # a loss to compare (9.8e-4 with the head-size-32 tiny pair)
     assert metrics(sequence_run)[1]["large/pg_loss"] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
