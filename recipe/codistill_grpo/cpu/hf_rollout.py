@@ -386,7 +386,8 @@ class HFRolloutServer:
             missing = [k for k in missing if k not in tied]
             if unexpected or missing:
                 raise ValueError(
-                    f"hf rollout weight update does not match the model: missing={missing[:4]} unexpected={unexpected[:4]}"
+                    f"hf rollout weight update does not match the model: "
+                    f"missing={missing[:4]} unexpected={unexpected[:4]}"
                 )
         self.global_steps = global_steps
         self.weight_version += 1
