@@ -6,20 +6,7 @@
     python scripts/bench_algos.py --threads 1          # steadier on a busy CPU machine
     python scripts/bench_algos.py --batch 64 --seq-len 1024 --repeats 3
 
-GRPO path (what verl runs for ``adv_estimator=grpo``): ``compute_grpo_outcome_advantage`` +
-``compute_policy_loss_vanilla`` forward and backward.
-CoDistill path: KD reward + small advantage + ``small/`` metrics (one call), large IS weights +
-``large/`` metrics, large advantage, teacher loss forward and backward. The row "CoDistill + small
-loss" adds the small model's vanilla loss, i.e. everything the two updates compute.
-
-Time: wall-clock milliseconds (median and min) and process CPU milliseconds (``time.process_time``,
-all threads; median) over ``--repeats`` runs after ``--warmup`` runs, synchronising the device
-around each phase. The three paths run interleaved within each repeat and the ratios are medians of
-per-repeat ratios. On a shared, loaded CPU machine the CPU time is the steadier figure (it does not
-count time spent waiting for a core) but only with ``--threads 1``: with more threads it also counts
-OpenMP workers spin-waiting between ops. On CUDA only the wall time means anything. Memory (CUDA only): peak
-bytes allocated during one extra run of the path above what was allocated before it (inputs
-excluded), ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; none on CPU.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_algos.py.
 """
 
 from __future__ import annotations

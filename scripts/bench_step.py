@@ -10,8 +10,7 @@
     # GPU: the pair's real config (pass what your cluster needs after --)
     python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8
 
-Each run goes to ``<out>/<name>`` (fresh), and the means over the steps after ``--warmup`` of verl's
-``timing_s/*`` metrics are printed per phase with their ratio. Figures are measured, never asserted.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_step.py.
 """
 
 from __future__ import annotations

@@ -5,18 +5,7 @@
     python scripts/cost_model.py --pair P --exp grpo_large --resp-len 1200 -- trainer.total_training_steps=500
     python scripts/cost_model.py --phases my_gpu.jsonl --configs resolved.yaml --pair P --exp E
 
-Inputs: per-phase throughput (``--phases``: JSONL of ``scripts/bench_gpu_phases.py``; default the H200
-files in ``scripts/cost_data/``) and the run's settings from ``compose_config(pair, exp, overrides)``
-(imported by the CLI only) or ``--configs FILE`` (one resolved config, or experiment name -> config).
-For R = prompts x n responses of T = prompt + response tokens, one step is
-
-    generate = R / decode_batch x resp_len x (decode_linear + decode_attn)   (the generator only)
-    log_prob = R x T / logprob_fwd tok/s                                       (every loaded model)
-    train    = R x T / train_fwd_bwd[_ckpt] tok/s x (1 - zero_adv_frac where skipped)
-
-each at the measured batch / ctx / seq nearest the run's (log scale). ``--metrics`` (verl's file-logger
-JSONL) gives the mean lengths and zero-advantage fraction; explicit flags win. The assumptions, what is
-not modelled and the shipped figures: docs/benchmarks.md.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/cost_model.py.
 """
 
 from __future__ import annotations

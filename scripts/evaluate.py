@@ -9,29 +9,7 @@
     python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
         --out /tmp/res --max-tokens 16 --limit 4
 
-A checkpoint is a Hugging Face model folder, a Hub id (``Qwen/Qwen2.5-Math-1.5B``, for the
-base models; needs the Hub or its cache), or a verl step folder (``.../global_step_N/actor``
-or ``.../large_actor``, FSDP shards + ``fsdp_config.json`` + ``huggingface/``) which is converted
-once with verl's own merger (``python -m verl.model_merger merge --backend fsdp``) into
-``<step>/<actor>_hf`` (or ``<merged-root>/<run>-step<N>[-large]``) and loaded from there. The
-merge records its source (``merge_source.json``: step folder, shard sizes and mtimes): a merge
-of the same step folder is reused while the shards are unchanged and redone when they change;
-a merge of another step folder under the same ``--merged-root`` name is refused, never reused.
-
-Output: ``<out>/<model name>/<suite>.json`` with the sampling settings, the run's ``meta``
-(pair, method, role; read by ``scripts/make_tables.py``), one record per item (responses,
-correct, format, timeout, extracted pred) and the aggregate, for ``k`` samples per item::
-
-    mean@k  = 1/N sum_i 1/k sum_j c_ij        (= pass@1 accuracy when k = 1; the table's number)
-    pass@k  = 1/N sum_i max_j c_ij
-
-The file is rewritten after every batch; a rerun with the same sampling settings skips the
-items already there and generates only the rest. Beside it, ``<out>/<model name>/<suite>.items.jsonl``
-is append-only: a header line (sampling, checkpoint), then one line per finished item. A rerun takes
-the finished items from both, so a summary JSON cut mid-write (kept as ``<suite>.json.corrupt``) or a
-last JSONL line cut short loses at most the items of that line; it says in one line what it recovered.
-Generation (HF backend) and scoring (the training reward, ``verl_ext.reward.math_reward.score_batch``) are
-the project's one evaluator, ``recipe.codistill_grpo.evaluation``.
+Details (formats, equations, options): docs/running.md, section scripts/evaluate.py.
 """
 
 from __future__ import annotations

@@ -6,20 +6,7 @@
     python scripts/prepare_data.py --out /tmp/d --template qwen_math --suites math500,minerva \\
         --local math500=/data/math500.jsonl --local minerva=/data/minerva.parquet --on-bad-row drop
 
-Per suite of ``configs/data/math.yaml`` it writes ``<out>/<suite>.parquet`` with one row per
-problem in the layout verl's ``RLHFDataset`` reads::
-
-    data_source   str                      suite's data_source (e.g. "minerva")
-    prompt        list[{role, content}]    the template's messages, {question} filled in
-    ability       "math"
-    reward_model  {style: "rule", ground_truth: str}   normalised once, here
-    extra_info    {split, index, source_row, level, question}
-
-and ``<out>/manifest.json`` with, per suite, the rows read and kept, the bad rows dropped,
-the rows filtered out (``--levels``, ``--limit``) and a sha256 over the rows' canonical JSON
-(independent of the parquet writer's version). A missing column fails the run; a row whose
-question or answer is missing or empty is reported (suite, row, field) and fails the run by
-default (``--on-bad-row fail``) or is dropped (``--on-bad-row drop``).
+Details (formats, equations, options): docs/running.md, section scripts/prepare_data.py.
 """
 
 from __future__ import annotations

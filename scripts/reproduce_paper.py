@@ -6,28 +6,7 @@ models, write the table and the curves. Resumable: a re-run skips finished runs 
                                     [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run]
                                     [--sweep KEY=V1,V2,...] [--allow-missing] [-- overrides]
 
-Methods: grpo_small, codistill, grpo_large (with --ablations also frozen_teacher, no_is, kd_only).
---sweep algorithm.codistill.kd.coef=0,0.1,0.3,1 replaces codistill by one codistill run per value
-(hydra override KEY=V), each in its own folder runs/<pair>/codistill_<k>-<V>/seed<k> (<k>: the
-key's last two parts, here kd.coef) and a table row "CoDistill-GRPO [kd.coef=V]".
-Before training it prints the expected time: runs to train x the mean training time of the runs
-already finished (their metrics.jsonl timing_s/step), or a stated estimate when none has finished.
---allow-missing is passed to make_tables.py (tabulate despite missing results, cells marked).
-Where it runs (detected like scripts/run_qwen_math.sh):
-  cpu         every stage here, in order; only the toy pairs (platform=cpu): toy, the default, and toy_strong
-  gpu node / inside an allocation   every stage here, in order (vLLM evaluation)
-  login node  the training runs are submitted as SLURM jobs (run_qwen_math.sh) and the
-              evaluation + tables as one more job that starts after them (--dependency=afterany)
-Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
-  reproduce/runs/<pair>/<exp>/seed<k>/   each run's folder (checkpoints, metrics.jsonl, train.log)
-  reproduce/results/<pair>/<name>/<suite>.json          evaluate.py's per-item JSONs (greedy; the GPU
-                                         pairs' AIME24/AMC23 mean@16 at temperature 0.6 as before)
-  reproduce/results/<pair>/<name>-sampled/<suite>.json  only for a pair whose config has ``pair.eval``
-                                         ({n, temperature}): every model again with n samples per
-                                         item at that temperature; make_tables tells the two apart
-                                         by the file's ``sampling.temperature`` and makes the
-                                         sampled mean@n the main number, greedy a column beside it
-  reproduce/tables/<pair>/               main_table.md|csv, differences.md|csv, curves.png
+Details (formats, equations, options): docs/running.md, section scripts/reproduce_paper.py.
 """
 
 from __future__ import annotations
