@@ -31,6 +31,7 @@ ABLATIONS = ["frozen_teacher", "no_is", "kd_only"]
 GPU_PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
 CPU_PAIRS = ["toy", "toy_strong"]  # the teacher somewhat better / much better
 STAGES = ("all", "train", "eval", "tables", "after-train")
+EVAL_ROLES = {"grpo_small": ("small",), "grpo_large": ("large",), "frozen_teacher": ("small",)}  # else both
 
 
 # the entry point's per-step console line: "codistill: step 12/40  <metrics>  (34s elapsed)"
@@ -307,22 +308,11 @@ def stage_eval(plan: Plan) -> None:
         if not run.finished():
             say(f"skip evaluation {run.label}: no final checkpoint yet ({run.folder})")
             continue
-        method = "grpo" if run.exp.startswith("grpo_") else run.name
-        roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(
-            run.exp, ["small", "large"]
-        )
-        for role in roles:
+        method, exp = ("grpo" if run.exp.startswith("grpo_") else run.name), run.folder.parent.name
+        for role in EVAL_ROLES.get(run.exp, ("small", "large")):
             model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
-            _evaluate(
-                plan,
-                run.pair,
-                f"{run.folder.parent.name}-seed{run.seed}-{role}",
-                str(run.checkpoint(model)),
-                method,
-                role,
-                run.seed,
-                run.folder.parent.name,
-            )
+            name, checkpoint = f"{exp}-seed{run.seed}-{role}", str(run.checkpoint(model))
+            _evaluate(plan, run.pair, name, checkpoint, method, role, run.seed, exp)
 
 
 def stage_tables(plan: Plan) -> None:
