@@ -52,16 +52,8 @@ COMPARISONS = {
 
 
 def run(out: Path, pair: str, platform: str, steps: int, variant: list[str], extra: list[str]) -> dict[int, dict]:
-    args = [
-        f"pair={pair}",
-        f"platform={platform}",
-        *variant,
-        f"run.dir={out}",
-        "run.fresh=true",
-        f"trainer.total_training_steps={steps}",
-        "trainer.save_freq=-1",
-        *extra,
-    ]
+    args = [f"pair={pair}", f"platform={platform}", *variant, f"run.dir={out}", "run.fresh=true"]
+    args += [f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", *extra]
     print(f"bench_step: {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", ENTRY, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
