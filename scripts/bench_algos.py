@@ -44,9 +44,7 @@ def make_batch(bs: int, seq_len: int, group: int, device: torch.device, seed: in
     small_new = ls + 0.05 * torch.randn(bs, seq_len, generator=g)  # stands for the actor forward's output
     large_new = ll + 0.05 * torch.randn(bs, seq_len, generator=g)
     out = dict(mask=mask, ls=ls, ll=ll, rewards=rewards, small_new=small_new, large_new=large_new)
-    out = {k: v.to(device) for k, v in out.items()}
-    out["uid"] = uid
-    return out
+    return {**{k: v.to(device) for k, v in out.items()}, "uid": uid}
 
 
 class Runner:
@@ -103,15 +101,9 @@ class Runner:
             pg, _ = compute_policy_loss_vanilla(b["ls"], lp, s["adv_s"], b["mask"].bool(), "token-mean", self.cfg)
             pg.backward()
 
-        phases = [
-            ("kd reward + small adv + metrics", small_adv),
-            ("IS weights + metrics", is_weights),
-            ("large advantage", large_adv),
-            ("teacher loss fwd+bwd", teacher_loss),
-        ]
-        if with_small_loss:
-            phases.append(("small vanilla loss fwd+bwd", small_loss))
-        return phases
+        phases = [("kd reward + small adv + metrics", small_adv), ("IS weights + metrics", is_weights)]
+        phases += [("large advantage", large_adv), ("teacher loss fwd+bwd", teacher_loss)]
+        return phases + ([("small vanilla loss fwd+bwd", small_loss)] if with_small_loss else [])
 
     def run_once(self, phases) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
         """One run of a path: ((wall ms, process CPU ms), {phase: (wall ms, process CPU ms)})."""
