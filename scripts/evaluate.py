@@ -139,14 +139,9 @@ class VLLMGenerator:
     """vLLM offline engine (GPU only; imported lazily). Prompts are token ids from the HF chat template."""
 
     def __init__(
-        self,
-        model_dir: Path | str,
-        dtype: str = "bfloat16",
-        seed: int = 0,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85,
-        max_model_len: int | None = None,
-    ):
+        self, model_dir: Path | str, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+    ):  # fmt: skip
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -168,17 +163,10 @@ class VLLMGenerator:
         samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
-        ids_for_seed = list(item_ids) if item_ids is not None else list(range(len(prompts)))
-        params = [
-            SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                max_tokens=max_tokens,
-                seed=self.seed + int(i),
-            )
-            for i in ids_for_seed
-        ]
+        top_p = top_p if temperature > 0 else 1.0
+        sampling = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        seeds = item_ids if item_ids is not None else range(len(prompts))
+        params = [SamplingParams(**sampling, seed=self.seed + int(i)) for i in seeds]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
@@ -290,19 +278,10 @@ def finished_items(
 
 
 def evaluate_suite(
-    get_generator,
-    frame: pd.DataFrame,
-    suite: str,
-    out_file: Path,
-    sampling: dict[str, Any],
-    header: dict[str, Any],
-    batch_size: int,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    reward_workers: int | None = None,
-    fallback_unboxed: bool = False,
-    overwrite: bool = False,
-    show_progress: bool = True,
-) -> dict[str, int]:
+    get_generator, frame: pd.DataFrame, suite: str, out_file: Path, sampling: dict[str, Any], header: dict[str, Any],
+    batch_size: int, timeout: float = DEFAULT_TIMEOUT_S, reward_workers: int | None = None,
+    fallback_unboxed: bool = False, overwrite: bool = False, show_progress: bool = True,
+) -> dict[str, int]:  # fmt: skip
     """Generate + score the items of ``frame`` not yet in ``out_file``. Returns ``{"generated", "skipped"}``."""
     from tqdm import tqdm
 
