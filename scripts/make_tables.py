@@ -232,13 +232,12 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     """
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
-        total, resp, prompt = (
-            log.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
-        )
+        keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
+        total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        return (
-            sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0) if steps else None
-        )
+        if steps:
+            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
+        return None
 
     return _per_experiment(logs, tokens)
 
@@ -266,26 +265,16 @@ def _lookup(table: dict, key: tuple, suite: str, kind: str) -> tuple[tuple | Non
 
 
 def table_rows(
-    table: dict,
-    suites: list[str],
-    minutes: dict[str, list[float]] | None = None,
-    missing: dict | None = None,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
+    table: dict, suites: list[str], minutes: dict[str, list[float]] | None = None, missing: dict | None = None,
+    resamples: int = 2000, seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Ordered rows: ``{"pair", "role", "method", "key", (suite, kind): (mean %, lo %, hi %) | None,
     "flag": {(suite, kind): what is missing}, "avg", "time", "seeds"}``."""
     rows, cols = [], columns(table, suites)
     for key in _order(list(table)):
         cells = table[key]
-        row: dict[str, Any] = {
-            "pair": key[0],
-            "role": key[1],
-            "method": method_title(key[2]),
-            "key": key,
-            "flag": {},
-            "seeds": max((len(c["seeds"]) for c in cells.values()), default=0),
-        }
+        seeds = max((len(c["seeds"]) for c in cells.values()), default=0)
+        row: dict[str, Any] = dict(pair=key[0], role=key[1], method=method_title(key[2]), key=key, flag={}, seeds=seeds)
         for suite, kind in cols:
             where, stat = _lookup(table, key, suite, kind)
             cell = cells.get(where) if where else None
@@ -372,11 +361,8 @@ def render_markdown(
         if len(suites) > 1:
             cells.append("–" if row["avg"] is None else f"{row['avg']:.{digits}f}")
         time = row["time"]
-        cells += [
-            "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"),
-            str(row["seeds"]),
-        ]
-        lines.append(cells)
+        time_text = "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}")
+        lines.append([*cells, time_text, str(row["seeds"])])
     notes = ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent.", *dict.fromkeys(notes)]
     return _markdown(header, lines, [*notes, *footer])
 
