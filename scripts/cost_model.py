@@ -42,6 +42,8 @@ TRAIN_PHASES = {True: ("train_fwd_bwd_ckpt", "train_fwd_bwd"), False: ("train_fw
 ROLE_ORDER = ("small", "large")
 BASELINE_EXP = "grpo_large"
 NO_LOG = "default (no run log given)"
+CAPPED = f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / max_response_length"
+CAPPED += " (no run log given)"
 
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
@@ -238,12 +240,7 @@ def settings_from_config(cfg: Any) -> Settings:
         gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
         prompt_len=float(prompt_len),
         resp_len=float(resp_len),
-        len_source=(
-            f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
-            f"max_response_length (no run log given)"
-            if capped
-            else NO_LOG
-        ),
+        len_source=CAPPED if capped else NO_LOG,
     )
 
 
