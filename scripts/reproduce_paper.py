@@ -117,15 +117,11 @@ class Plan:
         for pair in args.pairs:
             base = resolved(compose_config(pair, "codistill", self._common(), platform=self.platform))
             val = [Path(v) for v in base.data.val_files]
-            self.pairs[pair] = {
-                "small": str(base.pair.small.model.path),
-                "large": str(base.pair.large.model.path),
-                "data_dir": str(val[0].parent),
-                "suites": [v.stem for v in val],
-                "max_tokens": int(base.data.max_response_length),
-                "steps": int(base.trainer.total_training_steps),
-                "sampled": _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None)),
-            }
+            small, large = (str(base.pair[r].model.path) for r in ("small", "large"))
+            steps, max_tokens = int(base.trainer.total_training_steps), int(base.data.max_response_length)
+            sampled = _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None))
+            self.pairs[pair] = dict(small=small, large=large, data_dir=str(val[0].parent), suites=[v.stem for v in val])
+            self.pairs[pair].update(max_tokens=max_tokens, steps=steps, sampled=sampled)
             for seed in args.seeds:
                 for name in self.exps:
                     exp, folder_name, extra = (
@@ -349,11 +345,8 @@ def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     out = subprocess.run(sbatch, cwd=REPO, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"[reproduce] error: sbatch refused the evaluation job: {out.stderr.strip()}")
-    say(
-        f"submitted evaluation job {out.stdout.strip().split(';')[0]}"
-        + (f" after jobs {', '.join(jobs)}" if jobs else "")
-        + f"; tables will be in {plan.out / 'tables'}"
-    )
+    after = f" after jobs {', '.join(jobs)}" if jobs else ""
+    say(f"submitted evaluation job {out.stdout.strip().split(';')[0]}{after}; tables will be in {plan.out / 'tables'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,11 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [int(s) for s in (args.seeds or ("1,2,3" if where == "cpu" else "1")).split(",") if s]
     except ValueError:
         raise SystemExit(f"[reproduce] error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
-    for pair in args.pairs:
-        if where == "cpu" and pair not in CPU_PAIRS:
-            raise SystemExit(
-                f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy or toy_strong"
-            )
+    for pair in (p for p in args.pairs if where == "cpu" and p not in CPU_PAIRS):
+        raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy or toy_strong")
     try:
         plan = Plan(args, where)
     except ValueError as e:  # an unknown pair or a bad override: one line from the config module
@@ -410,10 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = result or jobs
     if where == "login" and args.stage == "all":
         submit_after_train(plan, jobs)
-    say(
-        ("dry run: nothing was run or submitted; " if args.dry_run else "")
-        + f"done in {(time.monotonic() - started) / 60:.1f} min"
-    )
+    dry = "dry run: nothing was run or submitted; " if args.dry_run else ""
+    say(f"{dry}done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
 
