@@ -49,9 +49,7 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
     ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k": {samples}, "files": {seed: file}}``.
     A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped, listed).
     """
-    table: dict[tuple, dict] = {}
-    seen: dict[tuple, str] = {}
-    skipped: list[str] = []
+    table, seen, skipped = {}, {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
         if not files:
@@ -116,10 +114,8 @@ def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, st
             have = set(cell["seeds"]) if cell else set()
             what = []
             if want - have:
-                what.append(
-                    f"no result for seed {', '.join(map(str, sorted(want - have, key=str)))} "
-                    f"(have {len(have & want)} of {len(want)} seeds)"
-                )
+                lacking = ", ".join(map(str, sorted(want - have, key=str)))
+                what.append(f"no result for seed {lacking} (have {len(have & want)} of {len(want)} seeds)")
             for seed in sorted(have, key=str):
                 if len(cell["seeds"][seed]) < len(e["items"][suite]):
                     what.append(
@@ -554,9 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             write_tables(args, suites, seeds, logs, out)
         if logs:
             try:
-                keys = plot_curves(
-                    logs, args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS, out / "curves.png"
-                )
+                patterns = args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS
+                keys = plot_curves(logs, patterns, out / "curves.png")
                 print(f"wrote {out / 'curves.png'} ({len(keys)} panels: {', '.join(keys)})")
             except TableError as error:
                 if not args.results:
