@@ -252,10 +252,8 @@ def finished_items(
     if logged_header is not None and not previous:
         previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
     if previous and previous.get("sampling") != sampling:
-        raise EvalError(
-            f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
-            "use another --out or --overwrite"
-        )
+        was = previous.get("sampling")
+        raise EvalError(f"{out_file}: written with sampling {was}, now {sampling}; use another --out or --overwrite")
     if previous.get("checkpoint", checkpoint) != checkpoint:
         raise EvalError(
             f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {checkpoint}; "
@@ -266,10 +264,8 @@ def finished_items(
     same = logged_header == {"sampling": sampling, "checkpoint": checkpoint}
     extra = {i: it for i, it in logged.items() if i not in done} if same else {}
     if broken or extra:
-        print(
-            f"evaluate: recovered {len(extra)} finished items from {items_log}" + (f" ({broken})" if broken else ""),
-            flush=True,
-        )
+        note = f" ({broken})" if broken else ""
+        print(f"evaluate: recovered {len(extra)} finished items from {items_log}{note}", flush=True)
     done.update(extra)
     for it in done.values():
         if golds.get(it["index"], it["ground_truth"]) != it["ground_truth"]:
