@@ -6,20 +6,7 @@
     python scripts/bench_algos.py --threads 1          # steadier on a busy CPU machine
     python scripts/bench_algos.py --batch 64 --seq-len 1024 --repeats 3
 
-GRPO path (what verl runs for ``adv_estimator=grpo``): ``compute_grpo_outcome_advantage`` +
-``compute_policy_loss_vanilla`` forward and backward.
-CoDistill path: KD reward + small advantage + ``small/`` metrics (one call), large IS weights +
-``large/`` metrics, large advantage, teacher loss forward and backward. The row "CoDistill + small
-loss" adds the small model's vanilla loss, i.e. everything the two updates compute.
-
-Time: wall-clock milliseconds (median and min) and process CPU milliseconds (``time.process_time``,
-all threads; median) over ``--repeats`` runs after ``--warmup`` runs, synchronising the device
-around each phase. The three paths run interleaved within each repeat and the ratios are medians of
-per-repeat ratios. On a shared, loaded CPU machine the CPU time is the steadier figure (it does not
-count time spent waiting for a core) but only with ``--threads 1``: with more threads it also counts
-OpenMP workers spin-waiting between ops. On CUDA only the wall time means anything. Memory (CUDA only): peak
-bytes allocated during one extra run of the path above what was allocated before it (inputs
-excluded), ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; none on CPU.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_algos.py.
 """
 
 from __future__ import annotations
@@ -57,9 +44,7 @@ def make_batch(bs: int, seq_len: int, group: int, device: torch.device, seed: in
     small_new = ls + 0.05 * torch.randn(bs, seq_len, generator=g)  # stands for the actor forward's output
     large_new = ll + 0.05 * torch.randn(bs, seq_len, generator=g)
     out = dict(mask=mask, ls=ls, ll=ll, rewards=rewards, small_new=small_new, large_new=large_new)
-    out = {k: v.to(device) for k, v in out.items()}
-    out["uid"] = uid
-    return out
+    return {**{k: v.to(device) for k, v in out.items()}, "uid": uid}
 
 
 class Runner:
@@ -116,15 +101,9 @@ class Runner:
             pg, _ = compute_policy_loss_vanilla(b["ls"], lp, s["adv_s"], b["mask"].bool(), "token-mean", self.cfg)
             pg.backward()
 
-        phases = [
-            ("kd reward + small adv + metrics", small_adv),
-            ("IS weights + metrics", is_weights),
-            ("large advantage", large_adv),
-            ("teacher loss fwd+bwd", teacher_loss),
-        ]
-        if with_small_loss:
-            phases.append(("small vanilla loss fwd+bwd", small_loss))
-        return phases
+        phases = [("kd reward + small adv + metrics", small_adv), ("IS weights + metrics", is_weights)]
+        phases += [("large advantage", large_adv), ("teacher loss fwd+bwd", teacher_loss)]
+        return phases + ([("small vanilla loss fwd+bwd", small_loss)] if with_small_loss else [])
 
     def run_once(self, phases) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
         """One run of a path: ((wall ms, process CPU ms), {phase: (wall ms, process CPU ms)})."""

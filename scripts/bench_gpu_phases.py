@@ -6,28 +6,7 @@
     python scripts/bench_gpu_phases.py --pair qwen2.5-math-1.5b_7b --out q.jsonl   # a pair's models + micro-batches
     python scripts/bench_gpu_phases.py --pair resolved_config.yaml --out q.jsonl   # ... from a resolved config file
 
-Needs torch and transformers only (no pandas, verl, vLLM, Ray or weights): each model is its real
-architecture with random weights, bf16, SDPA attention, on one GPU. Phases (fields as in
-``scripts/cost_data/h200_phase_cost.jsonl``):
-
-- ``logprob_fwd``: forward of ``micro_batch x seq`` tokens + fp32 log-softmax + gather, no grad;
-  ``tok_per_s`` = micro_batch x seq / s.
-- ``train_fwd_bwd_ckpt`` (``train_fwd_bwd`` without gradient checkpointing): the same with grad and
-  backward of ``-(logprob * adv).mean()``, no optimizer step.
-- ``decode_linear``: one forward of ``batch`` one-token sequences without KV cache: ``s_eager``,
-  ``s_graph`` (replayed as a CUDA graph), ``s`` = the faster.
-- ``decode_attn``: SDPA of ``batch`` one-token queries over a ``ctx`` KV cache (the model's GQA heads)
-  for all layers: ``s_all_layers`` = ``s``, ``s_per_layer``; ``kv_cache_gb`` of all layers (arithmetic).
-
-``s``: mean seconds per call of ``--repeats`` (``--train-repeats``) calls after two warm-up calls
-(``torch.utils.benchmark.Timer``, synchronised). ``peak_extra_gb`` (CUDA only): peak allocation above
-the weights (``torch.cuda.max_memory_allocated``). Lines: a header (GPU, versions), the matmul
-TFLOP/s, per model its parameter count, its phases; last ``{"done": true}``.
-
-Configs: ``AutoConfig.from_pretrained`` (local/cache, then the hub if reachable), else the built-in
-table (the published config.json values) so offline nodes work (``--config-source builtin``).
-Without CUDA it runs SHRUNKEN on the CPU (2 layers, hidden 64, vocabulary 1024, seq <= 64, fp32,
-no CUDA graph, no peak memory) so that it is tested: those figures mean nothing for sizing.
+Details (phases, fields, the CPU shrunken mode): docs/benchmarks.md, section scripts/bench_gpu_phases.py.
 """
 
 from __future__ import annotations

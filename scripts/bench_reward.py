@@ -4,15 +4,7 @@
     python scripts/bench_reward.py                       # 400 real-looking + 10 adversarial, timeout 5 s
     python scripts/bench_reward.py --n 1000 --workers 2,4 --timeout 2
 
-Real-looking responses: a few hundred characters of reasoning ending in ``\\boxed{...}`` with
-answers that need math-verify (fractions vs decimals, radicals, intervals, tuples, polynomials;
-half right, half wrong). Adversarial ones: 100 nested ``\\frac`` (stopped by the bracket-depth
-guard), a power tower and ``(10^{10})!`` (sympy runs into the timeout), a 10^5-character boxed
-answer (size guard) and a 10^5-character response without a box. Prints responses/second per
-mode, the pool/sequential ratio, worst-case and p50/p99 per-item latency, timeouts, whether
-both modes gave identical scores, the 1-minute load average after each mode (on a shared
-machine the pool can only use the cores other processes leave free) and the worst latency per
-kind of input.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_reward.py.
 """
 
 from __future__ import annotations

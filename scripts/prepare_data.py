@@ -6,20 +6,7 @@
     python scripts/prepare_data.py --out /tmp/d --template qwen_math --suites math500,minerva \\
         --local math500=/data/math500.jsonl --local minerva=/data/minerva.parquet --on-bad-row drop
 
-Per suite of ``configs/data/math.yaml`` it writes ``<out>/<suite>.parquet`` with one row per
-problem in the layout verl's ``RLHFDataset`` reads::
-
-    data_source   str                      suite's data_source (e.g. "minerva")
-    prompt        list[{role, content}]    the template's messages, {question} filled in
-    ability       "math"
-    reward_model  {style: "rule", ground_truth: str}   normalised once, here
-    extra_info    {split, index, source_row, level, question}
-
-and ``<out>/manifest.json`` with, per suite, the rows read and kept, the bad rows dropped,
-the rows filtered out (``--levels``, ``--limit``) and a sha256 over the rows' canonical JSON
-(independent of the parquet writer's version). A missing column fails the run; a row whose
-question or answer is missing or empty is reported (suite, row, field) and fails the run by
-default (``--on-bad-row fail``) or is dropped (``--on-bad-row drop``).
+Details (formats, equations, options): docs/running.md, section scripts/prepare_data.py.
 """
 
 from __future__ import annotations
@@ -106,13 +93,9 @@ def _level(value: Any) -> int:
 
 
 def build_suite(
-    frame: pd.DataFrame,
-    spec: dict[str, Any],
-    suite: str,
-    template: list[dict[str, str]],
-    on_bad_row: str = "fail",
+    frame: pd.DataFrame, spec: dict[str, Any], suite: str, template: list[dict[str, str]], on_bad_row: str = "fail",
     levels: list[int] | None = None,
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
     """Map raw rows to verl rows. Returns ``(rows, problems)``; ``problems`` lists dropped rows.
 
     Raises ``DataError`` for a missing column, or for a bad row when ``on_bad_row == "fail"``.
@@ -166,13 +149,7 @@ def build_suite(
             "ability": "math",
             "reward_model": [{"style": "rule", "ground_truth": answers[r]} for r in source_rows],
             "extra_info": [
-                {
-                    "split": split,
-                    "index": i,
-                    "source_row": int(r),
-                    "level": int(level_values[r]),
-                    "question": questions[r],
-                }
+                dict(split=split, index=i, source_row=int(r), level=int(level_values[r]), question=questions[r])
                 for i, r in enumerate(source_rows)
             ],
         }
@@ -200,28 +177,19 @@ def _parse_local(pairs: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (<suite>.parquet, manifest.json)")
-    parser.add_argument("--template", required=True, help="prompt template key, e.g. qwen_math or llama_instruct")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="datasets YAML (default configs/data/math.yaml)")
-    parser.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="templates YAML")
-    parser.add_argument("--suites", default=None, help="comma-separated suites (default: all in the config)")
-    parser.add_argument(
-        "--local",
-        action="append",
-        default=[],
-        metavar="SUITE=FILE",
-        help="read SUITE from a local jsonl/json/parquet file instead of its configured source",
-    )
-    parser.add_argument("--levels", default=None, help="train difficulty filter, e.g. 3,4,5 (MATH level 3-5 subset)")
-    parser.add_argument(
-        "--on-bad-row",
-        choices=("fail", "drop"),
-        default="fail",
-        help="a row with a missing/empty question or answer: fail the run (default) or drop it",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="keep only the first N rows of each suite")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (<suite>.parquet, manifest.json)")
+    p.add_argument("--template", required=True, help="prompt template key, e.g. qwen_math or llama_instruct")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="datasets YAML (default configs/data/math.yaml)")
+    p.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="templates YAML")
+    p.add_argument("--suites", default=None, help="comma-separated suites (default: all in the config)")
+    local_help = "read SUITE from a local jsonl/json/parquet file instead of its configured source"
+    p.add_argument("--local", action="append", default=[], metavar="SUITE=FILE", help=local_help)
+    p.add_argument("--levels", default=None, help="train difficulty filter, e.g. 3,4,5 (MATH level 3-5 subset)")
+    bad_help = "a row with a missing/empty question or answer: fail the run (default) or drop it"
+    p.add_argument("--on-bad-row", choices=("fail", "drop"), default="fail", help=bad_help)
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N rows of each suite")
+    args = p.parse_args(argv)
 
     try:
         config = yaml.safe_load(Path(args.config).read_text())
@@ -247,14 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             if suite in local:
                 spec.update(loader="local", path=local[suite])
             frame = read_table(spec, suite)
-            rows, problems = build_suite(
-                frame,
-                spec,
-                suite,
-                templates[args.template],
-                args.on_bad_row,
-                levels=levels if spec.get("level") and spec.get("split_name") == "train" else None,
-            )
+            train_levels = levels if spec.get("level") and spec.get("split_name") == "train" else None
+            rows, problems = build_suite(frame, spec, suite, templates[args.template], args.on_bad_row, train_levels)
             for problem in problems:
                 print(f"dropped: {problem}", file=sys.stderr)
             if args.limit is not None:
@@ -264,16 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"suite '{suite}': no rows left after filtering")
             file = out / f"{suite}.parquet"
             rows.to_parquet(file, index=False)
-            manifest["suites"][suite] = {
-                "file": file.name,
-                "data_source": spec["data_source"],
-                "source": f"{spec['loader']}:{spec['path']}",
-                "rows": len(rows),
-                "read": len(frame),
-                "dropped": len(problems),
-                "filtered": filtered,
-                "sha256": content_hash(rows),
-            }
+            manifest["suites"][suite] = dict(
+                file=file.name, data_source=spec["data_source"], source=f"{spec['loader']}:{spec['path']}",
+                rows=len(rows), read=len(frame), dropped=len(problems), filtered=filtered, sha256=content_hash(rows),
+            )  # fmt: skip
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     except DataError as error:
         print(f"prepare_data: error: {error}", file=sys.stderr)

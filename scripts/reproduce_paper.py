@@ -6,28 +6,7 @@ models, write the table and the curves. Resumable: a re-run skips finished runs 
                                     [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run]
                                     [--sweep KEY=V1,V2,...] [--allow-missing] [-- overrides]
 
-Methods: grpo_small, codistill, grpo_large (with --ablations also frozen_teacher, no_is, kd_only).
---sweep algorithm.codistill.kd.coef=0,0.1,0.3,1 replaces codistill by one codistill run per value
-(hydra override KEY=V), each in its own folder runs/<pair>/codistill_<k>-<V>/seed<k> (<k>: the
-key's last two parts, here kd.coef) and a table row "CoDistill-GRPO [kd.coef=V]".
-Before training it prints the expected time: runs to train x the mean training time of the runs
-already finished (their metrics.jsonl timing_s/step), or a stated estimate when none has finished.
---allow-missing is passed to make_tables.py (tabulate despite missing results, cells marked).
-Where it runs (detected like scripts/run_qwen_math.sh):
-  cpu         every stage here, in order; only the toy pairs (platform=cpu): toy, the default, and toy_strong
-  gpu node / inside an allocation   every stage here, in order (vLLM evaluation)
-  login node  the training runs are submitted as SLURM jobs (run_qwen_math.sh) and the
-              evaluation + tables as one more job that starts after them (--dependency=afterany)
-Output under $CODISTILL_OUTPUT_DIR (default <repo>/outputs):
-  reproduce/runs/<pair>/<exp>/seed<k>/   each run's folder (checkpoints, metrics.jsonl, train.log)
-  reproduce/results/<pair>/<name>/<suite>.json          evaluate.py's per-item JSONs (greedy; the GPU
-                                         pairs' AIME24/AMC23 mean@16 at temperature 0.6 as before)
-  reproduce/results/<pair>/<name>-sampled/<suite>.json  only for a pair whose config has ``pair.eval``
-                                         ({n, temperature}): every model again with n samples per
-                                         item at that temperature; make_tables tells the two apart
-                                         by the file's ``sampling.temperature`` and makes the
-                                         sampled mean@n the main number, greedy a column beside it
-  reproduce/tables/<pair>/               main_table.md|csv, differences.md|csv, curves.png
+Details (formats, equations, options): docs/running.md, section scripts/reproduce_paper.py.
 """
 
 from __future__ import annotations
@@ -52,6 +31,7 @@ ABLATIONS = ["frozen_teacher", "no_is", "kd_only"]
 GPU_PAIRS = ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"]
 CPU_PAIRS = ["toy", "toy_strong"]  # the teacher somewhat better / much better
 STAGES = ("all", "train", "eval", "tables", "after-train")
+EVAL_ROLES = {"grpo_small": ("small",), "grpo_large": ("large",), "frozen_teacher": ("small",)}  # else both
 
 
 # the entry point's per-step console line: "codistill: step 12/40  <metrics>  (34s elapsed)"
@@ -137,15 +117,11 @@ class Plan:
         for pair in args.pairs:
             base = resolved(compose_config(pair, "codistill", self._common(), platform=self.platform))
             val = [Path(v) for v in base.data.val_files]
-            self.pairs[pair] = {
-                "small": str(base.pair.small.model.path),
-                "large": str(base.pair.large.model.path),
-                "data_dir": str(val[0].parent),
-                "suites": [v.stem for v in val],
-                "max_tokens": int(base.data.max_response_length),
-                "steps": int(base.trainer.total_training_steps),
-                "sampled": _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None)),
-            }
+            small, large = (str(base.pair[r].model.path) for r in ("small", "large"))
+            steps, max_tokens = int(base.trainer.total_training_steps), int(base.data.max_response_length)
+            sampled = _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None))
+            self.pairs[pair] = dict(small=small, large=large, data_dir=str(val[0].parent), suites=[v.stem for v in val])
+            self.pairs[pair].update(max_tokens=max_tokens, steps=steps, sampled=sampled)
             for seed in args.seeds:
                 for name in self.exps:
                     exp, folder_name, extra = (
@@ -328,22 +304,11 @@ def stage_eval(plan: Plan) -> None:
         if not run.finished():
             say(f"skip evaluation {run.label}: no final checkpoint yet ({run.folder})")
             continue
-        method = "grpo" if run.exp.startswith("grpo_") else run.name
-        roles = {"grpo_small": ["small"], "grpo_large": ["large"], "frozen_teacher": ["small"]}.get(
-            run.exp, ["small", "large"]
-        )
-        for role in roles:
+        method, exp = ("grpo" if run.exp.startswith("grpo_") else run.name), run.folder.parent.name
+        for role in EVAL_ROLES.get(run.exp, ("small", "large")):
             model = "large_actor" if role == "large" and run.exp != "grpo_large" else "actor"
-            _evaluate(
-                plan,
-                run.pair,
-                f"{run.folder.parent.name}-seed{run.seed}-{role}",
-                str(run.checkpoint(model)),
-                method,
-                role,
-                run.seed,
-                run.folder.parent.name,
-            )
+            name, checkpoint = f"{exp}-seed{run.seed}-{role}", str(run.checkpoint(model))
+            _evaluate(plan, run.pair, name, checkpoint, method, role, run.seed, exp)
 
 
 def stage_tables(plan: Plan) -> None:
@@ -380,11 +345,8 @@ def submit_after_train(plan: Plan, jobs: list[str]) -> None:
     out = subprocess.run(sbatch, cwd=REPO, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"[reproduce] error: sbatch refused the evaluation job: {out.stderr.strip()}")
-    say(
-        f"submitted evaluation job {out.stdout.strip().split(';')[0]}"
-        + (f" after jobs {', '.join(jobs)}" if jobs else "")
-        + f"; tables will be in {plan.out / 'tables'}"
-    )
+    after = f" after jobs {', '.join(jobs)}" if jobs else ""
+    say(f"submitted evaluation job {out.stdout.strip().split(';')[0]}{after}; tables will be in {plan.out / 'tables'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,11 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [int(s) for s in (args.seeds or ("1,2,3" if where == "cpu" else "1")).split(",") if s]
     except ValueError:
         raise SystemExit(f"[reproduce] error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
-    for pair in args.pairs:
-        if where == "cpu" and pair not in CPU_PAIRS:
-            raise SystemExit(
-                f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy or toy_strong"
-            )
+    for pair in (p for p in args.pairs if where == "cpu" and p not in CPU_PAIRS):
+        raise SystemExit(f"[reproduce] error: pair {pair} needs GPUs; on a CPU machine use --pairs toy or toy_strong")
     try:
         plan = Plan(args, where)
     except ValueError as e:  # an unknown pair or a bad override: one line from the config module
@@ -441,10 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = result or jobs
     if where == "login" and args.stage == "all":
         submit_after_train(plan, jobs)
-    say(
-        ("dry run: nothing was run or submitted; " if args.dry_run else "")
-        + f"done in {(time.monotonic() - started) / 60:.1f} min"
-    )
+    dry = "dry run: nothing was run or submitted; " if args.dry_run else ""
+    say(f"{dry}done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
 
