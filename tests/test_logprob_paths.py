@@ -26,17 +26,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-REPO = Path(__file__).resolve().parents[1]
-PAIR = "qwen2.5-math-1.5b_7b"
-RUN_TIMEOUT_S = 900
+from tests.test_trainer_e2e import run_recipe
+
 LEAN = [
     "actor_rollout_ref.model.use_fused_kernels=true",
     "actor_rollout_ref.model.fused_kernel_options.impl_backend=torch",
@@ -47,6 +44,7 @@ PLAIN = ["actor_rollout_ref.model.use_fused_kernels=false", "large_actor.model.u
 # ------------------------------------------------------------------------------------------ the configs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exp", ["codistill", "frozen_teacher", "grpo_large", "grpo_small", "kd_only", "no_is"])
 @pytest.mark.parametrize("pair", ["qwen2.5-math-1.5b_7b", "llama-3.2-1b_3.1-8b"])
 def test_gpu_pairs_use_the_lean_path_for_both_models(pair, exp):
@@ -144,6 +142,7 @@ def _fsdp2_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_fused_forward_and_gradients_under_fsdp2(tiny_pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -191,30 +190,8 @@ def test_fused_forward_and_gradients_under_fsdp2(tiny_pair, tmp_path):
 
 
 def _run(run_dir: Path, extra: list[str]) -> None:
-    args = [
-        f"pair={PAIR}",
-        "exp=codistill",
-        "platform=cpu",
-        f"run.dir={run_dir}",
-        "trainer.total_training_steps=1",
-        "run.trainer_class=tests.support.DumpingTrainer",
-        # the toy reward (dense) so the outcome part of the advantage is not all zero
-        f"reward.custom_reward_function.path={REPO / 'tests' / 'toy_reward.py'}",
-        "pair.small.actor.optim.lr=1e-3",
-        "pair.large.actor.optim.lr=1e-3",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "recipe.codistill_grpo.main_codistill", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        cwd=REPO,
-    )
-    (Path(str(run_dir) + ".console.log")).write_text(proc.stdout + "\n" + proc.stderr)
-    assert proc.returncode == 0, f"run failed (log: {run_dir}.console.log):\n{proc.stderr[-3000:]}"
+    """One CoDistill step of the Qwen pair on CPU (toy reward, dumping trainer), as the e2e tests run it."""
+    run_recipe(run_dir, "codistill", 1, extra)
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +217,7 @@ def _ckpt(path: Path) -> dict[str, torch.Tensor]:
     return {k: (v.to_local() if hasattr(v, "to_local") else v).detach().clone() for k, v in sd.items()}
 
 
+@pytest.mark.slow
 def test_lean_run_equals_plain_run(lean_and_plain, tiny_pair):
     from transformers import AutoModelForCausalLM
 
