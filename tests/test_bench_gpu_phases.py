@@ -133,6 +133,7 @@ def cpu_run(tmp_path_factory):
     return proc, [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cpu_run_end_to_end(cpu_run):
     proc, lines = cpu_run
     assert "mean NOTHING for sizing" in proc.stdout
@@ -170,6 +171,7 @@ def test_cpu_run_end_to_end(cpu_run):
     assert {r["seq"] for r in rows if r["phase"] == "logprob_fwd"} == set(bench.SHRUNKEN_PLAN["seqs"])
 
 
+@pytest.mark.slow
 def test_cost_model_reads_the_cpu_file_and_warns(cpu_run, tmp_path):
     """The bench's output is the cost model's input: same field names, and the CPU origin is flagged."""
     _, lines = cpu_run

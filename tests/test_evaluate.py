@@ -399,6 +399,7 @@ def _fake_verl_step(actor: Path, model, tokenizer_dir: str) -> None:
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(actor / "huggingface")
 
 
+@pytest.mark.slow
 def test_merged_root_names_merges_by_run_and_checks_their_source(tiny_pair, tmp_path):
     """Two runs in the recipe's layout (<run>/checkpoints/global_step_N/actor) must not share a merge."""
     import torch

@@ -23,6 +23,8 @@ from recipe.codistill_grpo.configuration import compose_config, resolved
 from recipe.codistill_grpo.cpu.stand_in import ensure_stand_in
 from recipe.codistill_grpo.evaluation import evaluate_frame
 
+pytestmark = pytest.mark.slow  # the slow tier: Ray end-to-end runs
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 SEED = 11  # a training seed the README's results do not use (they use 1, 2, 3)

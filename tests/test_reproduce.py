@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_run_script import FAKEBIN, REPO, Env
 
 SCRIPT = REPO / "scripts" / "reproduce_paper.sh"
@@ -47,6 +49,7 @@ SAMPLED = [
 ]  # the toy pair's sampled evaluation, whatever toy.yaml says
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     e = Env(tmp_path, tools=())
     proc = run(e, "--dry-run", "--", *SAMPLED)
@@ -82,6 +85,7 @@ def test_cpu_dry_run_lists_the_whole_sequence(tmp_path):
     assert e.runs() == [] and not (out / "reproduce" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_bad_sampled_evaluation_settings_are_one_line(tmp_path):
     proc = run(Env(tmp_path, tools=()), "--dry-run", "--", "++pair.eval.n=8", "++pair.eval.temperature=0")
     assert proc.returncode == 1
@@ -90,6 +94,7 @@ def test_bad_sampled_evaluation_settings_are_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_seeds_steps_ablations_and_overrides_reach_every_run(tmp_path):
     e = Env(tmp_path, tools=())
     proc = run(e, "--seeds", "4", "--steps", "5", "--ablations", "--dry-run", "--", "pair.small.actor.optim.lr=2e-4")
@@ -104,6 +109,7 @@ def test_seeds_steps_ablations_and_overrides_reach_every_run(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_their_models_evaluated(tmp_path):
     e = Env(tmp_path, tools=())
     out = tmp_path / "out"
@@ -143,6 +149,7 @@ def test_finished_runs_are_skipped_and_their_models_evaluated(tmp_path):
     assert sorted(label.split("=")[0] for label in logs) == ["codistill/1", "grpo_large/1"]
 
 
+@pytest.mark.slow
 def test_complete_results_are_not_evaluated_again(tmp_path):
     e = Env(tmp_path, tools=())
     folder = tmp_path / "out" / "reproduce" / "results" / "toy" / "base_small"
@@ -162,6 +169,7 @@ def test_complete_results_are_not_evaluated_again(tmp_path):
     assert "[reproduce] skip evaluation toy/base_small: results complete" in proc.stdout
 
 
+@pytest.mark.slow
 def test_login_node_submits_the_runs_then_one_dependent_evaluation_job(tmp_path):
     e = Env(tmp_path)
     out = tmp_path / "out"
@@ -208,6 +216,7 @@ def test_login_node_submits_the_runs_then_one_dependent_evaluation_job(tmp_path)
     assert e.runs() == []  # nothing trained or evaluated on the login node
 
 
+@pytest.mark.slow
 def test_after_train_in_an_allocation_evaluates_with_vllm_and_tabulates(tmp_path):
     e = Env(tmp_path)
     out = tmp_path / "out"
@@ -264,6 +273,7 @@ def test_progress_reads_the_entry_points_step_lines_and_nothing_else():
         assert progress_step(other) is None, other
 
 
+@pytest.mark.slow
 def test_sweep_runs_codistill_once_per_value_and_tabulates_a_row_each(tmp_path):
     e = Env(tmp_path, tools=())
     out = tmp_path / "out"
@@ -303,6 +313,7 @@ def test_sweep_runs_codistill_once_per_value_and_tabulates_a_row_each(tmp_path):
     assert arg(tables, "--seeds") == "1"
 
 
+@pytest.mark.slow
 def test_expected_time_is_an_estimate_before_any_run_has_finished(tmp_path):
     (tmp_path / "a").mkdir()
     proc = run(Env(tmp_path / "a", tools=()), "--dry-run", "--seeds", "1,2", "--steps", "20")
@@ -320,6 +331,7 @@ def test_expected_time_is_an_estimate_before_any_run_has_finished(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_each_pair_gets_its_own_table_from_its_own_runs(tmp_path):
     """Two pairs: two make_tables calls, each reading only its pair's results and run logs (a
     toy row's train time must not come from a toy_strong run of the same experiment and seed)."""

@@ -233,6 +233,7 @@ def test_unwritable_folder_is_one_line(tmp_path, monkeypatch):
             pass
 
 
+@pytest.mark.slow
 def test_entry_point_refuses_a_folder_in_use_and_a_typo_touches_nothing(tmp_path, tiny_dir):
     """Through the real entry point, before Ray: the lock of another run, and a bad value with --fresh."""
     run = tmp_path / "run"
@@ -262,6 +263,7 @@ def test_entry_point_refuses_a_folder_in_use_and_a_typo_touches_nothing(tmp_path
     assert "ray init kwargs" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_entry_point_on_a_finished_run_says_complete_and_exits_0(tmp_path, tiny_dir):
     """Issue 16 item 2, through the real entry point (platform=cpu: 2 steps): the tracker names step 2,
     so nothing starts (no Ray), nothing is written, the exit status is 0."""
@@ -284,6 +286,7 @@ def test_entry_point_on_a_finished_run_says_complete_and_exits_0(tmp_path, tiny_
     assert _snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_entry_point_output_dir_under_a_file_is_one_line(tmp_path):
     """Issue 16 item 7: CODISTILL_OUTPUT_DIR under a regular file: one line naming the stand-in folder, no traceback."""
     (tmp_path / "afile").write_text("x")

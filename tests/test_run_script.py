@@ -199,6 +199,7 @@ def test_control_characters_in_sbatch_variables_are_refused(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_mode_detection_is_printed_first(tmp_path, tools, extra, mode):
     e = Env(tmp_path, tools=tools)
     proc = e.run("--dry-run", "--exp", "grpo_small", extra_env=extra)
@@ -226,6 +227,7 @@ def test_unknown_experiment_is_one_line_from_the_entry_point(tmp_path):
 # ----------------------------------------------------------------------------- sbatch submission
 
 
+@pytest.mark.slow
 def test_submit_checks_then_hands_the_static_script_to_sbatch(tmp_path):
     e = Env(tmp_path)
     proc = e.run(
@@ -271,6 +273,7 @@ def test_submit_checks_then_hands_the_static_script_to_sbatch(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_submit_runs_the_config_check_first(tmp_path):
     """A bad algorithm.codistill value never reaches the queue (it would fail once allocated)."""
     e = Env(tmp_path)
@@ -356,6 +359,7 @@ def test_local_gpu_mode_uses_this_nodes_gpus(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_environment_variables_select_pair_experiment_nodes(tmp_path):
     e = Env(tmp_path)
     proc = e.run(
@@ -370,6 +374,7 @@ def test_environment_variables_select_pair_experiment_nodes(tmp_path):
 # ----------------------------------------------------------------------------- dry run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", PAIRS)
 @pytest.mark.parametrize("exp", EXPS)
 def test_dry_run_shows_models_and_sbatch_request_and_runs_nothing(tmp_path, pair, exp):
@@ -399,6 +404,7 @@ def test_dry_run_shows_models_and_sbatch_request_and_runs_nothing(tmp_path, pair
 # ----------------------------------------------------------------------------- the real CPU smoke run
 
 
+@pytest.mark.slow
 def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     """`bash scripts/run_qwen_math.sh` on a machine without SLURM or GPU, then again for one more step:
     the second run resumes (it does not delete the first), and each summary reports the steps it ran."""
@@ -440,6 +446,7 @@ def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     assert (run / "checkpoints" / "global_step_2" / "large_actor").is_dir()
 
 
+@pytest.mark.slow
 def test_dry_run_sbatch_line_is_shell_quoted(tmp_path):
     """Issue 16 item 6: the printed "would submit:" line, pasted into a shell, runs sbatch with exactly the
     arguments given (the `;` and `$(...)` stay inside them) and nothing else."""
@@ -460,6 +467,7 @@ def test_dry_run_sbatch_line_is_shell_quoted(tmp_path):
 # ----------------------------------------------------------------------------- the cluster's plan anywhere
 
 
+@pytest.mark.slow
 def test_nodes_dry_run_without_sbatch_shows_the_slurm_plan(tmp_path, monkeypatch):
     """Issue 17 item 4: `--nodes 2 --dry-run` on a machine without sbatch shows the SLURM job's plan (not a
     CPU smoke run's), says so first, writes the GPU config to a file and starts nothing."""

@@ -244,6 +244,7 @@ def test_damaged_shipped_weights_are_refused(tmp_path):
         toy_pair.build_toy_pair(tmp_path / "b", models=("small",), overrides=QUICK, evaluate=False, shipped=shipped)
 
 
+@pytest.mark.slow
 def test_platform_cpu_builds_the_toy_pair_with_the_yaml_settings(tmp_path):
     """pair.cpu.build (here a teacher quality and short warm-ups) reaches the builder through run.cpu_pair."""
     from omegaconf import OmegaConf

@@ -249,6 +249,7 @@ def test_allocation_must_fit():
     check_allocation(plan, {})  # not in an allocation: nothing to check
 
 
+@pytest.mark.slow
 def test_entry_point_fails_before_ray_with_one_line():
     proc = subprocess.run(
         [
@@ -457,6 +458,7 @@ def test_non_finite_log_probs_stop_the_step_with_one_line(monkeypatch):
 # ------------------------------------------------------------------------------------------ dry run, resume
 
 
+@pytest.mark.slow
 def test_dry_run_prints_plan_without_models():
     """A GPU config resolves on any machine: hub names are not read, nothing starts."""
     proc = subprocess.run(

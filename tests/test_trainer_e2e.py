@@ -29,6 +29,8 @@ import torch
 
 from tests.support import grpo_reference
 
+pytestmark = pytest.mark.slow  # the slow tier: Ray end-to-end runs
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900
 PAIR = "qwen2.5-math-1.5b_7b"

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 ALIAS_PROBE = r"""
@@ -101,6 +103,7 @@ def _evaluate(backend: str, model: str, suite_dir: Path, out: Path, extra: list[
     return json.loads((out / f"tiny-large-{backend}" / "tiny.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_vllm_backend_on_cpu_matches_hf_greedy(tiny_pair, tiny_data, tmp_path):
     """``scripts/evaluate.py --backend vllm`` runs on vLLM's CPU build (fp32, eager) and its greedy completions
     of the tiny large model equal the HF backend's (a plain ``model.generate``) token for token."""

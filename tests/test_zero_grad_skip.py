@@ -17,6 +17,8 @@ import torch
 
 from verl_ext.codistill.zero_grad import zero_gradient_rows
 
+pytestmark = pytest.mark.slow  # the slow tier: Ray end-to-end runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
