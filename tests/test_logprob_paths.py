@@ -190,8 +190,14 @@ def test_fused_forward_and_gradients_under_fsdp2(tiny_pair, tmp_path):
 
 
 def _run(run_dir: Path, extra: list[str]) -> None:
-    """One CoDistill step of the Qwen pair on CPU (toy reward, dumping trainer), as the e2e tests run it."""
-    run_recipe(run_dir, "codistill", 1, extra)
+    """One CoDistill step of the Qwen pair on CPU (toy reward, dumping trainer), as the e2e tests run it.
+
+    Both runs generate with the recipe's seeded ``hf`` rollout, which draws each request's samples from its own
+    seed: the two runs then train on the same samples, which is what lets their log-probs, advantages and
+    updates be compared. vLLM draws from one engine RNG in the order its scheduler meets the concurrent
+    requests, so two vLLM runs sample different responses (the log-prob paths under test are the FSDP
+    actors', the same with either rollout)."""
+    run_recipe(run_dir, "codistill", 1, [*extra, "actor_rollout_ref.rollout.name=hf"])
 
 
 @pytest.fixture(scope="module")

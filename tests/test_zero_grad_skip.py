@@ -56,6 +56,9 @@ def run(run_dir: Path, exp: str, skip: bool, extra: list[str]) -> dict:
         "pair.small.actor.optim.lr=1e-4",
         "pair.large.actor.optim.lr=1e-4",
         f"algorithm.codistill.large.skip_zero_grad={str(skip).lower()}",
+        # the recipe's seeded `hf` rollout draws each request from its own seed, so the two runs of a pair train on
+        # the same samples; vLLM draws from one engine RNG in its scheduler's order (two runs, other samples)
+        "actor_rollout_ref.rollout.name=hf",
         *extra,
     ]
     proc = subprocess.run(
