@@ -426,7 +426,9 @@ def test_no_argument_cpu_smoke_then_a_rerun_resumes(tmp_path):
     """`bash scripts/run_qwen_math.sh` on a machine without SLURM or GPU, then again for one more step:
     the second run resumes (it does not delete the first), and each summary reports the steps it ran."""
     e = Env(tmp_path, tools=())
-    env = {k: v for k, v in e.env.items() if k != "CODISTILL_PYTHON"}
+    # no TMPDIR under pytest's (long) tmp path: Ray puts its session's unix sockets there, and a socket path is
+    # limited to 107 bytes (".../sockets/plasma_store" failed)
+    env = {k: v for k, v in e.env.items() if k not in ("CODISTILL_PYTHON", "TMPDIR")}
     proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
     run = tmp_path / "out" / "cpu" / "qwen2.5-math-1.5b_7b" / "codistill"
