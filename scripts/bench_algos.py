@@ -12,12 +12,11 @@ Details (formats, equations, options): docs/benchmarks.md, section scripts/bench
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import uuid
-from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig
@@ -28,6 +27,7 @@ from verl_ext.codistill.importance import compute_large_advantage, compute_large
 from verl_ext.codistill.teacher_loss import codistill_teacher_policy_loss
 
 CODISTILL = CoDistillConfig()
+ACTOR = FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=1)
 
 
 def make_batch(bs: int, seq_len: int, group: int, device: torch.device, seed: int) -> dict:
@@ -47,89 +47,60 @@ def make_batch(bs: int, seq_len: int, group: int, device: torch.device, seed: in
     return {**{k: v.to(device) for k, v in out.items()}, "uid": uid}
 
 
-class Runner:
-    """Runs the two paths phase by phase; each phase returns after its outputs are materialised."""
+def make_paths(b: dict) -> dict[str, list]:
+    """The three paths as lists of (phase name, fn(state) -> outputs); state maps each earlier phase to its outputs."""
+    r, m, uid, ls, ll = b["rewards"], b["mask"], b["uid"], b["ls"], b["ll"]
 
-    def __init__(self, batch: dict, device: torch.device):
-        self.b = batch
-        self.device = device
-        self.cfg = FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=1)
+    def loss(loss_fn, old: str, new: str, adv: str, *weights: str):
+        """A phase: loss_fn forward + backward on a leaf copy of b[new]; advantages (IS weights) from earlier phases."""
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        def phase(s: dict) -> None:
+            logp = b[new].detach().clone().requires_grad_(True)
+            loss_fn(b[old], logp, s[adv][0], m.bool(), "token-mean", ACTOR, *(s[w][0] for w in weights))[0].backward()
 
-    def _leaf(self, key: str) -> torch.Tensor:
-        return self.b[key].detach().clone().requires_grad_(True)
+        return phase
 
-    def grpo_phases(self) -> list[tuple[str, Callable[[dict], None]]]:
-        b = self.b
+    def small_adv(s):  # what a step runs: the registered estimator in verl's pass, then the KD part
+        outcome, _ = compute_codistill_advantage_from_config(r, m, uid, config=CODISTILL)
+        return add_kd_advantage(outcome, m, uid, ls, ll)
 
-        def advantage(s):
-            s["adv"], _ = compute_grpo_outcome_advantage(b["rewards"], b["mask"], b["uid"])
+    small, weights, large = "kd reward + small adv + metrics", "IS weights + metrics", "large advantage"
+    codistill = [
+        (small, small_adv),
+        (weights, lambda s: compute_large_is_weights(ls, ll, m)),
+        (large, lambda s: compute_large_advantage(r, m, uid, ls, ll)),
+        ("teacher loss fwd+bwd", loss(codistill_teacher_policy_loss, "ll", "large_new", large, weights)),
+    ]
+    small_loss = ("small vanilla loss fwd+bwd", loss(compute_policy_loss_vanilla, "ls", "small_new", small))
+    grpo = [
+        ("verl grpo advantage", lambda s: compute_grpo_outcome_advantage(r, m, uid)),
+        ("verl vanilla loss fwd+bwd", loss(compute_policy_loss_vanilla, "ls", "small_new", "verl grpo advantage")),
+    ]
+    return {"GRPO path": grpo, "CoDistill path": codistill, "CoDistill + small loss": [*codistill, small_loss]}
 
-        def loss(s):
-            lp = self._leaf("small_new")
-            pg, _ = compute_policy_loss_vanilla(b["ls"], lp, s["adv"], b["mask"].bool(), "token-mean", self.cfg)
-            pg.backward()
 
-        return [("verl grpo advantage", advantage), ("verl vanilla loss fwd+bwd", loss)]
+def run_once(phases: list, device: torch.device) -> dict[str, tuple[float, float]]:
+    """One run of a path: {phase: (wall ms, process CPU ms)}, the device synchronised after each phase."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    state, times = {}, {}
+    sync()
+    for name, fn in phases:
+        t0, c0 = time.perf_counter(), time.process_time()
+        state[name] = fn(state)
+        sync()
+        times[name] = ((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
+    return times
 
-    def codistill_phases(self, with_small_loss: bool = False) -> list[tuple[str, Callable[[dict], None]]]:
-        b = self.b
 
-        def small_adv(s):
-            # what a step runs: the registered estimator in verl's pass, then the KD part
-            outcome, _ = compute_codistill_advantage_from_config(b["rewards"], b["mask"], b["uid"], config=CODISTILL)
-            s["adv_s"], s["m_s"] = add_kd_advantage(outcome, b["mask"], b["uid"], b["ls"], b["ll"])
-
-        def is_weights(s):
-            s["w"], s["m_l"] = compute_large_is_weights(b["ls"], b["ll"], b["mask"])
-
-        def large_adv(s):
-            s["adv_l"], _ = compute_large_advantage(b["rewards"], b["mask"], b["uid"], b["ls"], b["ll"])
-
-        def teacher_loss(s):
-            lp = self._leaf("large_new")
-            loss, _ = codistill_teacher_policy_loss(
-                b["ll"], lp, s["adv_l"], b["mask"].bool(), "token-mean", self.cfg, s["w"]
-            )
-            loss.backward()
-
-        def small_loss(s):
-            lp = self._leaf("small_new")
-            pg, _ = compute_policy_loss_vanilla(b["ls"], lp, s["adv_s"], b["mask"].bool(), "token-mean", self.cfg)
-            pg.backward()
-
-        phases = [("kd reward + small adv + metrics", small_adv), ("IS weights + metrics", is_weights)]
-        phases += [("large advantage", large_adv), ("teacher loss fwd+bwd", teacher_loss)]
-        return phases + ([("small vanilla loss fwd+bwd", small_loss)] if with_small_loss else [])
-
-    def run_once(self, phases) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
-        """One run of a path: ((wall ms, process CPU ms), {phase: (wall ms, process CPU ms)})."""
-        state: dict = {}
-        per_phase = {}
-        self.sync()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for name, fn in phases:
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn(state)
-            self.sync()
-            per_phase[name] = ((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
-        return ((time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3), per_phase
-
-    def peak_bytes(self, phases) -> int | None:
-        """Peak bytes allocated during one run of the path above the allocation before it (CUDA only: None on CPU)."""
-        if self.device.type != "cuda":
-            return None
-        state: dict = {}
-        self.sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _, fn in phases:
-            fn(state)
-        self.sync()
-        return torch.cuda.max_memory_allocated() - base
+def peak_mib(phases: list, device: torch.device) -> float | None:
+    """Peak MiB allocated during one run of a path above the allocation before it (CUDA only: None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run_once(phases, device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def main() -> None:
@@ -148,48 +119,35 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    runner = Runner(make_batch(args.batch, args.seq_len, args.group_size, device, args.seed), device)
+    batch = make_batch(args.batch, args.seq_len, args.group_size, device, args.seed)
+    paths = make_paths(batch)
 
-    paths = {
-        "GRPO path": runner.grpo_phases(),
-        "CoDistill path": runner.codistill_phases(),
-        "CoDistill + small loss": runner.codistill_phases(with_small_loss=True),
-    }
     # the paths run interleaved within each repeat, so load from other processes hits them alike
-    totals = {label: [] for label in paths}
-    per_phase = {label: {name: [] for name, _ in phases} for label, phases in paths.items()}
+    rows = []
     for rep in range(args.warmup + args.repeats):
         for label, phases in paths.items():
-            total, phase_ms = runner.run_once(phases)
-            if rep >= args.warmup:
-                totals[label].append(total)
-                for name, ms in phase_ms.items():
-                    per_phase[label][name].append(ms)
-    peaks = {label: runner.peak_bytes(phases) for label, phases in paths.items()}
+            times = run_once(phases, device)
+            total = tuple(map(sum, zip(*times.values())))  # the path: the sum of its phases
+            rows += [(rep, label, name, *ms) for name, ms in {**times, label: total}.items() if rep >= args.warmup]
+    df = pd.DataFrame(rows, columns=["rep", "path", "phase", "wall", "cpu"])
+    peaks = {label: peak_mib(phases, device) for label, phases in paths.items()}
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    tokens = int(runner.b["mask"].sum())
     print(
-        f"bench_algos: {args.batch} responses x {args.seq_len} tokens ({tokens} valid), group {args.group_size}, "
-        f"{name}, torch {torch.__version__}, {args.repeats} repeats (after {args.warmup} warm-up)"
+        f"bench_algos: {args.batch} responses x {args.seq_len} tokens ({int(batch['mask'].sum())} valid), group "
+        f"{args.group_size}, {name}, torch {torch.__version__}, {args.repeats} repeats (after {args.warmup} warm-up)"
     )
     mem_note = "cuda max_memory_allocated" if device.type == "cuda" else "none on CPU"
     print(
         f"{'phase':<34}{'wall med ms':>12}{'wall min ms':>12}{'cpu med ms':>11}{'peak MiB':>10}   (memory: {mem_note})"
     )
-
-    def row(label: str, runs: list[tuple[float, float]], peak: str = "") -> str:
-        wall, cpu = [r[0] for r in runs], [r[1] for r in runs]
-        return f"{label:<34}{statistics.median(wall):>12.1f}{min(wall):>12.1f}{statistics.median(cpu):>11.1f}{peak:>10}"
-
-    for label in paths:
-        for phase, runs in per_phase[label].items():
-            print(row("  " + phase, runs))
-        print(row(label, totals[label], "-" if peaks[label] is None else f"{peaks[label] / 2**20:.1f}"))
-    base = totals["GRPO path"]
+    stats = df.groupby(["path", "phase"], sort=False).agg({"wall": ["median", "min"], "cpu": "median"})
+    for (label, phase), (med, low, cpu) in zip(stats.index, stats.to_numpy()):
+        peak = "" if phase != label else "-" if peaks[label] is None else f"{peaks[label]:.1f}"
+        print(f"{phase if phase == label else '  ' + phase:<34}{med:>12.1f}{low:>12.1f}{cpu:>11.1f}{peak:>10}")
+    totals = df[df.phase == df.path].pivot(index="rep", columns="path")
     for label in ("CoDistill path", "CoDistill + small loss"):
-        wall = statistics.median(t[0] / g[0] for t, g in zip(totals[label], base))
-        cpu = statistics.median(t[1] / g[1] for t, g in zip(totals[label], base))
+        wall, cpu = ((totals[k][label] / totals[k]["GRPO path"]).median() for k in ("wall", "cpu"))
         mem = "" if peaks[label] is None else f", peak memory {peaks[label] / peaks['GRPO path']:.2f}x"
         print(
             f"ratio {label} / GRPO path (median of per-repeat ratios): wall time {wall:.2f}x, "
