@@ -9,8 +9,6 @@
 Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_algos.py.
 """
 
-from __future__ import annotations
-
 import argparse
 import time
 import uuid
@@ -51,56 +49,51 @@ def make_paths(b: dict) -> dict[str, list]:
     """The three paths as lists of (phase name, fn(state) -> outputs); state maps each earlier phase to its outputs."""
     r, m, uid, ls, ll = b["rewards"], b["mask"], b["uid"], b["ls"], b["ll"]
 
-    def loss(loss_fn, old: str, new: str, adv: str, *weights: str):
-        """A phase: loss_fn forward + backward on a leaf copy of b[new]; advantages (IS weights) from earlier phases."""
-
-        def phase(s: dict) -> None:
-            logp = b[new].detach().clone().requires_grad_(True)
-            loss_fn(b[old], logp, s[adv][0], m.bool(), "token-mean", ACTOR, *(s[w][0] for w in weights))[0].backward()
-
-        return phase
+    def loss(adv: str, s: dict, teacher: bool = False) -> None:
+        """The small model's vanilla loss (teacher: the large one's, IS-weighted) forward + backward on a leaf copy of
+        its new log-probs; advantages (IS weights) from the earlier phases s."""
+        old, new = (ll, b["large_new"]) if teacher else (ls, b["small_new"])
+        fn, extra = (codistill_teacher_policy_loss, [s[weights][0]]) if teacher else (compute_policy_loss_vanilla, [])
+        logp = new.detach().clone().requires_grad_(True)
+        fn(old, logp, s[adv][0], m.bool(), "token-mean", ACTOR, *extra)[0].backward()
 
     def small_adv(s):  # what a step runs: the registered estimator in verl's pass, then the KD part
         outcome, _ = compute_codistill_advantage_from_config(r, m, uid, config=CODISTILL)
         return add_kd_advantage(outcome, m, uid, ls, ll)
 
-    small, weights, large = "kd reward + small adv + metrics", "IS weights + metrics", "large advantage"
+    small, weights = "kd reward + small adv + metrics", "IS weights + metrics"
+    large, grpo = "large advantage", "verl grpo advantage"
     codistill = [
         (small, small_adv),
         (weights, lambda s: compute_large_is_weights(ls, ll, m)),
         (large, lambda s: compute_large_advantage(r, m, uid, ls, ll)),
-        ("teacher loss fwd+bwd", loss(codistill_teacher_policy_loss, "ll", "large_new", large, weights)),
+        ("teacher loss fwd+bwd", lambda s: loss(large, s, teacher=True)),
     ]
-    small_loss = ("small vanilla loss fwd+bwd", loss(compute_policy_loss_vanilla, "ls", "small_new", small))
-    grpo = [
-        ("verl grpo advantage", lambda s: compute_grpo_outcome_advantage(r, m, uid)),
-        ("verl vanilla loss fwd+bwd", loss(compute_policy_loss_vanilla, "ls", "small_new", "verl grpo advantage")),
-    ]
-    return {"GRPO path": grpo, "CoDistill path": codistill, "CoDistill + small loss": [*codistill, small_loss]}
+    return {
+        "GRPO path": [
+            (grpo, lambda s: compute_grpo_outcome_advantage(r, m, uid)),
+            ("verl vanilla loss fwd+bwd", lambda s: loss(grpo, s)),
+        ],
+        "CoDistill path": codistill,
+        "CoDistill + small loss": [*codistill, ("small vanilla loss fwd+bwd", lambda s: loss(small, s))],
+    }
 
 
-def run_once(phases: list, device: torch.device) -> dict[str, tuple[float, float]]:
-    """One run of a path: {phase: (wall ms, process CPU ms)}, the device synchronised after each phase."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    state, times = {}, {}
+def run_once(phases: list, device: torch.device) -> tuple[dict[str, tuple[float, float]], float | None]:
+    """One run of a path: ({phase: (wall ms, process CPU ms)}, peak MiB allocated during it above the allocation
+    before it: CUDA only, None on CPU), the device synchronised after each phase."""
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else lambda: None
     sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base, state, times = torch.cuda.memory_allocated() if cuda else 0, {}, {}
     for name, fn in phases:
         t0, c0 = time.perf_counter(), time.process_time()
         state[name] = fn(state)
         sync()
         times[name] = ((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
-    return times
-
-
-def peak_mib(phases: list, device: torch.device) -> float | None:
-    """Peak MiB allocated during one run of a path above the allocation before it (CUDA only: None on CPU)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    run_once(phases, device)
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return times, (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
 
 
 def main() -> None:
@@ -123,24 +116,21 @@ def main() -> None:
     paths = make_paths(batch)
 
     # the paths run interleaved within each repeat, so load from other processes hits them alike
-    rows = []
+    rows, peaks = [], {}  # peaks: of each path's last run
     for rep in range(args.warmup + args.repeats):
         for label, phases in paths.items():
-            times = run_once(phases, device)
+            times, peaks[label] = run_once(phases, device)
             total = tuple(map(sum, zip(*times.values())))  # the path: the sum of its phases
             rows += [(rep, label, name, *ms) for name, ms in {**times, label: total}.items() if rep >= args.warmup]
     df = pd.DataFrame(rows, columns=["rep", "path", "phase", "wall", "cpu"])
-    peaks = {label: peak_mib(phases, device) for label, phases in paths.items()}
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(
         f"bench_algos: {args.batch} responses x {args.seq_len} tokens ({int(batch['mask'].sum())} valid), group "
         f"{args.group_size}, {name}, torch {torch.__version__}, {args.repeats} repeats (after {args.warmup} warm-up)"
     )
-    mem_note = "cuda max_memory_allocated" if device.type == "cuda" else "none on CPU"
-    print(
-        f"{'phase':<34}{'wall med ms':>12}{'wall min ms':>12}{'cpu med ms':>11}{'peak MiB':>10}   (memory: {mem_note})"
-    )
+    mem = "cuda max_memory_allocated" if device.type == "cuda" else "none on CPU"
+    print(f"{'phase':<34}{'wall med ms':>12}{'wall min ms':>12}{'cpu med ms':>11}{'peak MiB':>10}   (memory: {mem})")
     stats = df.groupby(["path", "phase"], sort=False).agg({"wall": ["median", "min"], "cpu": "median"})
     for (label, phase), (med, low, cpu) in zip(stats.index, stats.to_numpy()):
         peak = "" if phase != label else "-" if peaks[label] is None else f"{peaks[label]:.1f}"
