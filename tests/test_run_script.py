@@ -45,6 +45,21 @@ MODELS = {
 ENTRY = [str(FAKEBIN / "fake-python"), "-m", "recipe.codistill_grpo.main_codistill"]
 
 
+def sbatch_argv(tmp_path: Path, job_name: str, *rest: str) -> list[str]:
+    """The sbatch argv the launcher builds for a 2-node x 8-GPU job in the sandbox: its fixed options, then rest."""
+    return [
+        "sbatch",
+        "--parsable",
+        f"--chdir={REPO}",
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=1",
+        f"--job-name={job_name}",
+        f"--output={tmp_path}/out/slurm/%x-%j.out",
+        *rest,
+    ]
+
+
 class Env:
     """A sandbox: a bin dir holding the chosen fakes, an empty HF cache (offline), an output dir."""
 
@@ -274,20 +289,14 @@ def test_submit_checks_then_hands_the_static_script_to_sbatch(tmp_path):
         "trainer.total_training_steps=7",
         "trainer.experiment_name='my run'",
     ]
-    assert shlex.split(line) == [
-        "sbatch",
-        "--parsable",
-        f"--chdir={REPO}",
-        "--nodes=2",
-        "--gpus-per-node=8",
-        "--ntasks-per-node=1",
-        "--job-name=codistill-qwen2.5-math-1.5b_7b-no_is",
-        f"--output={tmp_path}/out/slurm/%x-%j.out",
+    assert shlex.split(line) == sbatch_argv(
+        tmp_path,
+        "codistill-qwen2.5-math-1.5b_7b-no_is",
         "--partition=gpu-long",
         "--account=proj42",
         "scripts/slurm/codistill.sbatch",
         *hydra,
-    ]
+    )
 
 
 @pytest.mark.slow
@@ -512,21 +521,15 @@ def test_nodes_dry_run_without_sbatch_shows_the_slurm_plan(tmp_path, monkeypatch
     (cost,) = [x for x in lines if x.startswith("codistill: estimated cost: ")]
     assert "on 16 GPUs" in cost
     (request,) = [x for x in lines if x.startswith("codistill: would submit: ")]
-    assert shlex.split(request.removeprefix("codistill: would submit: ")) == [
-        "sbatch",
-        "--parsable",
-        f"--chdir={REPO}",
-        "--nodes=2",
-        "--gpus-per-node=8",
-        "--ntasks-per-node=1",
-        f"--job-name=codistill-{pair}-{exp}",
-        f"--output={tmp_path}/out/slurm/%x-%j.out",
+    assert shlex.split(request.removeprefix("codistill: would submit: ")) == sbatch_argv(
+        tmp_path,
+        f"codistill-{pair}-{exp}",
         "scripts/slurm/codistill.sbatch",
         f"pair={pair}",
         f"exp={exp}",
         "trainer.nnodes=2",
         "trainer.n_gpus_per_node=8",
-    ]
+    )
     assert lines[-1] == "codistill: dry run: nothing was run or submitted"
     # the file: the resolved GPU config (hydra composing pair x exp x platform=gpu), key for key
     path, count = dry_run_config(proc)
