@@ -1,19 +1,13 @@
 #!/usr/bin/env python
 """Per-phase step time of two runs of the recipe, through the real entry point, side by side.
 
-    # CPU (the pair's config with platform=cpu): CoDistill vs the small-model GRPO baseline
-    python scripts/bench_step.py --steps 6 --warmup 2
-    # the zero-gradient skip: CoDistill with and without it (same pair, same seeds)
-    python scripts/bench_step.py --compare skip --pair toy --steps 8 --warmup 2
-    # the CPU rollout: requests batched vs answered one at a time
-    python scripts/bench_step.py --compare batching --pair toy --steps 6 --warmup 2
-    # GPU: the pair's real config (pass what your cluster needs after --)
-    python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8
+    python scripts/bench_step.py --steps 6 --warmup 2                                   # CPU: CoDistill vs GRPO small
+    python scripts/bench_step.py --compare skip --pair toy --steps 8                    # zero-gradient skip on vs off
+    python scripts/bench_step.py --compare batching --pair toy                          # CPU rollout batching on vs off
+    python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8  # GPU: overrides after --
 
 Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_step.py.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -21,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = "recipe.codistill_grpo.main_codistill"
@@ -37,48 +33,41 @@ PHASES = [
     ("weight sync", ["timing_s/update_weights"], []),
     ("step (total)", ["timing_s/step"], []),
 ]
-COMPARISONS = {
-    "grpo": [("codistill", ["exp=codistill"]), ("grpo_small", ["exp=grpo_small"])],
-    "skip": [
-        ("skip", ["exp=codistill"]),
-        ("no_skip", ["exp=codistill", "algorithm.codistill.large.skip_zero_grad=false"]),
-    ],
+COMPARISONS = {  # --compare -> {run name: its overrides}
+    "grpo": {"codistill": "exp=codistill", "grpo_small": "exp=grpo_small"},
+    "skip": {"skip": "exp=codistill", "no_skip": "exp=codistill algorithm.codistill.large.skip_zero_grad=false"},
     # the CPU rollout answering waiting requests in batches vs one request at a time (as before batching)
-    "batching": [
-        ("batched", ["exp=codistill"]),
-        ("one_by_one", ["exp=codistill", "+actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1"]),
-    ],
+    "batching": {
+        "batched": "exp=codistill",
+        "one_by_one": "exp=codistill +actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1",
+    },
 }
 
 
-def run(out: Path, pair: str, platform: str, steps: int, variant: list[str], extra: list[str]) -> dict[int, dict]:
-    args = [f"pair={pair}", f"platform={platform}", *variant, f"run.dir={out}", "run.fresh=true"]
-    args += [f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", *extra]
+def run(out: Path, ns: argparse.Namespace, variant: str, extra: list[str]) -> pd.DataFrame:
+    """One fresh run of the entry point in out: its metrics after the warm-up, a row per step, a column per key."""
+    args = [f"pair={ns.pair}", f"platform={ns.platform}", *variant.split(), f"run.dir={out}", "run.fresh=true"]
+    args += [f"trainer.total_training_steps={ns.steps}", "trainer.save_freq=-1", *extra]
     print(f"bench_step: {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", ENTRY, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench_step: run failed (exit {proc.returncode}), see {out}/train.log\n{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["data"] for r in rows}
+    return pd.DataFrame([r["data"] for r in rows if r["step"] > ns.warmup])
 
 
-def phase_means(rows: dict[int, dict], warmup: int) -> dict[str, float | None]:
-    steps = [s for s in sorted(rows) if s > warmup]
-    if not steps:
-        raise SystemExit(f"bench_step: no steps after the {warmup} warm-up steps; raise --steps")
-    means: dict[str, float | None] = {}
-    for label, plus, minus in PHASES:
-        if not all(plus[0] in rows[s] for s in steps):
-            means[label] = None
-            continue
-        means[label] = sum(
-            sum(float(rows[s].get(k, 0.0)) for k in plus) - sum(float(rows[s].get(k, 0.0)) for k in minus)
-            for s in steps
-        ) / len(steps)
-    return means
+def phase_means(df: pd.DataFrame) -> dict[str, float | None]:
+    """Per phase, the mean over df's rows of (its added keys - its subtracted keys), in seconds; None where a row
+    lacks its first key."""
+
+    def total(keys: list[str]) -> pd.Series:
+        return df.reindex(columns=keys).fillna(0.0).sum(axis=1)
+
+    missing = {label: plus[0] not in df or df[plus[0]].isna().any() for label, plus, _ in PHASES}
+    return {label: None if missing[label] else (total(plus) - total(minus)).mean() for label, plus, minus in PHASES}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO))  # this checkout's recipe package
     from recipe.codistill_grpo.cli import parse_with_overrides
 
@@ -96,17 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
     p.add_argument("--out", help="output folder (default: a temporary folder)")
     ns, extra = parse_with_overrides(p, argv)
+    if ns.steps <= ns.warmup:
+        raise SystemExit(f"bench_step: no steps after the {ns.warmup} warm-up steps; raise --steps")
 
     out = Path(ns.out or tempfile.mkdtemp(prefix="bench_step_")).resolve()
-    (a, a_args), (b, b_args) = COMPARISONS[ns.compare]
-    print(
-        f"bench_step: pair {ns.pair}, platform {ns.platform}, {ns.steps} steps, first {ns.warmup} left out; "
-        f"runs in {out}",
-        flush=True,
-    )
-    first = run(out / a, ns.pair, ns.platform, ns.steps, a_args, extra)
-    second = run(out / b, ns.pair, ns.platform, ns.steps, b_args, extra)
-    ma, mb = phase_means(first, ns.warmup), phase_means(second, ns.warmup)
+    plan = f"pair {ns.pair}, platform {ns.platform}, {ns.steps} steps, first {ns.warmup} left out; runs in {out}"
+    print(f"bench_step: {plan}", flush=True)
+    runs = {name: run(out / name, ns, variant, extra) for name, variant in COMPARISONS[ns.compare].items()}
+    (a, ma), (b, mb) = ((name, phase_means(df)) for name, df in runs.items())
 
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1000:9.1f}"
@@ -116,13 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         x, y = ma[label], mb[label]
         ratio = f"{x / y:7.2f}x" if (x is not None and y) else "      -"
         print(f"{label:<16}{ms(x):>14}{ms(y):>14}{ratio:>8}")
-    for name, rows in ((a, first), (b, second)):
-        skipped = [rows[s].get("large/skipped_frac") for s in sorted(rows) if s > ns.warmup]
-        if any(v is not None for v in skipped):
-            vals = [v for v in skipped if v is not None]
-            print(f"{name}: large/skipped_frac mean {sum(vals) / len(vals):.3f} over {len(vals)} steps")
-    return 0
+    for name, df in runs.items():
+        skipped = df.get("large/skipped_frac", pd.Series()).dropna()
+        if len(skipped):
+            print(f"{name}: large/skipped_frac mean {skipped.mean():.3f} over {len(skipped)} steps")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
