@@ -29,6 +29,7 @@ ACTOR = FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_
 
 
 def make_batch(bs: int, seq_len: int, group: int, device: torch.device, seed: int) -> dict:
+    """(bs, seq_len) response mask, sampled-token log-probs of both models (old and new), outcome rewards; uid (bs,)."""
     if bs % group:
         raise SystemExit(f"--batch={bs} must be a multiple of --group-size={group}")
     g = torch.Generator().manual_seed(seed)
@@ -115,11 +116,10 @@ def main() -> None:
     batch = make_batch(args.batch, args.seq_len, args.group_size, device, args.seed)
     paths = make_paths(batch)
 
-    # the paths run interleaved within each repeat, so load from other processes hits them alike
-    rows, peaks = [], {}  # peaks: of each path's last run
+    rows, peaks = [], {}  # the paths interleaved within each repeat: other processes' load hits them alike
     for rep in range(args.warmup + args.repeats):
         for label, phases in paths.items():
-            times, peaks[label] = run_once(phases, device)
+            times, peaks[label] = run_once(phases, device)  # the peak of the path's last run
             total = tuple(map(sum, zip(*times.values())))  # the path: the sum of its phases
             rows += [(rep, label, name, *ms) for name, ms in {**times, label: total}.items() if rep >= args.warmup]
     df = pd.DataFrame(rows, columns=["rep", "path", "phase", "wall", "cpu"])
