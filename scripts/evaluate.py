@@ -1,18 +1,11 @@
 #!/usr/bin/env python
 """Checkpoint(s) x math suites -> per-item correctness and accuracy JSON (resumable).
 
-    # GPU: vLLM, greedy pass@1 everywhere, mean@16 at temperature 0.6 on AIME24/AMC23
     python scripts/evaluate.py --backend vllm --data-dir data/qwen_math --out results \\
-        --checkpoint checkpoints/codistill/global_step_500/actor --pair qwen2.5-math-1.5b_7b \\
-        --method codistill --role small --suite-n aime24=16,amc23=16 --sample-temperature 0.6
-    # CPU: HF generate (what the tests run on the tiny models)
-    python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
-        --out /tmp/res --max-tokens 16 --limit 4
+        --checkpoint checkpoints/codistill/global_step_500/actor --suite-n aime24=16,amc23=16
 
-Details (formats, equations, options): docs/running.md, section scripts/evaluate.py.
+Examples, formats, equations and options: docs/running.md, section scripts/evaluate.py.
 """
-
-from __future__ import annotations
 
 import argparse
 import contextlib
@@ -136,10 +129,6 @@ class VLLMGenerator:
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
-
-    def close(self) -> None:
-        del self.llm
-        gc.collect()
 
 
 def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
@@ -369,8 +358,8 @@ def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.Da
                 get_generator, frames[suite], suite, out_file, sampling, here, args.batch_size, **options
             )
             summary.append((folder, suite, json.loads(out_file.read_text())["aggregate"], counts))
-    if get_generator.cache_info().currsize:
-        get_generator().close()
+    get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
+    gc.collect()
     return summary
 
 

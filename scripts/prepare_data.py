@@ -2,19 +2,13 @@
 """Raw math datasets -> verl RLHFDataset parquet (train + evaluation suites) and a manifest.
 
     python scripts/prepare_data.py --out data/qwen_math --template qwen_math
-    python scripts/prepare_data.py --out data/llama --template llama_instruct --levels 3,4,5
-    python scripts/prepare_data.py --out /tmp/d --template qwen_math --suites math500,minerva \\
-        --local math500=/data/math500.jsonl --local minerva=/data/minerva.parquet --on-bad-row drop
 
-Details (formats, equations, options): docs/running.md, section scripts/prepare_data.py.
+Examples, formats and options: docs/running.md, section scripts/prepare_data.py.
 """
-
-from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,11 +42,6 @@ def load_templates(path: str | Path = DEFAULT_TEMPLATES) -> dict[str, list[dict[
     return templates
 
 
-def render_prompt(template: list[dict[str, str]], question: str) -> list[dict[str, str]]:
-    """Chat messages of ``template`` with the literal ``{question}`` replaced by ``question``."""
-    return [{"role": m["role"], "content": m["content"].replace("{question}", question)} for m in template]
-
-
 def read_table(spec: dict[str, Any], suite: str) -> pd.DataFrame:
     """The suite's raw rows as a DataFrame: Hub (``datasets.load_dataset``) or a local jsonl/json/parquet file."""
     loader, file = spec["loader"], Path(str(spec["path"]))
@@ -83,11 +72,6 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-def _level(value: Any) -> int:
-    match = re.search(r"\d+", str(value)) if value is not None else None
-    return int(match.group()) if match else -1
-
-
 def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) -> tuple[pd.DataFrame, list[str]]:
     """Raw rows -> verl rows, keeping the rows of ``levels`` (else the config's ``levels``) if any are asked for.
 
@@ -109,7 +93,8 @@ def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) ->
     questions, raw_answers = [_as_text(v) for v in frame[qcol]], [_as_text(v) for v in frame[acol]]
     answers = [last_boxed_content(a) if a and answer_from == "boxed" else a for a in raw_answers]
     answers = [normalize_answer(a) if a else None for a in answers]
-    level_values = np.array([_level(v) for v in frame[lcol]] if lcol else [-1] * len(frame), dtype=np.int64)
+    digits = frame[lcol].astype(str).str.extract(r"(\d+)", expand=False) if lcol else pd.Series("-1", frame.index)
+    level_values = digits.fillna("-1").astype(np.int64).to_numpy()  # the first number in the cell ("Level 3"), or -1
     bad_question = np.array([not (q and q.strip()) for q in questions], dtype=bool)
     bad_answer = np.array([not a for a in answers], dtype=bool)
     no_box = " (no \\boxed{} in the solution)" if answer_from == "boxed" else ""
@@ -133,7 +118,10 @@ def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) ->
         dict(split=split, index=i, source_row=int(r), level=int(level_values[r]), question=questions[r])
         for i, r in enumerate(kept)
     ]
-    prompts = [render_prompt(template, questions[r]) for r in kept]
+    prompts = [
+        [{"role": m["role"], "content": m["content"].replace("{question}", questions[r])} for m in template]
+        for r in kept
+    ]
     reward_model = [{"style": "rule", "ground_truth": answers[r]} for r in kept]
     columns = {"data_source": spec["data_source"], "prompt": prompts, "ability": "math", "reward_model": reward_model}
     return pd.DataFrame({**columns, "extra_info": extra_info}), problems
