@@ -37,7 +37,6 @@ ITEM_KEYS = {"correct": "score", "format": "format", "timeout": "timeout", "erro
 STEP_DIR = re.compile(r"global_step_(\d+)$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MERGE_RECORD = "merge_source.json"
-VLLM_ENGINE_FLAGS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
 
 
 class EvalError(ValueError):
@@ -157,19 +156,6 @@ def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _read_items_log(path: Path) -> tuple[dict | None, dict[int, dict]]:
-    """The header and the items of an append-only ``.items.jsonl``; a line cut short (the last) is ignored."""
-    header, items = None, {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict) and "header" in record:
-                header = record["header"]
-            elif isinstance(record, dict) and "index" in record and "correct" in record:
-                items[int(record["index"])] = record
-    return header, items
-
-
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically (a reader sees the old file or the new one)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -193,7 +179,14 @@ def finished_items(out_file: Path, sampling: dict, checkpoint: str, golds: dict[
             aside = next(f for f in names if not f.exists())
             broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
             os.replace(out_file, aside)
-    logged_header, logged = _read_items_log(items_log)
+    logged_header, logged = None, {}
+    for line in items_log.read_text().splitlines() if items_log.exists() else []:
+        with contextlib.suppress(ValueError):  # a line cut short (the last) is skipped
+            record = json.loads(line)
+            if "header" in record:
+                logged_header = record["header"]
+            else:
+                logged[int(record["index"])] = record
     was = previous or logged_header or {}  # the JSONL decides the settings when the JSON is gone
     for key, verb, now in (("sampling", "with", sampling), ("checkpoint", "for", checkpoint)):
         if was.get(key, now) != now:
@@ -335,8 +328,8 @@ def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.Da
     def get_generator():
         if args.backend == "hf":
             return HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
-        engine = {k: getattr(args, k) for k in VLLM_ENGINE_FLAGS}
-        return VLLMGenerator(model_dir, args.seed, dtype=args.dtype or "bfloat16", **engine)
+        flags = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
+        return VLLMGenerator(model_dir, args.seed, dtype=args.dtype or "bfloat16", **{k: vars(args)[k] for k in flags})
 
     meta = {"pair": args.pair, "method": args.method, "role": args.role}
     meta.update({"seed": args.run_seed} if args.run_seed is not None else {})
@@ -351,13 +344,13 @@ def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.Da
     summary = []
     for folder, settings in variants.items():
         for suite in suites:
-            out_file = Path(args.out, folder, f"{suite}.json")
-            out_file.parent.mkdir(parents=True, exist_ok=True)
+            out = Path(args.out, folder, f"{suite}.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
             sampling, here = suite_sampling(suite, settings), {**header, "model": folder}
             counts = evaluate_suite(
-                get_generator, frames[suite], suite, out_file, sampling, here, args.batch_size, **options
+                get_generator, frames[suite], suite, out, sampling, here, args.batch_size, **options
             )
-            summary.append((folder, suite, json.loads(out_file.read_text())["aggregate"], counts))
+            summary.append((folder, suite, json.loads(out.read_text())["aggregate"], counts))
     get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
     gc.collect()
     return summary
