@@ -18,9 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,7 +116,7 @@ class VLLMGenerator:
         self.llm = LLM(model=str(model_dir), seed=seed, **engine)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: Sequence[int]):
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: list[int]):
         """``n`` completions ``[N][n]`` per prompt; each request seeded by ``seed + item id``, so a resumed run
         samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
@@ -138,7 +136,7 @@ def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
     return pd.read_parquet(file)
 
 
-def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(items: list[dict]) -> dict:
     """Over item records with ``k`` samples each (``correct`` c [N, k]): mean@k = mean_i mean_j c_ij (also
     ``accuracy``), pass@k = mean_i max_j c_ij, the format rate and the timeout and error counts (0 for N = 0)."""
     correct = np.array([it["correct"] for it in items], dtype=np.float64).reshape(len(items), -1 if items else 0)
@@ -163,7 +161,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonl(records: Sequence[dict]) -> str:
+def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
 
 
@@ -255,7 +253,7 @@ def evaluate_suite(
     return {"generated": len(todo), "skipped": len(indices) - len(todo)}
 
 
-def suite_sampling(suite: str, args: argparse.Namespace) -> dict[str, Any]:
+def suite_sampling(suite: str, args: argparse.Namespace) -> dict:
     """Greedy pass@1 unless ``--suite-n`` asks for ``k > 1`` samples (then ``--sample-temperature``)."""
     k = args.suite_n.get(suite, args.n)
     temperature = args.temperature if k == 1 else (args.temperature or args.sample_temperature)
