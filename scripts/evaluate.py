@@ -225,14 +225,9 @@ def evaluate_suite(
         # the file keeps every finished item; the aggregate covers this run's items (the suite, or its --limit)
         items = [done[i] for i in sorted(done)]
         here = aggregate([it for it in items if it["index"] in gold_of])
-        result = {
-            **header,
-            "suite": suite,
-            "sampling": sampling,
-            "format_version": FORMAT_VERSION,
-            "complete": complete,
-        }
-        _write(out_file, json.dumps({**result, "aggregate": here, "items": items}, indent=1, ensure_ascii=False))
+        result = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
+        result.update(complete=complete, aggregate=here, items=items)
+        _write(out_file, json.dumps(result, indent=1, ensure_ascii=False))
 
     header_line = {"header": {"sampling": sampling, "checkpoint": checkpoint}}
     _write(items_log, _jsonl([header_line, *map(done.get, sorted(done))]))
@@ -337,17 +332,15 @@ def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.Da
     if args.sampled:
         changed = {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n": {}}
         variants[f"{name}-sampled"] = argparse.Namespace(**{**vars(args), **changed})
-    options = dict(overwrite=args.overwrite, show_progress=not args.no_progress, timeout=args.timeout)
-    options.update(num_workers=args.reward_workers, fallback_unboxed=args.fallback_unboxed)
+    options = dict(batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.no_progress)
+    options.update(timeout=args.timeout, num_workers=args.reward_workers, fallback_unboxed=args.fallback_unboxed)
     summary = []
     for folder, settings in variants.items():
         for suite in suites:
             out = Path(args.out, folder, f"{suite}.json")
             out.parent.mkdir(parents=True, exist_ok=True)
             sampling, here = suite_sampling(suite, settings), {**header, "model": folder}
-            counts = evaluate_suite(
-                get_generator, frames[suite], suite, out, sampling, here, args.batch_size, **options
-            )
+            counts = evaluate_suite(get_generator, frames[suite], suite, out, sampling, here, **options)
             summary.append((folder, suite, json.loads(out.read_text())["aggregate"], counts))
     get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
     gc.collect()
