@@ -73,11 +73,9 @@ def _as_text(value: Any) -> str | None:
 
 
 def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) -> tuple[pd.DataFrame, list[str]]:
-    """Raw rows -> verl rows, keeping the rows of ``levels`` (else the config's ``levels``) if any are asked for.
-
-    Returns ``(rows, problems)``; ``problems`` names the bad rows (question or answer missing or empty: dropped).
-    Raises ``DataError`` for a missing config key or column, or for a bad row when ``on_bad_row == "fail"``.
-    """
+    """Raw rows -> ``(verl rows, problems)``; ``problems`` names the rows dropped for a missing or empty question or
+    answer (a ``DataError`` if ``on_bad_row == "fail"``, as is a missing column); rows of other ``levels``
+    (else the config's ``levels``) are filtered out."""
     for key in REQUIRED_SUITE_KEYS:
         if key not in spec:
             raise DataError(f"suite '{suite}': config key '{key}' is missing")
