@@ -72,6 +72,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a subprocess each (torch, verl or math-verify start-up)
 def test_bench_algos_table_on_cpu():
     proc = _run(
         "bench_algos.py",
@@ -138,11 +139,13 @@ def test_bench_algos_table_on_cpu():
     assert all(line.endswith("x; target time <= 3x") and "peak memory" not in line for line in lines[16:])
 
 
+@pytest.mark.slow  # a subprocess each (torch, verl or math-verify start-up)
 def test_bench_algos_batch_not_a_multiple_of_the_group():
     proc = _run("bench_algos.py", "--batch", "10", "--group-size", "4")
     assert proc.returncode == 1 and "--batch=10 must be a multiple of --group-size=4" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess each (torch, verl or math-verify start-up)
 def test_bench_reward_tables():
     """6 real-looking (right at indices 0, 2, 4) + 5 adversarial (one of each kind): accuracy 3/11 by hand."""
     proc = _run("bench_reward.py", "--n", "6", "--adversarial", "5", "--timeout", "1", "--workers", "1")
