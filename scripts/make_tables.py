@@ -40,11 +40,6 @@ class TableError(ValueError):
 CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its first three
 
 
-def _mode(data: dict) -> str:
-    """``sampled`` for a file evaluated at a temperature > 0 (evaluate.py's ``sampling``), else ``greedy``."""
-    return "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
-
-
 def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[pd.DataFrame, list]:
     """One row per (evaluate.py JSON, item): ``CELL``, seed (str, ``"None"`` for base), index, mean, max
     (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files.
@@ -75,7 +70,8 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
                 continue
             meta = data.get("meta") or {}
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
-            suite, seed, mode = data["suite"], meta.get("seed"), _mode(data)
+            suite, seed = data["suite"], meta.get("seed")
+            mode = "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
             if (where := (*key, seed, suite, mode)) in seen:
                 raise TableError(
                     f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
@@ -117,11 +113,6 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
     return missing
 
 
-def _matrix(cell: pd.DataFrame, stat: str) -> pd.DataFrame:
-    """``[S seeds (in str order), N items]`` per-item values, stat ``mean`` (mean@k) or ``max`` (pass@k)."""
-    return cell.pivot(index="seed", columns="index", values=stat)
-
-
 # ------------------------------------------------------------------------------------ statistics
 
 
@@ -155,7 +146,7 @@ def bootstrap(
 def paired(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
     """``[S, N]`` mean@k differences a - b on the items both have; seeds paired by label, or, when b is the
     base model (one unlabelled seed), b subtracted from every seed of a."""
-    A, B = _matrix(a, "mean"), _matrix(b, "mean")
+    A, B = (x.pivot(index="seed", columns="index", values="mean") for x in (a, b))  # [S, N], seeds in str order
     if list(B.index) != ["None"]:
         A = A.loc[A.index.intersection(B.index)]
         B = B.loc[A.index]
@@ -183,13 +174,6 @@ def method_title(method: str) -> str:
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
 
 
-def experiment_of(role: str, method: str) -> str | None:
-    """The training run behind a row: ``grpo_<role>`` for GRPO, the method otherwise (base: none)."""
-    if method == "base":
-        return None
-    return f"grpo_{role}" if method == "grpo" else method
-
-
 def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list[float]]:
     """``{experiment (a log's label before its last "/"): [per_run(log) of each seed's log]}`` (None: left out)."""
     out: dict[str, list[float]] = {}
@@ -207,23 +191,18 @@ def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, lis
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
-    """``{experiment: [response tokens generated in each seed's run]}`` from verl's per-step metrics.
+    """``{experiment: [response tokens generated in each seed's run]}`` (why, docs/running.md)::
 
-    verl 0.9.1 logs per step ``response_length/mean`` and ``prompt_length/mean`` (over the step's R
-    responses) and ``perf/total_num_tokens`` = sum of their attention masks = R (prompt + response
-    mean), so ``R = total / (prompt mean + response mean)`` and the step generated ``R * response mean``::
-
-        tokens(run) = sum_steps perf/total_num_tokens * response_length/mean
-                                / (prompt_length/mean + response_length/mean)
+    tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
     """
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
         keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
         total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        if steps:
-            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
-        return None
+        return (
+            sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0) if steps else None
+        )
 
     return _per_experiment(logs, tokens)
 
@@ -281,7 +260,11 @@ def main_table(
         text, record, flags = [pair, role, method], {"pair": pair, "model": role, "method": method}, []
         for suite, kind in cols:
             where, stat = _lookup(df, key, suite, kind)
-            ci = None if where not in cells else bootstrap(_matrix(cells[where], stat).dropna(axis=1), *boot)
+            ci = (
+                None
+                if where not in cells
+                else bootstrap(cells[where].pivot(index="seed", columns="index", values=stat).dropna(axis=1), *boot)
+            )
             ci = ci and tuple(100 * x for x in ci)
             name = suite if kind == "main" else f"{suite}_{kind}"
             record.update(zip((name, f"{name}_lo", f"{name}_hi"), ci or (None,) * 3))
@@ -292,7 +275,7 @@ def main_table(
         means = [record[s] for s in suites]
         avg = sum(means) / len(means) if None not in means else None
         text += [] if len(suites) < 2 else ["–" if avg is None else f"{avg:.1f}"]
-        runs = minutes.get(experiment_of(key[1], key[2]))
+        runs = None if key[2] == "base" else minutes.get(f"grpo_{key[1]}" if key[2] == "grpo" else key[2])  # its run
         time = (statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else None) if runs else (None, None)
         seeds = max(c.seed.nunique() for k, c in cells.items() if k[:3] == key)
         text.append("–" if time[0] is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"))
@@ -333,14 +316,12 @@ def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple,
 
 def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
     """One line per experiment: response tokens its generating model produced in training, mean over seeds."""
-    if not tokens:
-        return []
-    parts = []
-    for exp, values in tokens.items():
-        who = "large" if exp == "grpo_large" else "small"
-        other = "" if exp.startswith("grpo_") else ", the large model none"
-        parts.append(f"{exp} {statistics.fmean(values):,.0f} by the {who} model (n={len(values)}){other}")
-    return ["", "Response tokens generated in training (mean over seeds): " + "; ".join(parts) + "."]
+    parts = [
+        f"{exp} {statistics.fmean(values):,.0f} by the {'large' if exp == 'grpo_large' else 'small'} model "
+        f"(n={len(values)}){'' if exp.startswith('grpo_') else ', the large model none'}"
+        for exp, values in tokens.items()
+    ]
+    return ["", f"Response tokens generated in training (mean over seeds): {'; '.join(parts)}."] if parts else []
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
