@@ -279,7 +279,7 @@ def submit_after_train(args, jobs: list[str]) -> None:
     cmd = ["bash", "scripts/reproduce_paper.sh", "--stage", "after-train", "--pairs", ",".join(args.pairs)]
     cmd += ["--seeds", ",".join(map(str, args.seeds))] + ["--ablations"] * args.ablations
     cmd += ["--steps", str(args.steps)] * bool(args.steps)
-    cmd += ["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] * bool(args.sweep)
+    cmd += ["--sweep", f"{args.sweep[0]}={','.join(args.sweep[1])}"] if args.sweep else []
     cmd += ["--allow-missing"] * args.allow_missing + ["--", *args.overrides] * bool(args.overrides)
     log = Path(os.environ["CODISTILL_OUTPUT_DIR"]) / "slurm" / "%x-%j.out"
     sbatch = ["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8"]
