@@ -80,19 +80,6 @@ class Run:
         return None
 
 
-def _sampled_eval(pair: str, node) -> str | None:
-    """``"n,temperature"`` of a pair's ``pair.eval`` node for evaluate.py --sampled (None: greedy only)."""
-    if node is None:
-        return None
-    try:
-        n, temperature = int(node["n"]), float(node["temperature"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})") from None
-    if n < 1 or temperature <= 0:
-        raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} {temperature=}")
-    return f"{n},{temperature}"
-
-
 def plan(args) -> None:
     """Sets ``args.runs`` (every run asked for) and ``args.facts`` (per pair: models, data, suites, eval)
     from the recipe's composed config, and ``args.exps`` (the table's methods)."""
@@ -117,7 +104,16 @@ def plan(args) -> None:
         args.facts[pair] = dict(small=str(base.pair.small.model.path), large=str(base.pair.large.model.path))
         args.facts[pair].update(data_dir=str(val[0].parent), suites=[v.stem for v in val])
         args.facts[pair].update(max_tokens=int(base.data.max_response_length))
-        args.facts[pair]["sampled"] = _sampled_eval(pair, OmegaConf.select(base, "pair.eval", default=None))
+        if (node := OmegaConf.select(base, "pair.eval", default=None)) is not None:  # evaluate.py --sampled n,t
+            try:
+                n, temperature = int(node["n"]), float(node["temperature"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})"
+                ) from None
+            if n < 1 or temperature <= 0:
+                raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} {temperature=}")
+        args.facts[pair]["sampled"] = None if node is None else f"{n},{temperature}"
         for seed in args.seeds:
             for name in args.exps:
                 (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
@@ -134,9 +130,8 @@ def expected_time(args, todo: list[Run]) -> str:
     measured = []
     for run in (r for r in args.runs if r.checkpoint()):
         with contextlib.suppress(OSError, ValueError):  # no log yet, or a broken one: not a measurement
-            measured += [
-                m for m in train_minutes({"run": read_log(run.folder / "metrics.jsonl")}).get("run", []) if m > 0
-            ]
+            log = read_log(run.folder / "metrics.jsonl")
+            measured += [m for m in train_minutes({"run": log}).get("run", []) if m > 0]
     if measured:
         per_run, how = sum(measured) / len(measured), f"measured: mean of {len(measured)} finished runs"
     elif args.where == "cpu":
@@ -200,17 +195,15 @@ def stage_train(args) -> list[str]:
         (run.folder / "slurm_job_id").write_text(jobs[-1] + "\n")
     done, start, total = 0, time.monotonic(), sum(r.steps for r in todo)
     for i, run in enumerate([] if args.where == "login" else todo, 1):
+        head = f"run {i}/{len(todo)} {run.label}"
 
-        def progress(line: str, run=run, i=i, before=done) -> None:
+        def progress(line: str, head=head, run=run, before=done) -> None:
             if (step := progress_step(line)) is not None:
                 elapsed, left = time.monotonic() - start, total - (before + step)
-                remaining = left * (elapsed / max(before + step, 1))
-                say(
-                    f"run {i}/{len(todo)} {run.label}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, "
-                    f"about {remaining / 60:.0f} min left"
-                )
+                left_min = left * (elapsed / max(before + step, 1)) / 60
+                say(f"{head}: step {step}/{run.steps}; elapsed {elapsed / 60:.1f} min, about {left_min:.0f} min left")
 
-        say(f"run {i}/{len(todo)} {run.label}: training in {run.folder}")
+        say(f"{head}: training in {run.folder}")
         if rc := act(args, [PYTHON, "-m", "recipe.codistill_grpo.main_codistill", *run.hydra], progress):
             raise SystemExit(f"[reproduce] error: {run.label} failed (exit {rc}); see {run.folder}/train.log")
         done += run.steps
@@ -223,11 +216,8 @@ def _evaluate(args, pair: str, name: str, checkpoint: str, method: str, role: st
     facts, results = args.facts[pair], args.out / "results" / pair
     folders = [name] + [f"{name}-sampled"] * bool(facts["sampled"])
     with contextlib.suppress(OSError, ValueError):
-        if all(
-            json.loads((results / f / f"{s}.json").read_text()).get("complete")
-            for f in folders
-            for s in facts["suites"]
-        ):
+        files = [results / folder / f"{suite}.json" for folder in folders for suite in facts["suites"]]
+        if all(json.loads(file.read_text()).get("complete") for file in files):
             return say(f"skip evaluation {pair}/{name}: results complete")
     cmd = [PYTHON, "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--out", str(results)]
     cmd += ["--data-dir", facts["data_dir"], "--suites", ",".join(facts["suites"]), "--no-progress"]
