@@ -14,6 +14,7 @@ import fnmatch
 import itertools
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -116,9 +117,7 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
 # ------------------------------------------------------------------------------------ statistics
 
 
-def bootstrap(
-    values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
+def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
     """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
 
     With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
@@ -355,9 +354,8 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    groups: dict[str, list[dict[str, dict[int, float]]]] = {}
-    for label, series in logs.items():
-        groups.setdefault(label.split("/")[0], []).append(series)
+    names = [label.split("/")[0] for label in logs]  # each log's experiment
+    groups = {n: [s for m, s in zip(names, logs.values()) if m == n] for n in dict.fromkeys(names)}
     colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
     cols = min(3, len(keys))
     nrows = math.ceil(len(keys) / cols)
@@ -389,10 +387,9 @@ def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
     ``codistill[kd.coef=0.3]/1=FILE``)."""
     logs = {}
     for item in items:
-        if "=" not in item:
+        if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):  # the first = outside [...]
             raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-        cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
-        label, file = item[:cut], item[cut + 1 :]
+        label, file = match.groups()
         if not Path(file).exists():
             raise TableError(f"--log {label}: {file} not found")
         logs[label] = read_log(file)
