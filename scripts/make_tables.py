@@ -199,9 +199,9 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
         keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
         total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        return (
-            sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0) if steps else None
-        )
+        if steps:
+            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
+        return None
 
     return _per_experiment(logs, tokens)
 
@@ -234,20 +234,14 @@ def _title(df: pd.DataFrame, suite: str, kind: str) -> str:
 def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str], frame: pd.DataFrame) -> str:
     """``<path>.md``: a Markdown table (three text columns, then right-aligned numbers) and the lines ``after``
     it; ``<path>.csv``: ``frame`` (2 decimals, CRLF). Returns the Markdown."""
-    align = ["---"] * 3 + ["---:"] * (len(header) - 3)
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(align) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
+    lines = ["| " + " | ".join(row) + " |" for row in [header, *rows]]
+    lines.insert(1, "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
     path.with_suffix(".md").write_text(markdown := "\n".join(lines + list(after)) + "\n")
     frame.to_csv(path.with_suffix(".csv"), index=False, float_format="%.2f", lineterminator="\r\n")
     return markdown
 
 
-def main_table(
-    df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path: Path, footer: list
-) -> str:
+def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path, footer: list) -> str:
     """main_table.md/.csv: per (pair, role, method) and column the number and its interval (CSV ``<col>``,
     ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown."""
     cols, cells = columns(df, suites), dict(list(df.groupby(CELL)))
@@ -259,12 +253,8 @@ def main_table(
         text, record, flags = [pair, role, method], {"pair": pair, "model": role, "method": method}, []
         for suite, kind in cols:
             where, stat = _lookup(df, key, suite, kind)
-            ci = (
-                None
-                if where not in cells
-                else bootstrap(cells[where].pivot(index="seed", columns="index", values=stat).dropna(axis=1), *boot)
-            )
-            ci = ci and tuple(100 * x for x in ci)
+            values = cells[where].pivot(index="seed", columns="index", values=stat) if where in cells else None
+            ci = None if values is None else tuple(100 * x for x in bootstrap(values.dropna(axis=1), *boot))
             name = suite if kind == "main" else f"{suite}_{kind}"
             record.update(zip((name, f"{name}_lo", f"{name}_hi"), ci or (None,) * 3))
             text.append(_ci(ci) + ("†" if missing.get(where) else ""))
