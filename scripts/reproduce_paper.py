@@ -2,11 +2,7 @@
 """Reproduce the paper's table: train every method for every seed, evaluate base and trained
 models, write the table and the curves. Resumable: a re-run skips finished runs and evaluations.
 
-    bash scripts/reproduce_paper.sh [--pairs a,b] [--seeds 1,2,3] [--steps N] [--ablations]
-                                    [--stage all|train|eval|tables|after-train] [--nodes N] [--dry-run]
-                                    [--sweep KEY=V1,V2,...] [--allow-missing] [-- overrides]
-
-Details (formats, equations, options): docs/running.md, section scripts/reproduce_paper.py.
+Run it as ``bash scripts/reproduce_paper.sh`` (--help); details: docs/running.md, section scripts/reproduce_paper.py.
 """
 
 from __future__ import annotations
@@ -101,9 +97,9 @@ def plan(args) -> None:
     for pair in args.pairs:
         base = resolved(compose_config(pair, "codistill", common, platform=platform))
         val = [Path(v) for v in base.data.val_files]
-        args.facts[pair] = dict(small=str(base.pair.small.model.path), large=str(base.pair.large.model.path))
-        args.facts[pair].update(data_dir=str(val[0].parent), suites=[v.stem for v in val])
-        args.facts[pair].update(max_tokens=int(base.data.max_response_length))
+        facts = args.facts[pair] = {role: str(base.pair[role].model.path) for role in ("small", "large")}
+        facts.update(data_dir=str(val[0].parent), suites=[v.stem for v in val])
+        facts["max_tokens"] = int(base.data.max_response_length)
         if (node := OmegaConf.select(base, "pair.eval", default=None)) is not None:  # evaluate.py --sampled n,t
             try:
                 n, temperature = int(node["n"]), float(node["temperature"])
@@ -113,7 +109,7 @@ def plan(args) -> None:
                 ) from None
             if n < 1 or temperature <= 0:
                 raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} {temperature=}")
-        args.facts[pair]["sampled"] = None if node is None else f"{n},{temperature}"
+        facts["sampled"] = None if node is None else f"{n},{temperature}"
         for seed in args.seeds:
             for name in args.exps:
                 (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
@@ -323,11 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     what = f"{', '.join(args.exps)} x seeds {', '.join(map(str, args.seeds))} on {', '.join(args.pairs)}"
     say(f"{len(args.runs)} runs: {what}; output in {args.out}")
     started, jobs = time.monotonic(), []
-    stages = {
-        "after-train": ["eval", "tables"],
-        "all": ["train"] if args.where == "login" else ["train", "eval", "tables"],
-    }
-    for stage in stages.get(args.stage, [args.stage]):
+    stages = {"all": ["train", "eval", "tables"], "after-train": ["eval", "tables"]}.get(args.stage, [args.stage])
+    for stage in stages[:1] if args.where == "login" and args.stage == "all" else stages:  # login: eval is a job
         say(f"== stage {stage}")
         jobs = {"train": stage_train, "eval": stage_eval, "tables": stage_tables}[stage](args) or jobs
     if args.where == "login" and args.stage == "all":
