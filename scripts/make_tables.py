@@ -43,10 +43,8 @@ CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its
 
 def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[pd.DataFrame, list]:
     """One row per (evaluate.py JSON, item): ``CELL``, seed (str, ``"None"`` for base), index, mean, max
-    (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files.
-
-    A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped, listed).
-    """
+    (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files (not JSON or no per-item records: an
+    error naming the file unless ``allow_missing``)."""
     records, seen, skipped = [], {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
@@ -89,18 +87,15 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
 
 
 def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tuple, str]:
-    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items.
-
-    Expected, per model pair: the seeds of any trained row (and ``seeds``; base rows have none),
-    every (suite, mode) of any row, and per (suite) the union of the item indices of every file.
-    """
+    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items: per pair,
+    the seeds of any trained row (and ``seeds``; base rows have none), every (suite, mode) of any row, and per
+    suite the union of the item indices of every file."""
     missing = {}
     for pair, p in df.groupby("pair"):
         trained = set(p.seed[p.method != "base"]) | {str(s) for s in seeds or []}
         n_items = p.groupby("suite")["index"].nunique()
-        for (role, method), (suite, mode) in itertools.product(
-            p.groupby(["role", "method"]).groups, sorted(p.groupby(["suite", "mode"]).groups)
-        ):
+        cells = sorted(p.groupby(["suite", "mode"]).groups)
+        for (role, method), (suite, mode) in itertools.product(p.groupby(["role", "method"]).groups, cells):
             cell = p[(p.role == role) & (p.method == method) & (p.suite == suite) & (p["mode"] == mode)]
             files = cell.groupby("seed").agg(n=("index", "size"), file=("file", "first"))
             want = {"None"} if method == "base" else trained
@@ -347,8 +342,7 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     names = [label.split("/")[0] for label in logs]  # each log's experiment
     groups = {n: [s for m, s in zip(names, logs.values()) if m == n] for n in dict.fromkeys(names)}
     colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
-    cols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / cols)
+    cols, nrows = min(3, len(keys)), math.ceil(len(keys) / 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, runs in groups.items():
