@@ -36,8 +36,6 @@ class TableError(ValueError):
     """Bad input for the table; the message names the file or value."""
 
 
-# ------------------------------------------------------------------------------------- results
-
 CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its first three
 
 
@@ -55,12 +53,11 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
                 data = json.loads(file.read_text())
                 problem = None if isinstance(data, dict) else "not a JSON object"
             except (OSError, ValueError) as error:
-                data, problem = None, f"unreadable ({error})"
-            if problem is None and (data.get("suite") not in suites or "aggregate" not in data):
+                data, problem = {}, f"unreadable ({error})"
+            if not problem and (data.get("suite") not in suites or "aggregate" not in data):
                 continue  # another suite, or not an evaluate.py result
-            if problem is None and not all(
-                isinstance(it, dict) and "index" in it and it.get("correct") for it in data.get("items") or [None]
-            ):
+            items = data.get("items") or [None] if isinstance(data, dict) else []
+            if not problem and not all(isinstance(it, dict) and "index" in it and it.get("correct") for it in items):
                 problem = "no per-item records (items with index and correct)"
             if problem:
                 if not allow_missing:
@@ -109,9 +106,6 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
     return missing
 
 
-# ------------------------------------------------------------------------------------ statistics
-
-
 def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
     """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
 
@@ -147,9 +141,6 @@ def paired(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
     A, B = A.dropna(axis=1), B.dropna(axis=1)
     items = A.columns.intersection(B.columns)
     return A[items].to_numpy() - B[items].to_numpy()
-
-
-# ---------------------------------------------------------------------------------------- table
 
 
 def _order(df: pd.DataFrame) -> list[tuple]:

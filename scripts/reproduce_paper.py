@@ -159,9 +159,6 @@ def act(args, cmd: list[str], stream=None, fail: str = "") -> int:
     return rc
 
 
-# ------------------------------------------------------------------------------------------ stages
-
-
 def stage_train(args) -> list[str]:
     """Run (or submit) every unfinished run; returns the SLURM job ids (login node) to wait for."""
     todo = [r for r in args.runs if not r.checkpoint()]
