@@ -192,13 +192,6 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     return _per_experiment(logs, tokens)
 
 
-def columns(df: pd.DataFrame, suites: list[str]) -> list[tuple[str, str]]:
-    """``[(suite, kind)]``, kind ``main`` (the sampled mean@k where a pair has sampled results, else greedy),
-    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
-    both = [s for s in suites if set(df["mode"][df.suite == s]) == {"greedy", "sampled"}]
-    return [(s, k) for s in suites for k in (["main", "greedy", "pass"] if s in both else ["main"])]
-
-
 def _lookup(df: pd.DataFrame, key: tuple, suite: str, kind: str) -> tuple[tuple | None, str]:
     """The cell (``CELL`` values) and statistic (``mean`` mean@k, ``max`` pass@k) a column reads for a row."""
     sampled = ((df.pair == key[0]) & (df.suite == suite) & (df["mode"] == "sampled")).any()
@@ -229,8 +222,12 @@ def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str
 
 def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path, footer: list) -> str:
     """main_table.md/.csv: per (pair, role, method) and column the number and its interval (CSV ``<col>``,
-    ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown."""
-    cols, cells = columns(df, suites), dict(list(df.groupby(CELL)))
+    ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown.
+    Columns: per suite the main number (the sampled mean@k where a pair has sampled results, else greedy),
+    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
+    both = [s for s in suites if set(df["mode"][df.suite == s]) == {"greedy", "sampled"}]
+    cols = [(s, k) for s in suites for k in (["main", "greedy", "pass"] if s in both else ["main"])]
+    cells = dict(list(df.groupby(CELL)))
     header = ["Model pair", "Model", "Method"] + [_title(df, s, k) for s, k in cols]
     header += (["Avg"] if len(suites) > 1 else []) + ["Train time (min)", "Seeds"]
     lines, notes, records = [], [], []
@@ -287,16 +284,6 @@ def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple,
     )
     names = ["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"]
     return _write(path, header, lines, ["", note], pd.DataFrame(records, columns=names))
-
-
-def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
-    """One line per experiment: response tokens its generating model produced in training, mean over seeds."""
-    parts = [
-        f"{exp} {statistics.fmean(values):,.0f} by the {'large' if exp == 'grpo_large' else 'small'} model "
-        f"(n={len(values)}){'' if exp.startswith('grpo_') else ', the large model none'}"
-        for exp, values in tokens.items()
-    ]
-    return ["", f"Response tokens generated in training (mean over seeds): {'; '.join(parts)}."] if parts else []
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
@@ -383,7 +370,13 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
         raise TableError(
             f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or pass --allow-missing"
         )
-    footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
+    tokens = [  # per experiment: response tokens its generating model produced in training, mean over seeds
+        f"{exp} {statistics.fmean(values):,.0f} by the {'large' if exp == 'grpo_large' else 'small'} model "
+        f"(n={len(values)}){'' if exp.startswith('grpo_') else ', the large model none'}"
+        for exp, values in generated_tokens(logs).items()
+    ]
+    footer = [f"Skipped (--allow-missing): {f}" for f in skipped]
+    footer += ["", f"Response tokens generated in training (mean over seeds): {'; '.join(tokens)}."] * bool(tokens)
     boot = (args.resamples, args.bootstrap_seed)
     markdown = main_table(df, suites, train_minutes(logs), missing, boot, out / "main_table", footer)
     print(markdown + "\n" + difference_table(df, suites, missing, boot, out / "differences"), end="")
