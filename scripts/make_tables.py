@@ -135,12 +135,8 @@ def paired(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
     """``[S, N]`` mean@k differences a - b on the items both have; seeds paired by label, or, when b is the
     base model (one unlabelled seed), b subtracted from every seed of a."""
     A, B = (x.pivot(index="seed", columns="index", values="mean") for x in (a, b))  # [S, N], seeds in str order
-    if list(B.index) != ["None"]:
-        A = A.loc[A.index.intersection(B.index)]
-        B = B.loc[A.index]
-    A, B = A.dropna(axis=1), B.dropna(axis=1)
-    items = A.columns.intersection(B.columns)
-    return A[items].to_numpy() - B[items].to_numpy()
+    diff = A - B.iloc[0] if list(B.index) == ["None"] else A.sub(B).loc[A.index.intersection(B.index)]
+    return diff.dropna(axis=1).to_numpy()  # aligned on item index: NaN where either side lacks the item
 
 
 def _order(df: pd.DataFrame) -> list[tuple]:
