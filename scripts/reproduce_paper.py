@@ -101,14 +101,13 @@ def plan(args) -> None:
         facts.update(data_dir=str(val[0].parent), suites=[v.stem for v in val])
         facts["max_tokens"] = int(base.data.max_response_length)
         if (node := OmegaConf.select(base, "pair.eval", default=None)) is not None:  # evaluate.py --sampled n,t
+            bad = f"pair {pair}: pair.eval needs"
             try:
                 n, temperature = int(node["n"]), float(node["temperature"])
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(
-                    f"pair {pair}: pair.eval needs integer n and float temperature, got {node} ({e})"
-                ) from None
+                raise ValueError(f"{bad} integer n and float temperature, got {node} ({e})") from None
             if n < 1 or temperature <= 0:
-                raise ValueError(f"pair {pair}: pair.eval needs n >= 1 and temperature > 0, got n={n} {temperature=}")
+                raise ValueError(f"{bad} n >= 1 and temperature > 0, got n={n} {temperature=}")
         facts["sampled"] = None if node is None else f"{n},{temperature}"
         for seed in args.seeds:
             for name in args.exps:
