@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,21 +36,14 @@ class TableError(ValueError):
     """Bad input for the table; the message names the file or value."""
 
 
-# ------------------------------------------------------------------------------------- results
+CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its first three
 
 
-def _mode(data: dict) -> str:
-    """``sampled`` for a file evaluated at a temperature > 0 (evaluate.py's ``sampling``), else ``greedy``."""
-    return "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
-
-
-def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[dict, list[str]]:
-    """``{(pair, role, method): {(suite, mode): cell}}`` from evaluate.py JSONs, and the skipped files.
-
-    ``cell = {"seeds": {seed: {item index: (mean_j c_ij, max_j c_ij)}}, "k": {samples}, "files": {seed: file}}``.
-    A file that is not JSON or has no per-item records is an error naming it (``allow_missing``: skipped, listed).
-    """
-    table, seen, skipped = {}, {}, []
+def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[pd.DataFrame, list]:
+    """One row per (evaluate.py JSON, item): ``CELL``, seed (str, ``"None"`` for base), index, mean, max
+    (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files (not JSON or no per-item records: an
+    error naming the file unless ``allow_missing``)."""
+    records, seen, skipped = [], {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
         if not files:
@@ -59,12 +53,11 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
                 data = json.loads(file.read_text())
                 problem = None if isinstance(data, dict) else "not a JSON object"
             except (OSError, ValueError) as error:
-                data, problem = None, f"unreadable ({error})"
-            if problem is None and (data.get("suite") not in suites or "aggregate" not in data):
+                data, problem = {}, f"unreadable ({error})"
+            if not problem and (data.get("suite") not in suites or "aggregate" not in data):
                 continue  # another suite, or not an evaluate.py result
-            if problem is None and not all(
-                isinstance(it, dict) and "index" in it and it.get("correct") for it in data.get("items") or [None]
-            ):
+            items = data.get("items") or [None] if isinstance(data, dict) else []
+            if not problem and not all(isinstance(it, dict) and "index" in it and it.get("correct") for it in items):
                 problem = "no per-item records (items with index and correct)"
             if problem:
                 if not allow_missing:
@@ -73,72 +66,47 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
                 continue
             meta = data.get("meta") or {}
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
-            suite, seed, mode = data["suite"], meta.get("seed"), _mode(data)
-            where = (*key, seed, suite, mode)
-            if where in seen:
+            suite, seed = data["suite"], meta.get("seed")
+            mode = "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
+            if (where := (*key, seed, suite, mode)) in seen:
                 raise TableError(
                     f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
                     f"suite={suite!r} ({mode}): {seen[where]} and {file}"
                 )
-            seen[where] = str(file)
-            cell = table.setdefault(key, {}).setdefault((suite, mode), {"seeds": {}, "k": set(), "files": {}})
-            cell["seeds"][seed] = {
-                int(it["index"]): (np.mean(it["correct"]), np.max(it["correct"])) for it in data["items"]
-            }
-            cell["k"].add(len(data["items"][0]["correct"]))
-            cell["files"][seed] = str(file)
-    return table, skipped
+            seen[where] = file
+            cell = dict(zip(CELL, (*key, suite, mode)), seed=str(seed), k=len(data["items"][0]["correct"]), file=file)
+            records += [
+                {**cell, "index": int(it["index"]), "mean": np.mean(it["correct"]), "max": np.max(it["correct"])}
+                for it in data["items"]
+            ]
+    frame = pd.DataFrame(records, columns=[*CELL, "seed", "k", "file", "index", "mean", "max"])
+    return frame.drop_duplicates([*CELL, "seed", "index"], keep="last"), skipped
 
 
-def check_missing(table: dict, seeds: list[int] | None = None) -> dict[tuple, str]:
-    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items.
-
-    Expected, per model pair: the seeds of any trained row (and ``seeds``; base rows have none),
-    every (suite, mode) of any row, and per (suite) the union of the item indices of every file.
-    """
-    expected: dict[str, dict] = {}
-    for (pair, _, method), cells in table.items():
-        e = expected.setdefault(pair, {"seeds": set(seeds or []), "cells": set(), "items": {}})
-        e["cells"] |= set(cells)
-        for (suite, _), cell in cells.items():
-            if method != "base":
-                e["seeds"] |= set(cell["seeds"])
-            for items in cell["seeds"].values():
-                e["items"].setdefault(suite, set()).update(items)
+def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tuple, str]:
+    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items: per pair,
+    the seeds of any trained row (and ``seeds``; base rows have none), every (suite, mode) of any row, and per
+    suite the union of the item indices of every file."""
     missing = {}
-    for (pair, role, method), cells in table.items():
-        e = expected[pair]
-        for suite, mode in sorted(e["cells"]):
-            want = {None} if method == "base" else e["seeds"]
-            cell = cells.get((suite, mode))
-            have = set(cell["seeds"]) if cell else set()
+    for pair, p in df.groupby("pair"):
+        trained = set(p.seed[p.method != "base"]) | {str(s) for s in seeds or []}
+        n_items = p.groupby("suite")["index"].nunique()
+        cells = sorted(p.groupby(["suite", "mode"]).groups)
+        for (role, method), (suite, mode) in itertools.product(p.groupby(["role", "method"]).groups, cells):
+            cell = p[(p.role == role) & (p.method == method) & (p.suite == suite) & (p["mode"] == mode)]
+            files = cell.groupby("seed").agg(n=("index", "size"), file=("file", "first"))
+            want = {"None"} if method == "base" else trained
             what = []
-            if want - have:
-                lacking = ", ".join(map(str, sorted(want - have, key=str)))
-                what.append(f"no result for seed {lacking} (have {len(have & want)} of {len(want)} seeds)")
-            for seed in sorted(have, key=str):
-                if len(cell["seeds"][seed]) < len(e["items"][suite]):
-                    what.append(
-                        f"{len(cell['seeds'][seed])} of {len(e['items'][suite])} items in {cell['files'][seed]}"
-                    )
+            if lacking := sorted(want - set(files.index)):
+                have = len(want) - len(lacking)
+                what.append(f"no result for seed {', '.join(lacking)} (have {have} of {len(want)} seeds)")
+            what += [f"{f.n} of {n_items[suite]} items in {f.file}" for f in files.itertuples() if f.n < n_items[suite]]
             if what:
                 missing[(pair, role, method, suite, mode)] = "; ".join(what)
     return missing
 
 
-def cell_matrix(cell: dict, stat: int = 0) -> np.ndarray:
-    """``[S, N]`` per-item values (``stat`` 0: mean@k, 1: pass@k) over the cell's seeds and the items all have."""
-    seeds = sorted(cell["seeds"], key=str)
-    items = sorted(set.intersection(*(set(cell["seeds"][s]) for s in seeds)))
-    return np.array([[cell["seeds"][s][i][stat] for i in items] for s in seeds])
-
-
-# ------------------------------------------------------------------------------------ statistics
-
-
-def bootstrap(
-    values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
+def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
     """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
 
     With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
@@ -163,41 +131,28 @@ def bootstrap(
     return float(values.mean()), float(lo), float(hi)
 
 
-def paired(a: dict, b: dict, stat: int = 0) -> np.ndarray:
-    """``[S, N]`` differences a - b on the items both have; seeds paired by label, or, when b is the
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """``[S, N]`` mean@k differences a - b on the items both have; seeds paired by label, or, when b is the
     base model (one unlabelled seed), b subtracted from every seed of a."""
-    base = set(b["seeds"]) == {None}
-    seeds = sorted(set(a["seeds"]) if base else set(a["seeds"]) & set(b["seeds"]), key=str)
-    partner = [None] * len(seeds) if base else seeds
-    if not seeds:
-        return np.zeros((0, 0))
-    items = sorted(set.intersection(*(set(a["seeds"][s]) for s in seeds), *(set(b["seeds"][t]) for t in partner)))
-    return np.array([[a["seeds"][s][i][stat] - b["seeds"][t][i][stat] for i in items] for s, t in zip(seeds, partner)])
+    A, B = (x.pivot(index="seed", columns="index", values="mean") for x in (a, b))  # [S, N], seeds in str order
+    diff = A - B.iloc[0] if list(B.index) == ["None"] else A.sub(B).loc[A.index.intersection(B.index)]
+    return diff.dropna(axis=1).to_numpy()  # aligned on item index: NaN where either side lacks the item
 
 
-# ---------------------------------------------------------------------------------------- table
-
-
-def _order(keys: list[tuple]) -> list[tuple]:
-    pairs = list(dict.fromkeys(k[0] for k in sorted(keys)))
+def _order(df: pd.DataFrame) -> list[tuple]:
+    """The table's rows (pair, role, method): pairs sorted, then roles and methods in their order."""
+    keys = set(df[CELL[:3]].itertuples(index=False, name=None))
 
     def rank(values: list[str], x: str) -> tuple:
         base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
         return (values.index(base), x) if base in values else (len(values), x)
 
-    return sorted(keys, key=lambda k: (pairs.index(k[0]), rank(ROLE_ORDER, k[1]), rank(METHOD_ORDER, k[2])))
+    return sorted(keys, key=lambda k: (k[0], rank(ROLE_ORDER, k[1]), rank(METHOD_ORDER, k[2])))
 
 
 def method_title(method: str) -> str:
     base, _, variant = method.partition("[")
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
-
-
-def experiment_of(role: str, method: str) -> str | None:
-    """The training run behind a row: ``grpo_<role>`` for GRPO, the method otherwise (base: none)."""
-    if method == "base":
-        return None
-    return f"grpo_{role}" if method == "grpo" else method
 
 
 def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list[float]]:
@@ -217,14 +172,9 @@ def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, lis
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
-    """``{experiment: [response tokens generated in each seed's run]}`` from verl's per-step metrics.
+    """``{experiment: [response tokens generated in each seed's run]}`` (why, docs/running.md)::
 
-    verl 0.9.1 logs per step ``response_length/mean`` and ``prompt_length/mean`` (over the step's R
-    responses) and ``perf/total_num_tokens`` = sum of their attention masks = R (prompt + response
-    mean), so ``R = total / (prompt mean + response mean)`` and the step generated ``R * response mean``::
-
-        tokens(run) = sum_steps perf/total_num_tokens * response_length/mean
-                                / (prompt_length/mean + response_length/mean)
+    tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
     """
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
@@ -238,188 +188,98 @@ def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, 
     return _per_experiment(logs, tokens)
 
 
-def columns(table: dict, suites: list[str]) -> list[tuple[str, str]]:
-    """``[(suite, kind)]``, kind ``main`` (the sampled mean@k where a pair has sampled results, else greedy),
-    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
-    out = []
-    for suite in suites:
-        out.append((suite, "main"))
-        modes = {mode for cells in table.values() for (s, mode) in cells if s == suite}
-        if modes == {"greedy", "sampled"}:
-            out += [(suite, "greedy"), (suite, "pass")]
-    return out
+def _lookup(df: pd.DataFrame, key: tuple, suite: str, kind: str) -> tuple[tuple | None, str]:
+    """The cell (``CELL`` values) and statistic (``mean`` mean@k, ``max`` pass@k) a column reads for a row."""
+    sampled = ((df.pair == key[0]) & (df.suite == suite) & (df["mode"] == "sampled")).any()
+    mode = {"main": "sampled" if sampled else "greedy", "greedy": "greedy", "pass": "sampled" if sampled else None}
+    return ((*key, suite, mode[kind]) if mode[kind] else None), "max" if kind == "pass" else "mean"
 
 
-def _lookup(table: dict, key: tuple, suite: str, kind: str) -> tuple[tuple | None, int]:
-    """The (suite, mode) cell key and statistic (0 mean@k, 1 pass@k) a column reads for a row."""
-    pair_sampled = any((suite, "sampled") in cells for k, cells in table.items() if k[0] == key[0])
-    if kind == "main":
-        return (suite, "sampled" if pair_sampled else "greedy"), 0
-    if kind == "greedy":
-        return (suite, "greedy"), 0
-    return ((suite, "sampled"), 1) if pair_sampled else (None, 1)
+def _ci(cell: tuple | None) -> str:
+    return "–" if cell is None else "{:.1f} [{:.1f}, {:.1f}]".format(*cell)
 
 
-def table_rows(
-    table: dict, suites: list[str], minutes: dict[str, list[float]] | None = None, missing: dict | None = None,
-    resamples: int = 2000, seed: int = 0,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Ordered rows: ``{"pair", "role", "method", "key", (suite, kind): (mean %, lo %, hi %) | None,
-    "flag": {(suite, kind): what is missing}, "avg", "time", "seeds"}``."""
-    rows, cols = [], columns(table, suites)
-    for key in _order(list(table)):
-        cells = table[key]
-        seeds = max((len(c["seeds"]) for c in cells.values()), default=0)
-        row: dict[str, Any] = dict(pair=key[0], role=key[1], method=method_title(key[2]), key=key, flag={}, seeds=seeds)
-        for suite, kind in cols:
-            where, stat = _lookup(table, key, suite, kind)
-            cell = cells.get(where) if where else None
-            row[(suite, kind)] = None
-            if cell:
-                row[(suite, kind)] = tuple(100 * x for x in bootstrap(cell_matrix(cell, stat), resamples, seed))
-            if where and (missing or {}).get((*key, *where)):
-                row["flag"][(suite, kind)] = missing[(*key, *where)]
-        means = [row[(s, "main")][0] if row[(s, "main")] else None for s in suites]
-        row["avg"] = sum(means) / len(means) if all(m is not None for m in means) else None
-        exp = experiment_of(key[1], key[2])
-        runs = (minutes or {}).get(exp) if exp else None
-        row["time"] = (statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else None) if runs else None
-        rows.append(row)
-    return rows
-
-
-def difference_rows(
-    table: dict, suites: list[str], missing: dict | None = None, resamples: int = 2000, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Per (pair, role): every method - Base (paired on items) and every CoDistill-GRPO (and sweep
-    variant) - GRPO (paired on seeds and items), on each suite's main number: ``{"pair", "role",
-    "comparison", suite: (diff %, lo %, hi %, seeds, items) | None, "flag": {suite}}``."""
-    rows = []
-    for key in _order(list(table)):
-        pair, role, method = key
-        refs = [("base", "Base")] + ([("grpo", "GRPO")] if method.split("[")[0] == "codistill" else [])
-        for ref, title in refs:
-            if method == ref or (pair, role, ref) not in table:
-                continue
-            row = {"pair": pair, "role": role, "comparison": f"{method_title(method)} − {title}", "flag": set()}
-            for suite in suites:
-                where, _ = _lookup(table, key, suite, "main")
-                a, b = table[key].get(where), table[(pair, role, ref)].get(where)
-                diff = paired(a, b) if a and b else np.zeros((0, 0))
-                row[suite] = (*(100 * x for x in bootstrap(diff, resamples, seed)), *diff.shape) if diff.size else None
-                if any((missing or {}).get((*k, *where)) for k in (key, (pair, role, ref))):
-                    row["flag"].add(suite)
-            rows.append(row)
-    return rows
-
-
-def _ci(cell: tuple | None, digits: int) -> str:
-    if cell is None:
-        return "–"
-    mean, lo, hi = cell[:3]
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def _title(table: dict, suite: str, kind: str) -> str:
-    name = SUITE_TITLES.get(suite, suite)
-    ks = set().union(
-        *(c["k"] for cells in table.values() for (s, mode), c in cells.items() if (s, mode) == (suite, "sampled"))
-    )
+def _title(df: pd.DataFrame, suite: str, kind: str) -> str:
+    name, ks = SUITE_TITLES.get(suite, suite), set(df.k[(df.suite == suite) & (df["mode"] == "sampled")])
     k = str(ks.pop()) if len(ks) == 1 else "k"
-    both = {"greedy", "sampled"} <= {mode for cells in table.values() for (s, mode) in cells if s == suite}
+    both = {"greedy", "sampled"} <= set(df["mode"][df.suite == suite])
     return {"main": f"{name} mean@{k}" if both else name, "greedy": f"{name} greedy", "pass": f"{name} pass@{k}"}[kind]
 
 
-def _markdown(header: list[str], rows: list[list[str]], after: list[str]) -> str:
-    """A Markdown table (three text columns, then right-aligned numbers) and the lines ``after`` it."""
-    align = ["---"] * 3 + ["---:"] * (len(header) - 3)
-    table = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(align) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    return "\n".join(table + list(after)) + "\n"
+def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str], frame: pd.DataFrame) -> str:
+    """``<path>.md``: a Markdown table (three text columns, then right-aligned numbers) and the lines ``after``
+    it; ``<path>.csv``: ``frame`` (2 decimals, CRLF). Returns the Markdown."""
+    lines = ["| " + " | ".join(row) + " |" for row in [header, *rows]]
+    lines.insert(1, "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
+    path.with_suffix(".md").write_text(markdown := "\n".join(lines + list(after)) + "\n")
+    frame.to_csv(path.with_suffix(".csv"), index=False, float_format="%.2f", lineterminator="\r\n")
+    return markdown
 
 
-def render_markdown(
-    rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1, footer: list[str] = ()
-) -> str:
-    cols = columns(table, suites)
-    header = ["Model pair", "Model", "Method"] + [_title(table, s, k) for s, k in cols]
+def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path, footer: list) -> str:
+    """main_table.md/.csv: per (pair, role, method) and column the number and its interval (CSV ``<col>``,
+    ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown.
+    Columns: per suite the main number (the sampled mean@k where a pair has sampled results, else greedy),
+    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
+    both = [s for s in suites if set(df["mode"][df.suite == s]) == {"greedy", "sampled"}]
+    cols = [(s, k) for s in suites for k in (["main", "greedy", "pass"] if s in both else ["main"])]
+    cells = dict(list(df.groupby(CELL)))
+    header = ["Model pair", "Model", "Method"] + [_title(df, s, k) for s, k in cols]
     header += (["Avg"] if len(suites) > 1 else []) + ["Train time (min)", "Seeds"]
-    lines, notes = [], []
-    for row in rows:
-        cells = [row["pair"], row["role"], row["method"]]
-        for col in cols:
-            cells.append(_ci(row[col], digits) + ("†" if col in row["flag"] else ""))
-            if col in row["flag"]:
-                notes.append(f"† {row['pair']} {row['role']} {row['method']} {_title(table, *col)}: {row['flag'][col]}")
-        if len(suites) > 1:
-            cells.append("–" if row["avg"] is None else f"{row['avg']:.{digits}f}")
-        time = row["time"]
-        time_text = "–" if time is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}")
-        lines.append([*cells, time_text, str(row["seeds"])])
+    lines, notes, records = [], [], []
+    for key in _order(df):
+        pair, role, method = *key[:2], method_title(key[2])
+        text, record, flags = [pair, role, method], {"pair": pair, "model": role, "method": method}, []
+        for suite, kind in cols:
+            where, stat = _lookup(df, key, suite, kind)
+            values = cells[where].pivot(index="seed", columns="index", values=stat) if where in cells else None
+            ci = None if values is None else tuple(100 * x for x in bootstrap(values.dropna(axis=1), *boot))
+            name = suite if kind == "main" else f"{suite}_{kind}"
+            record.update(zip((name, f"{name}_lo", f"{name}_hi"), ci or (None,) * 3))
+            text.append(_ci(ci) + ("†" if missing.get(where) else ""))
+            if missing.get(where):
+                flags.append(missing[where])
+                notes.append(f"† {pair} {role} {method} {_title(df, suite, kind)}: {missing[where]}")
+        means = [record[s] for s in suites]
+        avg = sum(means) / len(means) if None not in means else None
+        text += [] if len(suites) < 2 else ["–" if avg is None else f"{avg:.1f}"]
+        runs = None if key[2] == "base" else minutes.get(f"grpo_{key[1]}" if key[2] == "grpo" else key[2])  # its run
+        time = (statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else None) if runs else (None, None)
+        seeds = max(c.seed.nunique() for k, c in cells.items() if k[:3] == key)
+        text.append("–" if time[0] is None else f"{time[0]:.1f}" + ("" if time[1] is None else f" ± {time[1]:.1f}"))
+        lines.append([*text, str(seeds)])
+        record.update(avg=avg, train_min=time[0], train_min_std=time[1], seeds=seeds, missing="; ".join(flags))
+        records.append(record)
     notes = ["", "Cells: mean [95% bootstrap interval over seeds and test items], in percent.", *dict.fromkeys(notes)]
-    return _markdown(header, lines, [*notes, *footer])
+    return _write(path, header, lines, [*notes, *footer], pd.DataFrame(records))
 
 
-def render_differences(rows: list[dict[str, Any]], table: dict, suites: list[str], digits: int = 1) -> str:
-    header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(table, s, 'main')}" for s in suites]
-    lines = []
-    for row in rows:
-        cells = [row["pair"], row["role"], row["comparison"]]
-        for s in suites:
-            text = _ci(row[s], digits)
-            excludes = row[s] is not None and (row[s][1] > 0 or row[s][2] < 0)
-            cells.append((f"**{text}**" if excludes else text) + ("†" if s in row["flag"] else ""))
-        lines.append(cells)
+def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple, path: Path) -> str:
+    """differences.md/.csv: per (pair, role) every method - Base (paired on items) and every CoDistill-GRPO
+    (and sweep variant) - GRPO (paired on seeds and items) on each suite's main number; returns the Markdown."""
+    header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(df, s, 'main')}" for s in suites]
+    lines, records, cells, keys = [], [], dict(list(df.groupby(CELL))), _order(df)
+    for pair, role, method in keys:
+        refs = [("base", "Base")] + ([("grpo", "GRPO")] if method.split("[")[0] == "codistill" else [])
+        for ref, title in (r for r in refs if method != r[0] and (pair, role, r[0]) in keys):
+            comparison = f"{method_title(method)} − {title}"
+            lines.append([pair, role, comparison])
+            for suite in suites:
+                where, _ = _lookup(df, (pair, role, method), suite, "main")
+                other = (pair, role, ref, *where[3:])
+                diff = paired(cells[where], cells[other]) if {where, other} <= set(cells) else np.zeros((0, 0))
+                ci = tuple(100 * x for x in bootstrap(diff, *boot)) if diff.size else None
+                excludes = ci is not None and (ci[1] > 0 or ci[2] < 0)
+                flag = bool(missing.get(where) or missing.get(other))
+                lines[-1].append((f"**{_ci(ci)}**" if excludes else _ci(ci)) + ("†" if flag else ""))
+                if ci is not None:
+                    records.append([pair, role, comparison, suite, *ci, int(excludes), *diff.shape, int(flag)])
     note = (
         "Paired differences in percentage points, 95% bootstrap interval (items paired by index; seeds "
         "paired for GRPO); **bold**: the interval excludes 0; †: a side has missing seeds or items."
     )
-    return _markdown(header, lines, ["", note])
-
-
-def write_csv(rows: list[dict[str, Any]], table: dict, suites: list[str], path: Path, digits: int = 2) -> None:
-    """main_table.csv: per row and column the number and its interval (``<col>``, ``_lo``, ``_hi``), blank if none."""
-    cols = columns(table, suites)
-    names = [s if k == "main" else f"{s}_{k}" for s, k in cols]
-    records = []
-    for row in rows:
-        record = {"pair": row["pair"], "model": row["role"], "method": row["method"]}
-        for col, name in zip(cols, names):
-            record.update(zip((name, f"{name}_lo", f"{name}_hi"), row[col] or (None,) * 3))
-        time = row["time"] or (None, None)
-        record.update(avg=row["avg"], train_min=time[0], train_min_std=time[1], seeds=row["seeds"])
-        records.append({**record, "missing": "; ".join(row["flag"].values())})
-    pd.DataFrame(records).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
-
-
-def write_differences_csv(rows: list[dict[str, Any]], suites: list[str], path: Path, digits: int = 2) -> None:
-    """differences.csv: one line per (comparison, suite) with a difference."""
-    names = ["diff", "lo", "hi", "seeds", "items"]
-    records = [
-        {"pair": row["pair"], "model": row["role"], "comparison": row["comparison"], "suite": s}
-        | dict(zip(names, row[s]))
-        | {"excludes_zero": int(row[s][1] > 0 or row[s][2] < 0), "missing": int(s in row["flag"])}
-        for row in rows
-        for s in suites
-        if row[s] is not None
-    ]
-    order = ["pair", "model", "comparison", "suite", *names[:3], "excludes_zero", *names[3:], "missing"]
-    pd.DataFrame(records, columns=order).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\r\n")
-
-
-def tokens_line(tokens: dict[str, list[float]]) -> list[str]:
-    """One line per experiment: response tokens its generating model produced in training, mean over seeds."""
-    if not tokens:
-        return []
-    parts = []
-    for exp, values in tokens.items():
-        who = "large" if exp == "grpo_large" else "small"
-        other = "" if exp.startswith("grpo_") else ", the large model none"
-        parts.append(f"{exp} {statistics.fmean(values):,.0f} by the {who} model (n={len(values)}){other}")
-    return ["", "Response tokens generated in training (mean over seeds): " + "; ".join(parts) + "."]
+    names = ["pair", "model", "comparison", "suite", "diff", "lo", "hi", "excludes_zero", "seeds", "items", "missing"]
+    return _write(path, header, lines, ["", note], pd.DataFrame(records, columns=names))
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
@@ -453,12 +313,10 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    groups: dict[str, list[dict[str, dict[int, float]]]] = {}
-    for label, series in logs.items():
-        groups.setdefault(label.split("/")[0], []).append(series)
+    names = [label.split("/")[0] for label in logs]  # each log's experiment
+    groups = {n: [s for m, s in zip(names, logs.values()) if m == n] for n in dict.fromkeys(names)}
     colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
-    cols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / cols)
+    cols, nrows = min(3, len(keys)), math.ceil(len(keys) / 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, runs in groups.items():
@@ -487,10 +345,9 @@ def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
     ``codistill[kd.coef=0.3]/1=FILE``)."""
     logs = {}
     for item in items:
-        if "=" not in item:
+        if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):  # the first = outside [...]
             raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-        cut = item.index("=", item.index("]") if "[" in item.split("=", 1)[0] and "]" in item else 0)
-        label, file = item[:cut], item[cut + 1 :]
+        label, file = match.groups()
         if not Path(file).exists():
             raise TableError(f"--log {label}: {file} not found")
         logs[label] = read_log(file)
@@ -499,25 +356,26 @@ def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
 
 def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, out: Path) -> None:
     """main_table.md/.csv and differences.md/.csv from ``--results`` (and the logs' train times and tokens)."""
-    table, skipped = load_results(args.results, suites, args.allow_missing)
-    if not table:
+    df, skipped = load_results(args.results, suites, args.allow_missing)
+    if df.empty:
         raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
-    missing = check_missing(table, seeds)
+    missing = check_missing(df, seeds)
     if missing and not args.allow_missing:
         (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
         more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
         raise TableError(
             f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or pass --allow-missing"
         )
-    footer = [f"Skipped (--allow-missing): {f}" for f in skipped] + tokens_line(generated_tokens(logs))
-    rows = table_rows(table, suites, train_minutes(logs), missing, args.resamples, args.bootstrap_seed)
-    diffs = difference_rows(table, suites, missing, args.resamples, args.bootstrap_seed)
-    markdown, diff_md = render_markdown(rows, table, suites, footer=footer), render_differences(diffs, table, suites)
-    (out / "main_table.md").write_text(markdown)
-    (out / "differences.md").write_text(diff_md)
-    write_csv(rows, table, suites, out / "main_table.csv")
-    write_differences_csv(diffs, suites, out / "differences.csv")
-    print(markdown + "\n" + diff_md, end="")
+    tokens = [  # per experiment: response tokens its generating model produced in training, mean over seeds
+        f"{exp} {statistics.fmean(values):,.0f} by the {'large' if exp == 'grpo_large' else 'small'} model "
+        f"(n={len(values)}){'' if exp.startswith('grpo_') else ', the large model none'}"
+        for exp, values in generated_tokens(logs).items()
+    ]
+    footer = [f"Skipped (--allow-missing): {f}" for f in skipped]
+    footer += ["", f"Response tokens generated in training (mean over seeds): {'; '.join(tokens)}."] * bool(tokens)
+    boot = (args.resamples, args.bootstrap_seed)
+    markdown = main_table(df, suites, train_minutes(logs), missing, boot, out / "main_table", footer)
+    print(markdown + "\n" + difference_table(df, suites, missing, boot, out / "differences"), end="")
     names = ("main_table.md", "main_table.csv", "differences.md", "differences.csv")
     print("wrote " + ", ".join(str(out / f) for f in names))
 
