@@ -395,6 +395,10 @@ def run(specs: Sequence[ModelSpec], out_path: Path, device: str, shrunken: bool,
         emit({"done": True})
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (see the module docstring); with a --pair name, everything after ``--`` goes to compose_config."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -410,9 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--logprob-micro", type=int, help="log-prob micro-batch for every model (default: per model)")
     ap.add_argument("--train-micro", type=int, help="train micro-batch for every model (default: per model)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing (with --models)")
-    ints = lambda text: tuple(int(x) for x in text.split(",") if x.strip())  # noqa: E731
     for name in ("seqs", "decode_batches", "ctxs"):
-        ap.add_argument(f"--{name.replace('_', '-')}", type=ints, help=f"comma-separated (default {GPU_PLAN[name]})")
+        ap.add_argument(f"--{name.replace('_', '-')}", type=_ints, help=f"comma-separated (default {GPU_PLAN[name]})")
     ap.add_argument("--repeats", type=int, default=3, help="timed log-prob calls after the warm-up (mean)")
     ap.add_argument("--train-repeats", type=int, default=2, help="timed train calls after the warm-up (mean)")
     ap.add_argument("--no-graph", action="store_true", help="no CUDA-graphed decode_linear")
