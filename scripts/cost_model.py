@@ -77,8 +77,15 @@ def load_phases(paths: str | Path | Iterable[str | Path]) -> Phases:
     return Phases(rows, tuple(map(str, paths)), gpu, bool(heads["shrunken"].eq(True).any()))
 
 
-def _select(phases: Phases, model: str, phase: str) -> pd.DataFrame:
-    return phases.rows[(phases.rows["model"] == model) & (phases.rows["phase"] == phase)]
+def _select(phases: Phases, model: str, *names: str) -> pd.DataFrame:
+    """The rows of the first of the phases ``names`` measured for ``model``; ValueError (the models there) if none."""
+    for name in names:
+        rows = phases.rows[(phases.rows["model"] == model) & (phases.rows["phase"] == name)]
+        if len(rows):
+            return rows
+    models = ", ".join(sorted(phases.rows["model"].dropna().unique())) or "none"
+    where = f"{', '.join(phases.sources)} (models there: {models})"
+    raise ValueError(f"no '{' or '.join(names)}' figures for model '{model}' in {where}")
 
 
 def _nearest(rows: pd.DataFrame, col: str, target: float) -> pd.DataFrame:
@@ -88,13 +95,6 @@ def _nearest(rows: pd.DataFrame, col: str, target: float) -> pd.DataFrame:
     return rows[rows[col] == values[order.index[0]]]
 
 
-def _missing(phases: Phases, model: str, what: str) -> ValueError:
-    models = ", ".join(sorted(phases.rows["model"].dropna().unique())) or "none"
-    return ValueError(
-        f"no '{what}' figures for model '{model}' in {', '.join(phases.sources)} (models there: {models})"
-    )
-
-
 def throughput(
     phases: Phases, model: str, phase_names: Sequence[str], seq: float, micro_batch: int | None = None
 ) -> tuple[float, pd.Series]:
@@ -102,9 +102,7 @@ def throughput(
     preferring rows with ``micro_batch`` (the last such row in file order).
 
     Returns (tok_per_s, row): tok_per_s = the row's ``tok_per_s``, else micro_batch x seq / s."""
-    rows = next((r for r in (_select(phases, model, n) for n in phase_names) if len(r)), None)
-    if rows is None:
-        raise _missing(phases, model, " or ".join(phase_names))
+    rows = _select(phases, model, *phase_names)
     same_micro = rows[rows["micro_batch"] == micro_batch] if micro_batch is not None else rows.iloc[:0]
     row = _nearest(same_micro if len(same_micro) else rows, "seq", seq).iloc[-1]
     tps = row.get("tok_per_s")
@@ -116,9 +114,6 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
     both parts) and the measured ctx nearest ``ctx`` at that batch. linear = min(s_eager, s_graph, s) (the
     faster of eager and CUDA-graphed, what vLLM would pick); attention = s_all_layers (else s)."""
     lin, attn = _select(phases, model, "decode_linear"), _select(phases, model, "decode_attn")
-    for rows, name in ((lin, "decode_linear"), (attn, "decode_attn")):
-        if rows.empty:
-            raise _missing(phases, model, name)
     shared = lin[lin["batch"].isin(attn["batch"])]
     if shared.empty:
         raise ValueError(f"decode_linear and decode_attn of '{model}' share no batch size")
