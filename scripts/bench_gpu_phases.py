@@ -12,6 +12,7 @@ Details (phases, fields, the CPU shrunken mode): docs/benchmarks.md, section scr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -19,7 +20,8 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -57,13 +59,7 @@ DEFAULT_MICRO = {"qwen2.5-math-1.5b": (8, 4), "qwen2.5-math-7b": (4, 2), "llama-
 FALLBACK_MICRO = (4, 2)
 GPU_PLAN = {"seqs": (2048, 4096), "decode_batches": (256, 1024), "ctxs": (2048, 4096), "matmul_n": 8192}
 SHRUNKEN_PLAN = {"seqs": (32, 64), "decode_batches": (4,), "ctxs": (32, 64), "matmul_n": 256}
-SHRUNKEN_ARCH = {
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "head_dim": 16,
-    "vocab_size": 1024,
-}
+SHRUNKEN_ARCH = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, head_dim=16, vocab_size=1024)
 SHRUNKEN_NOTE = (
     "SHRUNKEN CPU run (2 layers, hidden 64, vocab 1024, seq <= 64, fp32): it exercises the code "
     "path only; its figures mean NOTHING for sizing GPU runs"
@@ -91,9 +87,7 @@ class ModelSpec:
     train_micro: int
     grad_ckpt: bool = True
 
-    @property
-    def key(self) -> str:
-        return model_key(self.hf_id)
+    key = property(lambda self: model_key(self.hf_id))
 
 
 def spec_for(hf_id: str, logprob_micro: int | None = None, train_micro: int | None = None, grad_ckpt=True) -> ModelSpec:
@@ -103,9 +97,9 @@ def spec_for(hf_id: str, logprob_micro: int | None = None, train_micro: int | No
 
 
 def models_from_config(cfg: Any) -> list[ModelSpec]:
-    """Both models of a resolved project config (DictConfig): ``pair.<role>.model.path``, the micro-batches
-    (``log_prob_micro_batch_size_per_gpu``, ``actor.ppo_micro_batch_size_per_gpu``) and
-    ``model.enable_gradient_checkpointing``."""
+    """Both models (small, large) of a resolved project config (DictConfig): ``pair.<role>.model.path``, the
+    micro-batches (``log_prob_micro_batch_size_per_gpu``, ``actor.ppo_micro_batch_size_per_gpu``; missing: the
+    ``DEFAULT_MICRO``) and ``model.enable_gradient_checkpointing`` (default on)."""
     from omegaconf import OmegaConf
 
     out = []
@@ -147,33 +141,35 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
-        return True
     except OSError:
         return False
+    return True
 
 
 def builtin_config(key: str):
     """The transformers config of a model of the built-in table."""
     from transformers import AutoConfig
 
-    values = json.loads(json.dumps({k: v for k, v in BUILTIN_CONFIGS[key].items() if k != "hf_id"}))  # a deep copy
+    values = copy.deepcopy(BUILTIN_CONFIGS[key])
+    del values["hf_id"]
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
 def load_config(hf_id: str, source: str = "auto") -> tuple[Any, str]:
-    """(transformers config, where it came from). source: auto | hub | builtin."""
+    """(transformers config, where it came from). source: auto (local/cache, the hub, the table) | hub | builtin."""
     from transformers import AutoConfig
 
     errors = []
-    tries = [("local/cache", True), ("hub", False)] if source != "builtin" else []
-    for where, local in tries:
-        if not local and not hub_reachable():
+    for where in () if source == "builtin" else ("local/cache", "hub"):
+        if where == "hub" and not hub_reachable():
             errors.append("hub: not reachable")
             continue
         try:
-            return AutoConfig.from_pretrained(hf_id, local_files_only=local), f"from_pretrained ({where})"
+            return AutoConfig.from_pretrained(hf_id, local_files_only=where != "hub"), f"from_pretrained ({where})"
         except Exception as e:  # noqa: BLE001 - missing, gated or offline: the next source
-            errors.append(f"{where}: {type(e).__name__}" + ("" if local else f": {str(e).splitlines()[0][:120]}"))
+            errors.append(
+                f"{where}: {type(e).__name__}" + (f": {str(e).splitlines()[0][:120]}" if where == "hub" else "")
+            )
     key, why = model_key(hf_id), "; ".join(errors) or "builtin only"
     if source == "hub" or key not in BUILTIN_CONFIGS:
         raise SystemExit(f"bench_gpu_phases: no config for {hf_id} ({why}); built-in: {', '.join(BUILTIN_CONFIGS)}")
@@ -239,26 +235,21 @@ def matmul_tflops(dev, n: int, dtype) -> float:
     return 2 * n**3 / seconds(lambda: a @ b, 10 if dev.type == "cuda" else 3) / 1e12
 
 
-def _next_token_logprob(model, ids):
-    import torch
-
-    logits = model(input_ids=ids, use_cache=False).logits
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-
-
 def bench_seq(model, dev, vocab: int, micro: int, seq: int, calls: int, weights: int, train: bool, ckpt: bool):
-    """``logprob_fwd`` (train False) or ``train_fwd_bwd[_ckpt]`` of ``micro x seq`` random tokens."""
+    """``logprob_fwd`` (train False) or ``train_fwd_bwd[_ckpt]`` of ``micro x seq`` random tokens: the next-token
+    log-probs (fp32 log-softmax + gather), with grad and the backward of -(logprob x adv).mean() when training."""
     import torch
 
     ids = torch.randint(0, vocab, (micro, seq), device=dev)
     adv = torch.randn(micro, seq - 1, device=dev)
 
     def run():
-        if not train:
-            with torch.no_grad():
-                return _next_token_logprob(model, ids)
-        (-(_next_token_logprob(model, ids) * adv).mean()).backward()
-        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train):
+            logits = model(input_ids=ids, use_cache=False).logits
+            logprob = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        if train:
+            (-(logprob * adv).mean()).backward()
+            model.zero_grad(set_to_none=True)
 
     if train and ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -277,14 +268,9 @@ def bench_decode_linear(model, dev, vocab: int, batch: int, weights: int, graph:
     import torch
 
     ids = torch.randint(0, vocab, (batch, 1), device=dev)
-
-    def run():
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-
-    out = {"batch": batch, "s_eager": _sig(seconds(run, 10 if dev.type == "cuda" else 3))} | peak_extra_gb(
-        run, dev, weights
-    )
+    run = torch.no_grad()(lambda: model(input_ids=ids, use_cache=False))
+    out = {"batch": batch, "s_eager": _sig(seconds(run, 10 if dev.type == "cuda" else 3))}
+    out |= peak_extra_gb(run, dev, weights)
     if graph and dev.type == "cuda":
         try:
             side = torch.cuda.Stream()  # warm-up on a side stream, then capture
@@ -346,22 +332,27 @@ def bench_model(spec: ModelSpec, emit, dev, dtype, shrunken: bool, plan: dict, a
     params = sum(p.numel() for p in model.parameters())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else weights
-    emit({"model": spec.key, "hf_id": spec.hf_id, "config_source": source, "params": params,
-          "init_s": round(time.perf_counter() - t0, 1), "weights_gb": _sig(weights / GIB),
-          "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
-          "kv_heads": cfg.num_key_value_heads, "vocab": cfg.vocab_size})  # fmt: skip
+    arch = {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads}
+    arch |= {"kv_heads": cfg.num_key_value_heads, "vocab": cfg.vocab_size}
+    init = {"init_s": round(time.perf_counter() - t0, 1), "weights_gb": _sig(weights / GIB)}
+    emit({"model": spec.key, "hf_id": spec.hf_id, "config_source": source, "params": params} | init | arch)
     log(f"{spec.key}: {params:,} parameters ({source})")
     vocab, train_phase = cfg.vocab_size, "train_fwd_bwd_ckpt" if spec.grad_ckpt else "train_fwd_bwd"
-    jobs = [("logprob_fwd", bench_seq, (vocab, spec.logprob_micro, s, args.repeats, weights, False, False))
-            for s in plan["seqs"]]  # fmt: skip
-    jobs += [(train_phase, bench_seq, (vocab, spec.train_micro, s, args.train_repeats, weights, True, spec.grad_ckpt))
-             for s in plan["seqs"]]  # fmt: skip
+    seq_phases = [
+        ("logprob_fwd", spec.logprob_micro, args.repeats, False),
+        (train_phase, spec.train_micro, args.train_repeats, True),
+    ]
+    jobs = [
+        (phase, partial(bench_seq, model, dev, vocab, micro, s, calls, weights, train, train and spec.grad_ckpt))
+        for phase, micro, calls, train in seq_phases
+        for s in plan["seqs"]
+    ]
     for b in plan["decode_batches"]:
-        jobs.append(("decode_linear", bench_decode_linear, (vocab, b, weights, not args.no_graph)))
-        jobs += [("decode_attn", None, (b, c, dtype, weights)) for c in plan["ctxs"]]
-    for phase, fn, job_args in jobs:
+        jobs.append(("decode_linear", partial(bench_decode_linear, model, dev, vocab, b, weights, not args.no_graph)))
+        jobs += [("decode_attn", partial(bench_decode_attn, cfg, dev, b, c, dtype, weights)) for c in plan["ctxs"]]
+    for phase, job in jobs:
         try:
-            row = fn(model, dev, *job_args) if fn else bench_decode_attn(cfg, dev, *job_args)
+            row = job()
         except torch.cuda.OutOfMemoryError as e:
             row = {"error": f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"}
             model.zero_grad(set_to_none=True)  # a train run stopped before its own zero_grad
@@ -376,8 +367,7 @@ def run(specs: Sequence[ModelSpec], out_path: Path, device: str, shrunken: bool,
     import torch
     import transformers
 
-    dev, dtype = torch.device(device), torch.float32 if shrunken else torch.bfloat16
-    dname = "fp32" if shrunken else "bf16"
+    dev, dtype, dname = torch.device(device), *((torch.float32, "fp32") if shrunken else (torch.bfloat16, "bf16"))
     torch.manual_seed(0)
     t_start = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,13 +382,12 @@ def run(specs: Sequence[ModelSpec], out_path: Path, device: str, shrunken: bool,
             gpu, mem = props.name, round(props.total_memory / GIB, 1)
         else:
             gpu, mem = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", None
-        header = {"gpu": gpu, "mem_gb": mem, "torch": torch.__version__, "transformers": transformers.__version__,
-                  "dtype": dname, "attn": "sdpa", "shrunken": shrunken, "host": platform.node()}  # fmt: skip
-        emit(header | ({"note": SHRUNKEN_NOTE} if shrunken else {}))
-        n = plan["matmul_n"]
-        tflops = matmul_tflops(dev, n, dtype)
-        emit({f"{dname}_matmul_tflops": _sig(tflops, 3), "matmul_n": n})
-        log(f"{gpu}: {dname} {n}^3 matmul {tflops:.3g} TFLOP/s")
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        header = {"gpu": gpu, "mem_gb": mem, **versions, "dtype": dname, "attn": "sdpa", "shrunken": shrunken}
+        emit(header | {"host": platform.node()} | ({"note": SHRUNKEN_NOTE} if shrunken else {}))
+        tflops = matmul_tflops(dev, plan["matmul_n"], dtype)
+        emit({f"{dname}_matmul_tflops": _sig(tflops, 3), "matmul_n": plan["matmul_n"]})
+        log(f"{gpu}: {dname} {plan['matmul_n']}^3 matmul {tflops:.3g} TFLOP/s")
         for spec in specs:
             bench_model(spec, emit, dev, dtype, shrunken, plan, args)
             if dev.type == "cuda":
@@ -430,9 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed log-prob calls after the warm-up (mean)")
     ap.add_argument("--train-repeats", type=int, default=2, help="timed train calls after the warm-up (mean)")
     ap.add_argument("--no-graph", action="store_true", help="no CUDA-graphed decode_linear")
-    ap.add_argument(
-        "--config-source", choices=("auto", "hub", "builtin"), default="auto", help="auto: local, hub, table"
-    )
+    sources = ("auto", "hub", "builtin")
+    ap.add_argument("--config-source", choices=sources, default="auto", help="auto: local, hub, table")
     ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     ap.add_argument("--shrink", action="store_true", help="the shrunken architectures on CUDA too (a quick smoke test)")
     args, overrides = ap.parse_args(argv[:cut]), argv[cut + 1 :]
@@ -444,12 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pair:
         specs = models_from_config(load_pair(args.pair, args.exp, overrides))
     else:
-        models = args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
-        specs = [spec_for(m, grad_ckpt=not args.no_grad_ckpt) for m in models]
-    specs = [ModelSpec(s.hf_id, args.logprob_micro or s.logprob_micro, args.train_micro or s.train_micro, s.grad_ckpt)
-             for s in specs]  # fmt: skip
-    plan = SHRUNKEN_PLAN if shrunken else GPU_PLAN
-    plan = {k: getattr(args, k, None) or v for k, v in plan.items()}
+        specs = [
+            spec_for(m, grad_ckpt=not args.no_grad_ckpt)
+            for m in args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
+        ]
+    micro = {"logprob_micro": args.logprob_micro, "train_micro": args.train_micro}
+    specs = [replace(s, **{k: v for k, v in micro.items() if v}) for s in specs]
+    plan = {k: getattr(args, k, None) or v for k, v in (SHRUNKEN_PLAN if shrunken else GPU_PLAN).items()}
     if shrunken:
         log(f"no CUDA device used: {SHRUNKEN_NOTE}")
     run(specs, Path(args.out), device, shrunken, plan, args)

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,18 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gpu_phases import model_key  # noqa: E402,F401  (stdlib at import: the names phase files use)
+# stdlib at import: the model names phase files use, and the pair's models read from a config
+from bench_gpu_phases import ModelSpec, model_key, models_from_config  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
 DEFAULT_PHASES = (COST_DATA / "h200_phase_cost.jsonl", COST_DATA / "h200_phase_cost_tail.jsonl")
 
 DEFAULT_DECODE_BATCH = 256
-DEFAULT_PROMPT_LEN = 200.0  # tokens; the worked example's figure, used when no run log is given
-DEFAULT_RESP_LEN = 800.0
-RESP_LEN_KEY = "response_length/mean"
-PROMPT_LEN_KEY = "prompt_length/mean"
+DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN = 200.0, 800.0  # tokens: the worked example's, used when no run log is given
+RESP_LEN_KEY, PROMPT_LEN_KEY = "response_length/mean", "prompt_length/mean"
 # first present wins: the large model's skip (CoDistill), the actor's skip (GRPO baselines)
 ZERO_ADV_KEYS = ("large/skipped_frac", "small/skipped_frac", "actor/skipped_frac", "large/zero_adv_frac")
-LOGPROB_PHASE = "logprob_fwd"
 TRAIN_PHASES = {True: ("train_fwd_bwd_ckpt", "train_fwd_bwd"), False: ("train_fwd_bwd", "train_fwd_bwd_ckpt")}
 ROLE_ORDER = ("small", "large")
 BASELINE_EXP = "grpo_large"
@@ -48,15 +46,12 @@ CAPPED += " (no run log given)"
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
     """One JSON object a line (blank lines allowed) -> a DataFrame, one row a line; ValueError names a bad line."""
-    try:
-        return pd.read_json(path, lines=True, precise_float=True, dtype=False)
-    except ValueError as e:
-        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-            try:
-                json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-        raise
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+    return pd.read_json(path, lines=True, precise_float=True, dtype=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,33 +61,31 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
 @dataclass(frozen=True)
 class Phases:
     rows: pd.DataFrame  # measurements (lines with a "phase"), minus skipped / OOM rows
-    headers: pd.DataFrame  # everything else (GPU, torch, matmul TFLOP/s, params, done)
     sources: tuple[str, ...]
-
-    @property
-    def gpu(self) -> str:
-        return ", ".join(sorted(self.headers.get("gpu", pd.Series()).dropna().astype(str).unique())) or "unknown device"
-
-    @property
-    def shrunken(self) -> bool:
-        return bool(self.headers.get("shrunken", pd.Series(dtype=object)).fillna(False).astype(bool).any())
-
-    def models(self) -> list[str]:
-        return sorted(self.rows["model"].dropna().unique())
+    gpu: str  # the header lines' GPU names
+    shrunken: bool  # a header line says shrunken (bench_gpu_phases.py's CPU mode)
 
 
 def load_phases(paths: str | Path | Iterable[str | Path]) -> Phases:
     """Read one or more phase JSONL files (bench_gpu_phases.py's format) into one table (file order kept)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     df = pd.concat([read_jsonl(p) for p in paths], ignore_index=True)
-    df = df.reindex(columns=df.columns.union(["phase", "model", "skipped", "error"], sort=False))
-    measured = df["phase"].notna()
+    df = df.reindex(columns=df.columns.union(["phase", "model", "skipped", "error", "gpu", "shrunken"], sort=False))
+    measured, heads = df["phase"].notna(), df[df["phase"].isna()]
     rows = df[measured & df["skipped"].isna() & df["error"].isna()]  # bench_gpu_phases.py's skipped / OOM rows
-    return Phases(rows, df[~measured], tuple(map(str, paths)))
+    gpu = ", ".join(sorted(heads["gpu"].dropna().astype(str).unique())) or "unknown device"
+    return Phases(rows, tuple(map(str, paths)), gpu, bool(heads["shrunken"].eq(True).any()))
 
 
-def _select(phases: Phases, model: str, phase: str) -> pd.DataFrame:
-    return phases.rows[(phases.rows["model"] == model) & (phases.rows["phase"] == phase)]
+def _select(phases: Phases, model: str, *names: str) -> pd.DataFrame:
+    """The rows of the first of the phases ``names`` measured for ``model``; ValueError (the models there) if none."""
+    for name in names:
+        rows = phases.rows[(phases.rows["model"] == model) & (phases.rows["phase"] == name)]
+        if len(rows):
+            return rows
+    models = ", ".join(sorted(phases.rows["model"].dropna().unique())) or "none"
+    where = f"{', '.join(phases.sources)} (models there: {models})"
+    raise ValueError(f"no '{' or '.join(names)}' figures for model '{model}' in {where}")
 
 
 def _nearest(rows: pd.DataFrame, col: str, target: float) -> pd.DataFrame:
@@ -102,23 +95,14 @@ def _nearest(rows: pd.DataFrame, col: str, target: float) -> pd.DataFrame:
     return rows[rows[col] == values[order.index[0]]]
 
 
-def _missing(phases: Phases, model: str, what: str) -> ValueError:
-    return ValueError(
-        f"no '{what}' figures for model '{model}' in {', '.join(phases.sources)} "
-        f"(models there: {', '.join(phases.models()) or 'none'})"
-    )
-
-
 def throughput(
     phases: Phases, model: str, phase_names: Sequence[str], seq: float, micro_batch: int | None = None
 ) -> tuple[float, pd.Series]:
-    """Tokens/s of the first of ``phase_names`` measured for ``model``, at the measured seq nearest
-    ``seq``, preferring rows with ``micro_batch`` (the last such row in file order).
+    """Tokens/s of the first of ``phase_names`` measured for ``model``, at the measured seq nearest ``seq``,
+    preferring rows with ``micro_batch`` (the last such row in file order).
 
     Returns (tok_per_s, row): tok_per_s = the row's ``tok_per_s``, else micro_batch x seq / s."""
-    rows = next((r for r in (_select(phases, model, n) for n in phase_names) if len(r)), None)
-    if rows is None:
-        raise _missing(phases, model, " or ".join(phase_names))
+    rows = _select(phases, model, *phase_names)
     same_micro = rows[rows["micro_batch"] == micro_batch] if micro_batch is not None else rows.iloc[:0]
     row = _nearest(same_micro if len(same_micro) else rows, "seq", seq).iloc[-1]
     tps = row.get("tok_per_s")
@@ -130,9 +114,6 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
     both parts) and the measured ctx nearest ``ctx`` at that batch. linear = min(s_eager, s_graph, s) (the
     faster of eager and CUDA-graphed, what vLLM would pick); attention = s_all_layers (else s)."""
     lin, attn = _select(phases, model, "decode_linear"), _select(phases, model, "decode_attn")
-    for rows, name in ((lin, "decode_linear"), (attn, "decode_attn")):
-        if rows.empty:
-            raise _missing(phases, model, name)
     shared = lin[lin["batch"].isin(attn["batch"])]
     if shared.empty:
         raise ValueError(f"decode_linear and decode_attn of '{model}' share no batch size")
@@ -147,33 +128,30 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
 # run settings
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    path: str
-    key: str  # name in the phase table
-    grad_ckpt: bool = True
-    train_micro: int | None = None
-    logprob_micro: int | None = None
+def _key(key: str, kind: type, missing: Any = None, **kw: Any) -> Any:
+    """A Settings field read by ``settings_from_config`` from the config's ``key`` (absent or null: ``missing``;
+    None: required)."""
+    return field(metadata={"key": key, "kind": kind, "missing": missing}, **kw)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    pair: str
-    exp: str
-    generator: str  # "small" or "large": generates and is the trained actor
-    small: ModelSettings
-    large: ModelSettings
-    large_enabled: bool  # the large model loaded as the second model (forward: old log-probs)
-    large_train: bool  # ... and trained
-    kd_coef: float
-    skip_zero_grad: bool
-    prompts: int
-    n: int
-    steps: int
-    nnodes: int
-    gpus_per_node: int
-    prompt_len: float = DEFAULT_PROMPT_LEN
-    resp_len: float = DEFAULT_RESP_LEN
+    pair: str = _key("pair.name", str)
+    exp: str = _key("exp.name", str)
+    generator: str = _key("exp.generator", str)  # "small" or "large": generates and is the trained actor
+    small: ModelSpec  # path, micro-batches, gradient checkpointing (bench_gpu_phases.models_from_config)
+    large: ModelSpec
+    large_enabled: bool = _key("algorithm.codistill.large.enable", bool, False)  # loaded as the second model
+    large_train: bool = _key("algorithm.codistill.large.train", bool, False)  # ... and trained
+    kd_coef: float = _key("algorithm.codistill.kd.coef", float, 0.0)
+    skip_zero_grad: bool = _key("algorithm.codistill.large.skip_zero_grad", bool, False)
+    prompts: int = _key("data.train_batch_size", int)
+    n: int = _key("actor_rollout_ref.rollout.n", int)
+    steps: int = _key("trainer.total_training_steps", int)
+    nnodes: int = _key("trainer.nnodes", int)
+    gpus_per_node: int = _key("trainer.n_gpus_per_node", int)
+    prompt_len: float = _key("data.max_prompt_length", float, math.inf, default=DEFAULT_PROMPT_LEN)  # read: the cap
+    resp_len: float = _key("data.max_response_length", float, math.inf, default=DEFAULT_RESP_LEN)
     zero_adv_frac: float = 0.0
     decode_batch: int = DEFAULT_DECODE_BATCH
     len_source: str = NO_LOG
@@ -184,64 +162,31 @@ class Settings:
     tokens = property(lambda self: self.responses * self.seq)
     gpus = property(lambda self: self.nnodes * self.gpus_per_node)
 
-    def model(self, role: str) -> ModelSettings:
-        return self.small if role == "small" else self.large
-
-
-_REQUIRED = object()
-
-
-def _get(cfg: DictConfig, key: str, default: Any = _REQUIRED) -> Any:
-    """``OmegaConf.select(cfg, key)``; a missing or null key gives ``default``, or KeyError when none is given."""
-    value = OmegaConf.select(cfg, key, default=None)
-    if value is None and default is _REQUIRED:
-        raise KeyError(f"the config has no '{key}'")
-    return default if value is None else value
-
-
-def _model_settings(cfg: DictConfig, role: str) -> ModelSettings:
-    path = str(_get(cfg, f"pair.{role}.model.path"))
-    ckpt = _get(cfg, f"pair.{role}.model.enable_gradient_checkpointing", True)
-    micro = [_get(cfg, f"pair.{role}.{k}_micro_batch_size_per_gpu", None) for k in ("actor.ppo", "log_prob")]
-    return ModelSettings(path, model_key(path), bool(ckpt), *(None if m is None else int(m) for m in micro))
-
 
 def settings_from_config(cfg: Any) -> Settings:
-    """Run settings from the project's resolved config (a DictConfig or nested dicts), with the
-    worked example's lengths (200 prompt + 800 response tokens, capped at the maximum lengths)
-    and no zero-advantage skip; replace those with ``apply_run_figures``."""
+    """Run settings from the project's resolved config (a DictConfig or nested dicts; the keys: ``Settings``' metadata),
+    with the worked example's lengths (200 prompt + 800 response tokens, capped at the maximum lengths)
+    and no zero-advantage skip; replace those with ``apply_run_figures``. A missing required key: KeyError."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    generator = str(_get(cfg, "exp.generator"))
-    if generator not in ("small", "large"):
-        raise ValueError(f"exp.generator must be 'small' or 'large', not {generator!r}")
-    large_enabled = bool(_get(cfg, "algorithm.codistill.large.enable", False))
-    if generator == "large" and large_enabled:
+    v = {}
+    for f in (f for f in fields(Settings) if f.metadata):
+        key, kind, default = f.metadata["key"], f.metadata["kind"], f.metadata["missing"]
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None and default is None:
+            raise KeyError(f"the config has no '{key}'")
+        v[f.name] = kind(default if value is None else value)
+    if v["generator"] not in ("small", "large"):
+        raise ValueError(f"exp.generator must be 'small' or 'large', not {v['generator']!r}")
+    if v["generator"] == "large" and v["large_enabled"]:
         raise ValueError(
             "exp.generator=large with algorithm.codistill.large.enable=true: "
             "the large model cannot be both the actor and the second model"
         )
-    prompt_len = min(DEFAULT_PROMPT_LEN, _get(cfg, "data.max_prompt_length", math.inf))
-    resp_len = min(DEFAULT_RESP_LEN, _get(cfg, "data.max_response_length", math.inf))
-    capped = (prompt_len, resp_len) != (DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN)
-    return Settings(
-        pair=str(_get(cfg, "pair.name")),
-        exp=str(_get(cfg, "exp.name")),
-        generator=generator,
-        small=_model_settings(cfg, "small"),
-        large=_model_settings(cfg, "large"),
-        large_enabled=large_enabled,
-        large_train=large_enabled and bool(_get(cfg, "algorithm.codistill.large.train", False)),
-        kd_coef=float(_get(cfg, "algorithm.codistill.kd.coef", 0.0)),
-        skip_zero_grad=bool(_get(cfg, "algorithm.codistill.large.skip_zero_grad", False)),
-        prompts=int(_get(cfg, "data.train_batch_size")),
-        n=int(_get(cfg, "actor_rollout_ref.rollout.n")),
-        steps=int(_get(cfg, "trainer.total_training_steps")),
-        nnodes=int(_get(cfg, "trainer.nnodes")),
-        gpus_per_node=int(_get(cfg, "trainer.n_gpus_per_node")),
-        prompt_len=float(prompt_len),
-        resp_len=float(resp_len),
-        len_source=CAPPED if capped else NO_LOG,
-    )
+    v["large_train"] &= v["large_enabled"]
+    v["prompt_len"], v["resp_len"] = min(DEFAULT_PROMPT_LEN, v["prompt_len"]), min(DEFAULT_RESP_LEN, v["resp_len"])
+    v["len_source"] = NO_LOG if (v["prompt_len"], v["resp_len"]) == (DEFAULT_PROMPT_LEN, DEFAULT_RESP_LEN) else CAPPED
+    small, large = models_from_config(cfg)
+    return Settings(small=small, large=large, **v)
 
 
 @dataclass(frozen=True)
@@ -261,10 +206,10 @@ def read_run_metrics(path: str | Path) -> RunMetrics:
     data = pd.DataFrame([d if isinstance(d, dict) else {} for d in df.get("data", [])], index=df.index)
     keys = [k for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS) if k in data]
     values = data[keys].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
-    means = values.mean()
-    zkey = next((k for k in ZERO_ADV_KEYS if k in means and pd.notna(means[k])), None)
-    mean = lambda k: float(means[k]) if k in means and pd.notna(means[k]) else None  # noqa: E731
+    means = values.mean().dropna()
+    zkey = next((k for k in ZERO_ADV_KEYS if k in means), None)
     steps = df.loc[values.notna().any(axis=1), "step"].nunique() if keys else 0
+    mean = {k: float(v) for k, v in means.items()}.get
     return RunMetrics(str(path), int(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey), zkey)
 
 
@@ -280,23 +225,24 @@ def apply_run_figures(
 ) -> Settings:
     """Lengths and zero-advantage fraction from a run log and/or explicit values (explicit wins)."""
     m = metrics or RunMetrics("", 0, None, None, None, None)
-    where = f"{m.steps} steps in {m.path}"
-    candidates = [  # (field, value, source), later ones win
-        ("resp_len", m.resp_len, f"response {RESP_LEN_KEY} mean of {where}"),
+    given = [  # (field, value, source), later ones win
+        ("resp_len", m.resp_len, f"response {RESP_LEN_KEY} mean of {m.steps} steps in {m.path}"),
         ("prompt_len", m.prompt_len, f"prompt {PROMPT_LEN_KEY} from the same log"),
         ("resp_len", resp_len, "response --resp-len"),
         ("prompt_len", prompt_len, "prompt --prompt-len"),
     ]
-    changes: dict[str, Any] = {k: float(v) for k, v, _ in candidates if v is not None}
-    len_src = [src for _, v, src in candidates if v is not None]
-    if len_src:
-        len_src += [] if "prompt_len" in changes else [f"prompt default {DEFAULT_PROMPT_LEN:g}"]
-        len_src += [] if "resp_len" in changes else [f"response default {DEFAULT_RESP_LEN:g}"]
-        changes["len_source"] = "; ".join(len_src)
+    given = [(k, float(v), src) for k, v, src in given if v is not None]
+    changes: dict[str, Any] = {k: v for k, v, _ in given}
+    if given:
+        defaults = (
+            ("prompt_len", f"prompt default {DEFAULT_PROMPT_LEN:g}"),
+            ("resp_len", f"response default {DEFAULT_RESP_LEN:g}"),
+        )
+        changes["len_source"] = "; ".join([src for *_, src in given] + [d for k, d in defaults if k not in changes])
     if zero_adv_frac is not None:
-        changes["zero_adv_frac"], changes["zero_adv_source"] = float(zero_adv_frac), "--zero-adv-frac"
+        changes.update(zero_adv_frac=float(zero_adv_frac), zero_adv_source="--zero-adv-frac")
     elif m.zero_adv_frac is not None:
-        changes["zero_adv_frac"], changes["zero_adv_source"] = m.zero_adv_frac, f"{m.zero_adv_key} mean in {m.path}"
+        changes.update(zero_adv_frac=m.zero_adv_frac, zero_adv_source=f"{m.zero_adv_key} mean in {m.path}")
     elif metrics is not None:
         changes["zero_adv_source"] = f"0: none of {', '.join(ZERO_ADV_KEYS)} in {m.path}"
     changes.update({k: int(v) for k, v in (("decode_batch", decode_batch), ("steps", steps)) if v is not None})
@@ -309,11 +255,11 @@ def apply_run_figures(
 
 
 def grpo_large_settings(s: Settings, zero_adv_frac: float | None = None) -> Settings:
-    """The grpo_large baseline for the same pair, batch, lengths and steps: the large model
-    generates and trains alone with kd.coef 0 (zero-adv fraction: the experiment's unless given)."""
+    """The grpo_large baseline for the same pair, batch, lengths and steps: the large model generates and trains
+    alone with kd.coef 0 (zero-adv fraction: the experiment's unless given)."""
     zero_adv_frac = s.zero_adv_frac if zero_adv_frac is None else float(zero_adv_frac)
-    return replace(s, exp=BASELINE_EXP, generator="large", large_enabled=False, large_train=False, kd_coef=0.0,
-                   zero_adv_frac=zero_adv_frac)  # fmt: skip
+    large_alone = dict(generator="large", large_enabled=False, large_train=False, kd_coef=0.0)
+    return replace(s, exp=BASELINE_EXP, zero_adv_frac=zero_adv_frac, **large_alone)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,17 +282,6 @@ def _train_scale(s: Settings, role: str) -> float:
     return 1.0 - s.zero_adv_frac if s.skip_zero_grad and (second_large or grpo_actor) else 1.0
 
 
-def roles(s: Settings) -> dict[str, list[str]]:
-    """Which pair models run each phase."""
-    second = s.generator == "small"
-    loaded = [s.generator] + (["large"] if second and s.large_enabled else [])
-    return {
-        "generate": [s.generator],
-        "log_prob": loaded,
-        "train": [s.generator] + (["large"] if second and s.large_train else []),
-    }
-
-
 def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
     """Per (phase, model) GPU-seconds of one step, with the figures used (R = responses, T = prompt +
     response tokens, B = decode batch):
@@ -354,36 +289,38 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
         generate = R / B x resp_len x decode_step_s;  log_prob = R x T / logprob tok/s;
         train = R x T / train tok/s x (1 - zero_adv_frac where skipped)
     """
-    who, lines = roles(s), []
-    for role in (r for r in ROLE_ORDER if r in who["generate"]):
-        m, d = s.model(role), decode_step(phases, s.model(role).key, s.decode_batch, s.seq)
-        batches = s.responses / s.decode_batch
-        how = (
-            f"{s.responses}/{s.decode_batch} = {batches:g} batches x {s.resp_len:g} steps x {d['s'] * 1e3:.2f} ms "
-            f"(decode B={d['batch']:g}, ctx {d['ctx']:g}: {d['linear_s'] * 1e3:.2f} + {d['attn_s'] * 1e3:.2f} ms)"
-        )
-        lines.append(Line("generate", role, m.key, batches * s.resp_len * d["s"], how))
-    for phase in ("log_prob", "train"):
-        for role in (r for r in ROLE_ORDER if r in who[phase]):
-            m = s.model(role)
-            names, micro = (
-                ((LOGPROB_PHASE,), m.logprob_micro)
-                if phase == "log_prob"
-                else (TRAIN_PHASES[m.grad_ckpt], m.train_micro)
-            )
-            tps, row = throughput(phases, m.key, names, s.seq, micro)
-            scale = _train_scale(s, role) if phase == "train" else 1.0
+    second = s.generator == "small"
+    who = {  # which pair models run each phase
+        "generate": [s.generator],
+        "log_prob": [s.generator] + (["large"] if second and s.large_enabled else []),
+        "train": [s.generator] + (["large"] if second and s.large_train else []),
+    }
+    lines = []
+    for phase, role in ((p, r) for p in who for r in ROLE_ORDER if r in who[p]):
+        m = getattr(s, role)
+        if phase == "generate":
+            d, batches = decode_step(phases, m.key, s.decode_batch, s.seq), s.responses / s.decode_batch
             how = (
-                f"{s.tokens:,.0f} tok / {tps:,.0f} tok/s ({row['phase']}, micro {int(row['micro_batch'])}, "
-                f"seq {int(row['seq'])})" + (f" x (1 - {s.zero_adv_frac:.3g}) zero-adv skip" if scale != 1.0 else "")
+                f"{s.responses}/{s.decode_batch} = {batches:g} batches x {s.resp_len:g} steps x {d['s'] * 1e3:.2f} ms "
+                f"(decode B={d['batch']:g}, ctx {d['ctx']:g}: {d['linear_s'] * 1e3:.2f} + {d['attn_s'] * 1e3:.2f} ms)"
             )
-            lines.append(Line(phase, role, m.key, s.tokens / tps * scale, how))
+            lines.append(Line(phase, role, m.key, batches * s.resp_len * d["s"], how))
+            continue
+        train = phase == "train"
+        names, micro = (TRAIN_PHASES[m.grad_ckpt], m.train_micro) if train else (("logprob_fwd",), m.logprob_micro)
+        tps, row = throughput(phases, m.key, names, s.seq, micro)
+        scale = _train_scale(s, role) if train else 1.0
+        how = (
+            f"{s.tokens:,.0f} tok / {tps:,.0f} tok/s ({row['phase']}, micro {int(row['micro_batch'])}, "
+            f"seq {int(row['seq'])})" + (f" x (1 - {s.zero_adv_frac:.3g}) zero-adv skip" if scale != 1.0 else "")
+        )
+        lines.append(Line(phase, role, m.key, s.tokens / tps * scale, how))
     return lines
 
 
 def step_cost(phases: Phases, s: Settings) -> dict[tuple[str, str], float]:
     """{(phase, role): GPU-seconds of one step}; phase in generate | log_prob | train, role small | large."""
-    return step_cost_from(step_cost_detail(phases, s))
+    return {(ln.phase, ln.role): ln.seconds for ln in step_cost_detail(phases, s)}
 
 
 def total(cost: Mapping[tuple[str, str], float]) -> float:
@@ -419,7 +356,7 @@ def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Setti
         f"configured micro-batch where measured",
         f"lengths: prompt {s.prompt_len:g} + response {s.resp_len:g} tokens per sample: {s.len_source}",
         f"zero-advantage fraction {s.zero_adv_frac:.3g}: {s.zero_adv_source}; skip_zero_grad "
-        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) if applied else 'nothing'}",
+        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) or 'nothing'}",
         "not modelled: FSDP communication, optimizer step, vLLM scheduler/sampling overhead, weight sync, "
         "reward scoring, offload, checkpoints, validation",
         "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
@@ -435,9 +372,8 @@ def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Setti
 
 
 def format_report(
-    phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None = None,
-    baseline_lines: list[Line] | None = None,
-) -> str:  # fmt: skip
+    phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None = None, baseline_lines: list | None = None
+) -> str:
     """The full report: the per-(phase, model) table with the figures used, shares, baseline ratio,
     GPU-hours and the assumptions."""
     df = pd.DataFrame([asdict(ln) for ln in lines])
@@ -445,24 +381,20 @@ def format_report(
     table = pd.concat([df, pd.DataFrame([{"phase": "total", "role": "", "model": "", "seconds": tot, "how": ""}])])
     table.columns = ["phase", "model", "", "GPU-s", "figure used"]
     left = {c: f"{{:<{table[c].str.len().max()}}}".format for c in ("phase", "model", "", "figure used")}
+    text = table.to_string(index=False, justify="left", formatters=left, float_format="{:.1f}".format)
     out = [
         f"Step cost: pair {s.pair}, experiment {s.exp} (GPU-seconds per training step)",
         f"phases: {', '.join(phases.sources)} ({phases.gpu})",
         f"step: {s.prompts} prompts x {s.n} samples = {s.responses} responses x ({s.prompt_len:g} prompt + "
         f"{s.resp_len:g} response) tokens = {s.tokens:,.0f} tokens",
         "",
-        *(
-            ln.rstrip()
-            for ln in table.to_string(
-                index=False, justify="left", formatters=left, float_format="{:.1f}".format
-            ).splitlines()
-        ),
+        *(ln.rstrip() for ln in text.splitlines()),
         "",
         "per model: "
         + ", ".join(f"{r} {v:.1f} GPU-s ({v / tot:.1%})" for r, v in by_role.reindex(ROLE_ORDER).dropna().items() if v),
     ]
-    share = large_share(step_cost_from(lines))  # the large model's log-prob + train
     if "large" in by_role:
+        share = large_share({(ln.phase, ln.role): ln.seconds for ln in lines})
         note = "; it also generates here" if s.generator == "large" else ""
         out.append(
             f"large model's own share (its log-prob + train{note}): {share:.1f} GPU-s/step = "
@@ -485,11 +417,6 @@ def format_report(
         *(f"- {a}" for a in _assumptions(phases, s, lines, baseline)),
     ]
     return "\n".join(out)
-
-
-def step_cost_from(lines: list[Line]) -> dict[tuple[str, str], float]:
-    """{(phase, role): GPU-seconds} of ``step_cost_detail``'s lines."""
-    return {(ln.phase, ln.role): ln.seconds for ln in lines}
 
 
 def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | None = None) -> str:
@@ -566,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases = load_phases(args.phases or DEFAULT_PHASES)
         cfg = load_configs_file(args.configs, args.exp) if args.configs else compose(args.pair, args.exp, overrides)
         s = settings_from_config(cfg)
-        if s.pair != args.pair or s.exp != args.exp:
+        if (s.pair, s.exp) != (args.pair, args.exp):
             raise SystemExit(
                 f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'"
             )
