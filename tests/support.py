@@ -7,10 +7,12 @@
 - ``group_stats`` and ``grpo_reference``: the slow obvious GRPO reference (python floats, one group
   at a time) every test compares verl's and the recipe's advantages with.
 - ``run_evaluate``: ``scripts/evaluate.py`` on the tiny suite (in this process or as a subprocess) and its result.
+- ``load_script``: a ``scripts/*.py`` file imported as a module (the scripts are not a package).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -163,3 +165,12 @@ def run_evaluate(model, name: str, suite_dir, out, max_tokens: int, limit: int, 
         proc = subprocess.run(script + argv, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((Path(out) / name / "tiny.json").read_text())
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as the module ``<name>_script`` (registered in ``sys.modules``: dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ and the built-in config table against the models' published config.json values."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,21 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_gpu_phases.py"
 PHASES = ("logprob_fwd", "train_fwd_bwd_ckpt", "decode_linear", "decode_attn")
 MODELS = ("qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.2-1b", "llama-3.1-8b")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_gpu_phases_script", SCRIPT)
+bench = load_script("bench_gpu_phases")
 
 # Published config.json values (huggingface.co/<id>/blob/main/config.json), written out by hand:
 # hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
@@ -177,7 +170,7 @@ def test_cost_model_reads_the_cpu_file_and_warns(cpu_run, tmp_path):
     _, lines = cpu_run
     path = tmp_path / "cpu.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    cm = sys.modules.get("cost_model") or _load("cost_model", REPO / "scripts" / "cost_model.py")
+    cm = load_script("cost_model")
     phases = cm.load_phases(path)
     assert phases.shrunken
     cfg = {

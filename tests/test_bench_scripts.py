@@ -2,7 +2,6 @@
 metrics table and its up-front --warmup check; bench_algos and bench_reward end to end (subprocesses, tiny sizes):
 the printed tables' rows and columns, and the figures that do not depend on timing."""
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -12,18 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_step = _load("bench_step_script", REPO / "scripts" / "bench_step.py")
+bench_step = load_script("bench_step")
 
 
 def test_phase_means_hand_worked():

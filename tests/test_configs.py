@@ -22,6 +22,7 @@ from recipe.codistill_grpo.configuration import (
     substitutions,
 )
 from recipe.codistill_grpo.preflight import PreflightError, check_model
+from tests.support import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = ["llama-3.2-1b_3.1-8b", "qwen2.5-math-1.5b_7b"]
@@ -118,12 +119,7 @@ def test_data_paths_come_from_the_environment(pair, tmp_path, monkeypatch):
 
 
 def test_templates_are_known_to_prepare_data():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "scripts" / "prepare_data.py")
-    prepare_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare_data)
-    templates = prepare_data.load_templates()
+    templates = load_script("prepare_data").load_templates()
     assert resolved(compose_config(PAIRS[0], "codistill")).pair.template == "llama_instruct" in templates
     assert resolved(compose_config(PAIRS[1], "codistill")).pair.template == "qwen_math" in templates
 

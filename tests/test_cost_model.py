@@ -5,7 +5,6 @@ parsing and the CLI without the config module."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "scripts" / "cost_data"
 MAIN = DATA / "h200_phase_cost.jsonl"
@@ -21,15 +22,7 @@ TAIL = DATA / "h200_phase_cost_tail.jsonl"
 PAIR = "qwen2.5-math-1.5b_7b"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("cost_model_script", REPO / "scripts" / "cost_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-cm = _load_script()
+cm = load_script("cost_model")
 
 
 # ---- the worked example, by hand ----------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,19 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.support import run_evaluate
+from tests.support import load_script, run_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = _load_script()
+evaluate = load_script("evaluate")
 
 SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0}
 HEADER = {

@@ -4,24 +4,18 @@ loop reference and hand-worked cases), missing results, tokens generated, curves
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_tables_script", REPO / "scripts" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = _load_script()
+make_tables = load_script("make_tables")
 
 
 def reference_bootstrap(values, resamples, seed=0, level=0.95):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,18 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 QWEN_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_data_script", REPO / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_data = _load_script()
+prepare_data = load_script("prepare_data")
 
 MATH_ROWS = [
     {"problem": "What is $1+1$?", "solution": "Clearly $1+1=\\boxed{2}$.", "level": "Level 3", "type": "Algebra"},

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import load_script
 from tests.test_run_script import FAKEBIN, REPO, Env
 
 SCRIPT = REPO / "scripts" / "reproduce_paper.sh"
@@ -256,11 +255,7 @@ def test_bad_arguments(tmp_path):
 
 def test_progress_reads_the_entry_points_step_lines_and_nothing_else():
     """The lines the entry point prints during and after a run (as in a real run's train.log)."""
-    spec = importlib.util.spec_from_file_location("reproduce_paper_script", REPO / "scripts" / "reproduce_paper.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    progress_step = module.progress_step
+    progress_step = load_script("reproduce_paper").progress_step
 
     assert progress_step("codistill: step 7/40  critic/score/mean=0.2812  timing_s/step=1.326  (105s elapsed)") == 7
     assert progress_step("codistill: step 40/40  critic/score/mean=0.1484  (108s elapsed)\n") == 40
