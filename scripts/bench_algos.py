@@ -2,11 +2,8 @@
 """Benchmark: the CoDistill algorithm path vs verl's plain GRPO path on one realistic batch.
 
     python scripts/bench_algos.py                      # 512 x 4096, group size 8, CPU
-    python scripts/bench_algos.py --device cuda        # on a GPU
-    python scripts/bench_algos.py --threads 1          # steadier on a busy CPU machine
-    python scripts/bench_algos.py --batch 64 --seq-len 1024 --repeats 3
 
-Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_algos.py.
+Examples, formats, equations and options: docs/benchmarks.md, section scripts/bench_algos.py.
 """
 
 import argparse

@@ -2,9 +2,8 @@
 """Math reward throughput: sequential in-process grading vs the process pool, with adversarial inputs.
 
     python scripts/bench_reward.py                       # 400 real-looking + 10 adversarial, timeout 5 s
-    python scripts/bench_reward.py --n 1000 --workers 2,4 --timeout 2
 
-Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_reward.py.
+Examples, formats, equations and options: docs/benchmarks.md, section scripts/bench_reward.py.
 """
 
 import argparse

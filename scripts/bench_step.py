@@ -1,12 +1,9 @@
 #!/usr/bin/env python
 """Per-phase step time of two runs of the recipe, through the real entry point, side by side.
 
-    python scripts/bench_step.py --steps 6 --warmup 2                                   # CPU: CoDistill vs GRPO small
-    python scripts/bench_step.py --compare skip --pair toy --steps 8                    # zero-gradient skip on vs off
-    python scripts/bench_step.py --compare batching --pair toy                          # CPU rollout batching on vs off
     python scripts/bench_step.py --platform gpu --steps 8 -- trainer.n_gpus_per_node=8  # GPU: overrides after --
 
-Details (formats, equations, options): docs/benchmarks.md, section scripts/bench_step.py.
+Examples, formats, equations and options: docs/benchmarks.md, section scripts/bench_step.py.
 """
 
 import argparse
@@ -74,13 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument(
-        "--compare",
-        default="grpo",
-        choices=sorted(COMPARISONS),
-        help="grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; "
-        "batching (platform cpu): the CPU rollout batching requests vs answering one at a time",
-    )
+    compare = "grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; batching "
+    compare += "(platform cpu): the CPU rollout batching requests vs answering one at a time"
+    p.add_argument("--compare", default="grpo", choices=sorted(COMPARISONS), help=compare)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
     p.add_argument("--out", help="output folder (default: a temporary folder)")
@@ -93,15 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"bench_step: {plan}", flush=True)
     runs = {name: run(out / name, ns, variant, extra) for name, variant in COMPARISONS[ns.compare].items()}
     (a, ma), (b, mb) = ((name, phase_means(df)) for name, df in runs.items())
-
-    def ms(x: float | None) -> str:
-        return "-" if x is None else f"{x * 1000:9.1f}"
-
     print(f"\n{'phase':<16}{a + ' ms':>14}{b + ' ms':>14}{'ratio':>8}")
     for label, _, _ in PHASES:
         x, y = ma[label], mb[label]
+        cells = ["-" if v is None else f"{v * 1000:9.1f}" for v in (x, y)]
         ratio = f"{x / y:7.2f}x" if (x is not None and y) else "      -"
-        print(f"{label:<16}{ms(x):>14}{ms(y):>14}{ratio:>8}")
+        print(f"{label:<16}{cells[0]:>14}{cells[1]:>14}{ratio:>8}")
     for name, df in runs.items():
         skipped = df.get("large/skipped_frac", pd.Series()).dropna()
         if len(skipped):

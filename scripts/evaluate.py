@@ -32,8 +32,6 @@ from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S  # noqa: E402
 FORMAT_VERSION = 1
 # an item record's per-sample lists and the reward's keys they come from
 ITEM_KEYS = {"correct": "score", "format": "format", "timeout": "timeout", "error": "error", "pred": "pred"}
-STEP_DIR = re.compile(r"global_step_(\d+)$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MERGE_RECORD = "merge_source.json"
 
 
@@ -50,7 +48,7 @@ def is_hf_dir(path: Path) -> bool:
 def default_model_name(path: Path) -> str:
     """``<run>-step<N>[-large]`` for a verl step folder (``<run>``: the folder holding the step folders, or the one
     above it when that is ``checkpoints``, the recipe's layout), the folder's name for an HF model."""
-    step = STEP_DIR.search(path.parent.name)
+    step = re.search(r"global_step_(\d+)$", path.parent.name)
     if step:
         role = "" if path.name == "actor" else "-" + path.name.replace("_actor", "")
         holder = path.parent.parent
@@ -62,7 +60,7 @@ def default_model_name(path: Path) -> str:
 def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) -> Path | str:
     """What to load for ``path``: an HF model folder (itself, or verl's merge of a verl FSDP step folder, reused
     while its ``merge_source.json`` matches the shards), or a Hub id such as ``Qwen/Qwen2.5-Math-1.5B``."""
-    if not Path(path).exists() and HUB_ID.match(str(path)):
+    if not Path(path).exists() and re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", str(path)):
         return str(path)
     path = Path(path).resolve()
     if is_hf_dir(path):
@@ -85,7 +83,6 @@ def resolve_checkpoint(path: str | Path, merged_root: str | Path | None = None) 
             return target
         other = record.get("source") if isinstance(record, dict) else None
         if merged_root and other != str(path):
-            # another step folder's merge (or one of unknown origin) under the same name: never reuse or replace it
             raise EvalError(
                 f"--merged-root: {target} holds the merge of {other or 'an unrecorded checkpoint'}, not of {path}; "
                 "use another --merged-root or remove that folder"
@@ -116,24 +113,15 @@ class VLLMGenerator:
         self.llm = LLM(model=str(model_dir), seed=seed, **engine)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts, n: int, temperature: float, top_p: float, max_tokens: int, item_ids: list[int]):
-        """``n`` completions ``[N][n]`` per prompt; each request seeded by ``seed + item id``, so a resumed run
-        samples the same completions as an uninterrupted one."""
+    def generate(self, prompts, item_ids: list[int], **sampling):
+        """``n`` completions ``[N][n]`` per prompt (``sampling``: n, temperature, top_p, max_tokens); each request
+        seeded by ``seed + item id``, so a resumed run samples the same completions as an uninterrupted one."""
         from vllm import SamplingParams
 
-        sampling = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
         params = [SamplingParams(**sampling, seed=self.seed + int(i)) for i in item_ids]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         return [[o.text for o in out.outputs] for out in outputs]
-
-
-def load_suite(data_dir: str | Path, suite: str) -> pd.DataFrame:
-    file = Path(data_dir) / f"{suite}.parquet"
-    if not file.exists():
-        prepare = f"scripts/prepare_data.py --out {data_dir} --suites {suite}"
-        raise EvalError(f"suite '{suite}': {file} not found (write it with {prepare})")
-    return pd.read_parquet(file)
 
 
 def aggregate(items: list[dict]) -> dict:
@@ -310,11 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.DataFrame]) -> list[tuple]:
-    """Every suite for ``--checkpoint`` number ``c`` (then, with ``--sampled``, again into ``<name>-sampled``
-    with the model still loaded): ``[(name, suite, aggregate, counts)]``."""
-    checkpoint = args.checkpoint[c]
-    name = args.name[c] if args.name else default_model_name(Path(checkpoint).resolve())
+def evaluate_checkpoint(args, checkpoint: str, name: str, frames: dict[str, pd.DataFrame]) -> list[tuple]:
+    """Every suite for one ``--checkpoint`` into ``<out>/<name>`` (then, with ``--sampled``, again into
+    ``<name>-sampled`` with the model still loaded): ``[(name, suite, aggregate, counts)]``."""
     model_dir = resolve_checkpoint(checkpoint, args.merged_root)
 
     @functools.cache  # loaded on first use: a run whose results are all there loads nothing
@@ -336,11 +322,11 @@ def evaluate_checkpoint(args, c: int, suites: list[str], frames: dict[str, pd.Da
     options.update(timeout=args.timeout, num_workers=args.reward_workers, fallback_unboxed=args.fallback_unboxed)
     summary = []
     for folder, settings in variants.items():
-        for suite in suites:
+        for suite, frame in frames.items():
             out = Path(args.out, folder, f"{suite}.json")
             out.parent.mkdir(parents=True, exist_ok=True)
             sampling, here = suite_sampling(suite, settings), {**header, "model": folder}
-            counts = evaluate_suite(get_generator, frames[suite], suite, out, sampling, here, **options)
+            counts = evaluate_suite(get_generator, frame, suite, out, sampling, here, **options)
             summary.append((folder, suite, json.loads(out.read_text())["aggregate"], counts))
     get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
     gc.collect()
@@ -353,9 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.name and len(args.name) != len(args.checkpoint):
             raise EvalError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
-        suites = [s for s in args.suites.split(",") if s]
-        frames = {s: load_suite(args.data_dir, s).iloc[: args.limit] for s in suites}
-        summary = [row for c in range(len(args.checkpoint)) for row in evaluate_checkpoint(args, c, suites, frames)]
+        files = {suite: Path(args.data_dir, f"{suite}.parquet") for suite in args.suites.split(",") if suite}
+        for suite in [s for s, file in files.items() if not file.exists()]:
+            prepare = f"scripts/prepare_data.py --out {args.data_dir} --suites {suite}"
+            raise EvalError(f"suite '{suite}': {files[suite]} not found (write it with {prepare})")
+        frames = {suite: pd.read_parquet(file).iloc[: args.limit] for suite, file in files.items()}
+        names = args.name or [default_model_name(Path(c).resolve()) for c in args.checkpoint]
+        summary = [row for c, n in zip(args.checkpoint, names) for row in evaluate_checkpoint(args, c, n, frames)]
     except EvalError as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2

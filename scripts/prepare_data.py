@@ -24,7 +24,6 @@ from verl_ext.reward.answer import last_boxed_content, normalize_answer  # noqa:
 
 DEFAULT_CONFIG = REPO / "configs" / "data" / "math.yaml"
 DEFAULT_TEMPLATES = REPO / "configs" / "prompt_templates.yaml"
-REQUIRED_SUITE_KEYS = ("data_source", "loader", "path", "question", "answer")
 
 
 class DataError(ValueError):
@@ -76,7 +75,7 @@ def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) ->
     """Raw rows -> ``(verl rows, problems)``; ``problems`` names the rows dropped for a missing or empty question or
     answer (a ``DataError`` if ``on_bad_row == "fail"``, as is a missing column); rows of other ``levels``
     (else the config's ``levels``) are filtered out."""
-    for key in REQUIRED_SUITE_KEYS:
+    for key in ("data_source", "loader", "path", "question", "answer"):
         if key not in spec:
             raise DataError(f"suite '{suite}': config key '{key}' is missing")
     qcol, acol, lcol = spec["question"], spec["answer"], spec.get("level")
