@@ -27,9 +27,8 @@ SUITE_TITLES = dict(zip([*SUITES, "test"], ["MATH500", "Minerva", "OlympiadBench
 METHOD_ORDER = ["base", "grpo", "codistill", "frozen_teacher", "no_is", "kd_only"]
 METHOD_TITLES = dict(zip(METHOD_ORDER, ["Base", "GRPO", "CoDistill-GRPO", "Frozen teacher", "No IS", "KD only"]))
 ROLE_ORDER = ["small", "large"]
-# the last two: the held-out KD divergence, val/kd_kl or verl's val-core/<source>/kd_kl/... style keys
 DEFAULT_CURVE_KEYS = ["val-core/*/acc/mean@*", "critic/score/mean", "small/kd_reward_mean", "large/is_ess"]
-DEFAULT_CURVE_KEYS += ["small/pg_loss", "large/pg_loss", "val/kd_kl", "val*/*kd_kl*"]
+DEFAULT_CURVE_KEYS += ["small/pg_loss", "large/pg_loss", "val/kd_kl", "val*/*kd_kl*"]  # held-out KD divergence
 
 
 class TableError(ValueError):
@@ -107,16 +106,8 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
 
 
 def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
-    """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
-
-    With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
-    then ``item_draws = rng.integers(0, N, (B, N))`` (seeds and items with replacement, B = ``resamples``)::
-
-        est_b = 1/(S N) sum_u sum_v values[seed_draws[b, u], item_draws[b, v]]
-              = (c_b^T values d_b) / (S N)        c_b [S], d_b [N]: how often each seed / item was drawn
-
-    Interval: the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of ``est`` (numpy's linear interpolation).
-    A paired difference is this of the difference matrix (items and seeds resampled together).
+    """Mean of ``values`` [S seeds, N items] and the ``level`` percentile-bootstrap interval over ``resamples``
+    draws of seeds and items: ``est_b = c_b^T values d_b / (S N)``, c_b [S], d_b [N] draw counts (docs/running.md).
     """
     values = np.asarray(values, dtype=np.float64)
     S, N = values.shape
@@ -155,9 +146,9 @@ def method_title(method: str) -> str:
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
 
 
-def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list[float]]:
+def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list]:
     """``{experiment (a log's label before its last "/"): [per_run(log) of each seed's log]}`` (None: left out)."""
-    out: dict[str, list[float]] = {}
+    out: dict[str, list] = {}
     for label, series in logs.items():
         if (value := per_run(series)) is not None:
             out.setdefault(label.rsplit("/", 1)[0], []).append(value)
@@ -172,18 +163,15 @@ def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, lis
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
-    """``{experiment: [response tokens generated in each seed's run]}`` (why, docs/running.md)::
-
-    tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
-    """
+    """``{experiment: [response tokens generated in each seed's run]}``: sum over steps of
+    ``perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)`` (docs/running.md)."""
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
         keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
         total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        if steps:
-            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
-        return None
+        parts = [total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0]
+        return sum(parts) if steps else None
 
     return _per_experiment(logs, tokens)
 
@@ -313,20 +301,18 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    names = [label.split("/")[0] for label in logs]  # each log's experiment
-    groups = {n: [s for m, s in zip(names, logs.values()) if m == n] for n in dict.fromkeys(names)}
-    colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
+    groups = _per_experiment(logs, lambda series: series)  # one colour per experiment in every panel: C<c>
     cols, nrows = min(3, len(keys)), math.ceil(len(keys) / 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, runs in groups.items():
+        for c, (name, runs) in enumerate(groups.items()):
             frame = pd.DataFrame({i: r[key] for i, r in enumerate(runs) if key in r}).sort_index()  # [steps, seeds]
             if frame.empty:
                 continue
-            style = {"marker": "o" if len(frame) <= 50 else None, "markersize": 3, "color": colors[name]}
+            style = {"marker": "o" if len(frame) <= 50 else None, "markersize": 3, "color": f"C{c}"}
             ax.plot(frame.index, frame.mean(axis=1), label=f"{name} (n={frame.shape[1]})", **style)
             if frame.shape[1] > 1:
-                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.2)
+                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=f"C{c}", alpha=0.2)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
