@@ -291,10 +291,7 @@ def read_log(path: str | Path) -> dict[str, dict[int, float]]:
 def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str], path: Path) -> list[str]:
     """One panel per metric matching ``patterns``; one line per experiment (label before ``/``): the
     mean over its seeds at each step, the seeds' min-max shaded. Returns the metrics plotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
     from matplotlib.ticker import MaxNLocator
 
     all_keys = sorted({k for series in logs.values() for k in series})
@@ -303,7 +300,8 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
     groups = _per_experiment(logs, lambda series: series)  # one colour per experiment in every panel: C<c>
     cols, nrows = min(3, len(keys)), math.ceil(len(keys) / 3)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
+    fig = Figure(figsize=(5 * cols, 3.2 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for c, (name, runs) in enumerate(groups.items()):
             frame = pd.DataFrame({i: r[key] for i, r in enumerate(runs) if key in r}).sort_index()  # [steps, seeds]
@@ -322,7 +320,6 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return keys
 
 
@@ -362,8 +359,7 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
     boot = (args.resamples, args.bootstrap_seed)
     markdown = main_table(df, suites, train_minutes(logs), missing, boot, out / "main_table", footer)
     print(markdown + "\n" + difference_table(df, suites, missing, boot, out / "differences"), end="")
-    names = ("main_table.md", "main_table.csv", "differences.md", "differences.csv")
-    print("wrote " + ", ".join(str(out / f) for f in names))
+    print("wrote " + ", ".join(str(out / f"{t}.{e}") for t in ("main_table", "differences") for e in ("md", "csv")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,10 +62,7 @@ class Run:
     folder: Path
     steps: int
     hydra: list[str]  # the entry point's arguments
-
-    @property
-    def label(self) -> str:
-        return f"{self.pair}/{self.name} seed {self.seed}"
+    label: str  # <pair>/<name> seed <seed>, for messages
 
     def checkpoint(self, model: str = "actor") -> Path | None:
         """``<final step>/<model>`` once verl's tracker file names a step >= the run's steps with an actor."""
@@ -114,8 +111,8 @@ def plan(args) -> None:
                 (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
                 folder = args.out / "runs" / pair / folder_name / f"seed{seed}"
                 hydra = [f"pair={pair}", f"exp={exp}", f"platform={platform}", f"run.seed={seed}", f"run.dir={folder}"]
-                steps = int(base.trainer.total_training_steps)
-                args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra]))
+                steps, label = int(base.trainer.total_training_steps), f"{pair}/{name} seed {seed}"
+                args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra], label))
 
 
 def expected_time(args, todo: list[Run]) -> str:
@@ -214,8 +211,7 @@ def _evaluate(args, pair: str, name: str, checkpoint: str, method: str, role: st
     cmd = [PYTHON, "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--out", str(results)]
     cmd += ["--data-dir", facts["data_dir"], "--suites", ",".join(facts["suites"]), "--no-progress"]
     cmd += ["--backend", "hf" if args.where == "cpu" else "vllm", "--max-tokens", str(facts["max_tokens"])]
-    cmd += ["--pair", pair, "--method", method, "--role", role]
-    cmd += ["--merged-root", str(args.out / "merged" / pair / exp)]  # run folders are seed<N> under each exp
+    cmd += ["--pair", pair, "--method", method, "--role", role, "--merged-root", str(args.out / "merged" / pair / exp)]
     cmd += ["--run-seed", str(seed)] * (seed is not None)
     if {"aime24", "amc23"} & set(facts["suites"]):
         cmd += ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
