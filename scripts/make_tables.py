@@ -39,9 +39,8 @@ CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its
 
 
 def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[pd.DataFrame, list]:
-    """One row per (evaluate.py JSON, item): ``CELL``, seed (str, ``"None"`` for base), index, mean, max
-    (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files (not JSON or no per-item records: an
-    error naming the file unless ``allow_missing``)."""
+    """One row per (evaluate.py JSON, item): ``CELL``, seed (``"None"``: base), index, mean/max (``mean_j c_ij``,
+    ``max_j c_ij``), k, file; and the files skipped (unreadable or item-less: an error unless ``allow_missing``)."""
     records, seen, skipped = [], {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
@@ -83,9 +82,8 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
 
 
 def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tuple, str]:
-    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items: per pair,
-    the seeds of any trained row (and ``seeds``; base rows have none), every (suite, mode) of any row, and per
-    suite the union of the item indices of every file."""
+    """``{CELL values: what is missing}`` for every cell short of the seeds of its pair's trained rows (and
+    ``seeds``; base: none), of a (suite, mode) of its pair, or of items another file of the suite has."""
     missing = {}
     for pair, p in df.groupby("pair"):
         trained = set(p.seed[p.method != "base"]) | {str(s) for s in seeds or []}
@@ -157,9 +155,7 @@ def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> di
 
 def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
     """``{experiment: [training minutes of each seed's run]}``: the sum of ``timing_s/step`` of a log."""
-    return _per_experiment(
-        logs, lambda log: sum(log["timing_s/step"].values()) / 60.0 if log.get("timing_s/step") else None
-    )
+    return _per_experiment(logs, lambda t: sum(t["timing_s/step"].values()) / 60 if t.get("timing_s/step") else None)
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
@@ -205,10 +201,8 @@ def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str
 
 
 def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path, footer: list) -> str:
-    """main_table.md/.csv: per (pair, role, method) and column the number and its interval (CSV ``<col>``,
-    ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown.
-    Columns: per suite the main number (the sampled mean@k where a pair has sampled results, else greedy),
-    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
+    """main_table.md/.csv (columns: docs/running.md): per (pair, role, method) each column's number and
+    interval, Avg, train time (mean ± std over seeds), seeds; returns the Markdown."""
     both = [s for s in suites if set(df["mode"][df.suite == s]) == {"greedy", "sampled"}]
     cols = [(s, k) for s in suites for k in (["main", "greedy", "pass"] if s in both else ["main"])]
     cells = dict(list(df.groupby(CELL)))
