@@ -317,20 +317,6 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
     return keys
 
 
-def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
-    """``{label: read_log(FILE)}`` of ``--log EXP[/SEED]=FILE`` (a sweep's label has its own ``=``:
-    ``codistill[kd.coef=0.3]/1=FILE``)."""
-    logs = {}
-    for item in items:
-        if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):  # the first = outside [...]
-            raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-        label, file = match.groups()
-        if not Path(file).exists():
-            raise TableError(f"--log {label}: {file} not found")
-        logs[label] = read_log(file)
-    return logs
-
-
 def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, out: Path) -> None:
     """main_table.md/.csv and differences.md/.csv from ``--results`` (and the logs' train times and tokens)."""
     df, skipped = load_results(args.results, suites, args.allow_missing)
@@ -378,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else None
         except ValueError:
             raise TableError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-        logs = parse_logs(args.log)
+        logs = {}
+        for item in args.log:  # the first "=" outside [...]: a sweep's label has its own, codistill[kd.coef=0.3]/1=F
+            if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):
+                raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
+            if not Path(match[2]).exists():
+                raise TableError(f"--log {match[1]}: {match[2]} not found")
+            logs[match[1]] = read_log(match[2])
         out.mkdir(parents=True, exist_ok=True)
         if args.results:
             write_tables(args, suites, seeds, logs, out)
