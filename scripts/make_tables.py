@@ -132,9 +132,8 @@ def _order(df: pd.DataFrame) -> list[tuple]:
     """The table's rows (pair, role, method): pairs sorted, then roles and methods in their order."""
     keys = set(df[CELL[:3]].itertuples(index=False, name=None))
 
-    def rank(values: list[str], x: str) -> tuple:
-        base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
-        return (values.index(base), x) if base in values else (len(values), x)
+    def rank(values: list[str], x: str) -> tuple:  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
+        return [*values, x.split("[")[0]].index(x.split("[")[0]), x  # unknown: after the known ones
 
     return sorted(keys, key=lambda k: (k[0], rank(ROLE_ORDER, k[1]), rank(METHOD_ORDER, k[2])))
 
@@ -191,8 +190,7 @@ def _title(df: pd.DataFrame, suite: str, kind: str) -> str:
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str], frame: pd.DataFrame) -> str:
-    """``<path>.md``: a Markdown table (three text columns, then right-aligned numbers) and the lines ``after``
-    it; ``<path>.csv``: ``frame`` (2 decimals, CRLF). Returns the Markdown."""
+    """``<path>.md`` (returned): the table (numbers right-aligned), then ``after``; ``<path>.csv``: ``frame``."""
     lines = ["| " + " | ".join(row) + " |" for row in [header, *rows]]
     lines.insert(1, "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
     path.with_suffix(".md").write_text(markdown := "\n".join(lines + list(after)) + "\n")
@@ -237,8 +235,7 @@ def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boo
 
 
 def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple, path: Path) -> str:
-    """differences.md/.csv: per (pair, role) every method - Base (paired on items) and every CoDistill-GRPO
-    (and sweep variant) - GRPO (paired on seeds and items) on each suite's main number; returns the Markdown."""
+    """differences.md/.csv (docs/running.md): method - Base and CoDistill-GRPO - GRPO; returns the Markdown."""
     header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(df, s, 'main')}" for s in suites]
     lines, records, cells, keys = [], [], dict(list(df.groupby(CELL))), _order(df)
     for pair, role, method in keys:
@@ -265,8 +262,7 @@ def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple,
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
-    """``{metric: {step: value}}`` from a verl file-logger JSONL (non-numeric values skipped; a repeated
-    step keeps each metric's last value)."""
+    """``{metric: {step: value}}`` of a verl file-logger JSONL (numbers only; a repeated step: the last value)."""
     rows = []
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         try:
@@ -283,8 +279,7 @@ def read_log(path: str | Path) -> dict[str, dict[int, float]]:
 
 
 def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str], path: Path) -> list[str]:
-    """One panel per metric matching ``patterns``; one line per experiment (label before ``/``): the
-    mean over its seeds at each step, the seeds' min-max shaded. Returns the metrics plotted."""
+    """One panel per metric matching ``patterns``, a line per experiment (seeds' mean, min-max shaded); the keys."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
     from matplotlib.ticker import MaxNLocator
 
@@ -324,7 +319,7 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
         raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
     missing = check_missing(df, seeds)
     if missing and not args.allow_missing:
-        (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
+        (pair, role, method, suite, mode), what = min(missing.items(), key=str)  # the first in sorted order
         more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
         raise TableError(
             f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or pass --allow-missing"

@@ -74,8 +74,7 @@ class Run:
 
 
 def plan(args) -> None:
-    """Sets ``args.runs`` (every run asked for) and ``args.facts`` (per pair: models, data, suites, eval)
-    from the recipe's composed config, and ``args.exps`` (the table's methods)."""
+    """Sets ``args.runs``, ``args.facts`` (per pair: models, data, suites, eval) and ``args.exps`` (table rows)."""
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
     from omegaconf import OmegaConf
 
@@ -134,8 +133,7 @@ def expected_time(args, todo: list[Run]) -> str:
 
 
 def act(args, cmd: list[str], stream=None, fail: str = "") -> int:
-    """Run ``cmd`` in the repository (--dry-run: print it); ``stream`` gets each output line (the last 40
-    are shown if it fails); ``fail``: exit with this error if it fails."""
+    """Run ``cmd`` here (--dry-run: print it); ``stream`` gets each line (last 40 shown on failure); ``fail``: error."""
     if args.dry_run:
         print("would run: " + shlex.join(cmd), flush=True)
         return 0
@@ -200,8 +198,7 @@ def stage_train(args) -> list[str]:
 
 
 def _evaluate(args, pair: str, name: str, checkpoint: str, method: str, role: str, seed=None, exp="base") -> None:
-    """Evaluate one model greedily into results/<pair>/<name>; with ``pair.eval`` also sampled into
-    results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
+    """Evaluate one model into results/<pair>/<name> (and <name>-sampled with ``pair.eval``) unless complete."""
     facts, results = args.facts[pair], args.out / "results" / pair
     folders = [name] + [f"{name}-sampled"] * bool(facts["sampled"])
     with contextlib.suppress(OSError, ValueError):
@@ -240,8 +237,7 @@ def stage_eval(args) -> None:
 
 
 def stage_tables(args) -> None:
-    """One table per pair (tables/<pair>/): its results, its runs' logs (a row's train time and
-    tokens come from the same pair's runs)."""
+    """One table per pair (tables/<pair>/) from its results and its own runs' logs (train time, tokens)."""
     for pair, facts in args.facts.items():
         cmd = [PYTHON, "scripts/make_tables.py", "--results", str(args.out / "results" / pair)]
         cmd += ["--out", str(args.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
