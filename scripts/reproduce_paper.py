@@ -105,13 +105,12 @@ def plan(args) -> None:
             if n < 1 or temperature <= 0:
                 raise ValueError(f"{bad} n >= 1 and temperature > 0, got n={n} {temperature=}")
         facts["sampled"] = None if node is None else f"{n},{temperature}"
-        for seed in args.seeds:
-            for name in args.exps:
-                (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
-                folder = args.out / "runs" / pair / folder_name / f"seed{seed}"
-                hydra = [f"pair={pair}", f"exp={exp}", f"platform={platform}", f"run.seed={seed}", f"run.dir={folder}"]
-                steps, label = int(base.trainer.total_training_steps), f"{pair}/{name} seed {seed}"
-                args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra], label))
+        for seed, name in ((seed, name) for seed in args.seeds for name in args.exps):
+            (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
+            folder = args.out / "runs" / pair / folder_name / f"seed{seed}"
+            hydra = [f"pair={pair}", f"exp={exp}", f"platform={platform}", f"run.seed={seed}", f"run.dir={folder}"]
+            steps, label = int(base.trainer.total_training_steps), f"{pair}/{name} seed {seed}"
+            args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra], label))
 
 
 def expected_time(args, todo: list[Run]) -> str:
