@@ -66,12 +66,11 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
             suite, seed = data["suite"], meta.get("seed")
             mode = "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
-            if (where := (*key, seed, suite, mode)) in seen:
+            if (first := seen.setdefault((*key, seed, suite, mode), file)) != file:
                 raise TableError(
                     f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
-                    f"suite={suite!r} ({mode}): {seen[where]} and {file}"
+                    f"suite={suite!r} ({mode}): {first} and {file}"
                 )
-            seen[where] = file
             cell = dict(zip(CELL, (*key, suite, mode)), seed=str(seed), k=len(data["items"][0]["correct"]), file=file)
             records += [
                 {**cell, "index": int(it["index"]), "mean": np.mean(it["correct"]), "max": np.max(it["correct"])}
