@@ -240,9 +240,8 @@ def stage_tables(args) -> None:
     for pair, facts in args.facts.items():
         cmd = [PYTHON, "scripts/make_tables.py", "--results", str(args.out / "results" / pair)]
         cmd += ["--out", str(args.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
-        for r in args.runs:
-            if r.pair == pair and (r.folder / "metrics.jsonl").exists():
-                cmd += ["--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}"]
+        logged = [r for r in args.runs if r.pair == pair and (r.folder / "metrics.jsonl").exists()]
+        cmd += [a for r in logged for a in ("--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}")]
         cmd += ["--seeds", ",".join(map(str, args.seeds))] + ["--allow-missing"] * args.allow_missing
         act(args, cmd, fail=f"make_tables.py failed for {pair}")
 
