@@ -27,9 +27,8 @@ SUITE_TITLES = dict(zip([*SUITES, "test"], ["MATH500", "Minerva", "OlympiadBench
 METHOD_ORDER = ["base", "grpo", "codistill", "frozen_teacher", "no_is", "kd_only"]
 METHOD_TITLES = dict(zip(METHOD_ORDER, ["Base", "GRPO", "CoDistill-GRPO", "Frozen teacher", "No IS", "KD only"]))
 ROLE_ORDER = ["small", "large"]
-# the last two: the held-out KD divergence, val/kd_kl or verl's val-core/<source>/kd_kl/... style keys
 DEFAULT_CURVE_KEYS = ["val-core/*/acc/mean@*", "critic/score/mean", "small/kd_reward_mean", "large/is_ess"]
-DEFAULT_CURVE_KEYS += ["small/pg_loss", "large/pg_loss", "val/kd_kl", "val*/*kd_kl*"]
+DEFAULT_CURVE_KEYS += ["small/pg_loss", "large/pg_loss", "val/kd_kl", "val*/*kd_kl*"]  # held-out KD divergence
 
 
 class TableError(ValueError):
@@ -40,9 +39,8 @@ CELL = ["pair", "role", "method", "suite", "mode"]  # a table cell; a row is its
 
 
 def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool = False) -> tuple[pd.DataFrame, list]:
-    """One row per (evaluate.py JSON, item): ``CELL``, seed (str, ``"None"`` for base), index, mean, max
-    (``mean_j c_ij``, ``max_j c_ij``), k, file; and the skipped files (not JSON or no per-item records: an
-    error naming the file unless ``allow_missing``)."""
+    """One row per (evaluate.py JSON, item): ``CELL``, seed (``"None"``: base), index, mean/max (``mean_j c_ij``,
+    ``max_j c_ij``), k, file; and the files skipped (unreadable or item-less: an error unless ``allow_missing``)."""
     records, seen, skipped = [], {}, []
     for root in dirs:
         files = sorted(Path(root).rglob("*.json"))
@@ -68,12 +66,11 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
             key = (meta.get("pair") or "", meta.get("role") or "", meta.get("method") or data.get("model", ""))
             suite, seed = data["suite"], meta.get("seed")
             mode = "sampled" if float((data.get("sampling") or {}).get("temperature", 0.0)) > 0 else "greedy"
-            if (where := (*key, seed, suite, mode)) in seen:
+            if (first := seen.setdefault((*key, seed, suite, mode), file)) != file:
                 raise TableError(
                     f"two results for pair={key[0]!r} role={key[1]!r} method={key[2]!r} seed={seed!r} "
-                    f"suite={suite!r} ({mode}): {seen[where]} and {file}"
+                    f"suite={suite!r} ({mode}): {first} and {file}"
                 )
-            seen[where] = file
             cell = dict(zip(CELL, (*key, suite, mode)), seed=str(seed), k=len(data["items"][0]["correct"]), file=file)
             records += [
                 {**cell, "index": int(it["index"]), "mean": np.mean(it["correct"]), "max": np.max(it["correct"])}
@@ -84,9 +81,8 @@ def load_results(dirs: list[str | Path], suites: list[str], allow_missing: bool 
 
 
 def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tuple, str]:
-    """``{(pair, role, method, suite, mode): what is missing}`` for every cell short of seeds or items: per pair,
-    the seeds of any trained row (and ``seeds``; base rows have none), every (suite, mode) of any row, and per
-    suite the union of the item indices of every file."""
+    """``{CELL values: what is missing}`` for every cell short of the seeds of its pair's trained rows (and
+    ``seeds``; base: none), of a (suite, mode) of its pair, or of items another file of the suite has."""
     missing = {}
     for pair, p in df.groupby("pair"):
         trained = set(p.seed[p.method != "base"]) | {str(s) for s in seeds or []}
@@ -107,16 +103,8 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
 
 
 def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
-    """Mean of ``values`` [S seeds, N items] and its percentile-bootstrap interval.
-
-    With one generator ``rng = np.random.default_rng(seed)``, draw ``seed_draws = rng.integers(0, S, (B, S))``
-    then ``item_draws = rng.integers(0, N, (B, N))`` (seeds and items with replacement, B = ``resamples``)::
-
-        est_b = 1/(S N) sum_u sum_v values[seed_draws[b, u], item_draws[b, v]]
-              = (c_b^T values d_b) / (S N)        c_b [S], d_b [N]: how often each seed / item was drawn
-
-    Interval: the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of ``est`` (numpy's linear interpolation).
-    A paired difference is this of the difference matrix (items and seeds resampled together).
+    """Mean of ``values`` [S seeds, N items] and the ``level`` percentile-bootstrap interval over ``resamples``
+    draws of seeds and items: ``est_b = c_b^T values d_b / (S N)``, c_b [S], d_b [N] draw counts (docs/running.md).
     """
     values = np.asarray(values, dtype=np.float64)
     S, N = values.shape
@@ -143,9 +131,8 @@ def _order(df: pd.DataFrame) -> list[tuple]:
     """The table's rows (pair, role, method): pairs sorted, then roles and methods in their order."""
     keys = set(df[CELL[:3]].itertuples(index=False, name=None))
 
-    def rank(values: list[str], x: str) -> tuple:
-        base = x.split("[")[0]  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
-        return (values.index(base), x) if base in values else (len(values), x)
+    def rank(values: list[str], x: str) -> tuple:  # a sweep's "codistill[kd.coef=0.3]" sorts with codistill
+        return [*values, x.split("[")[0]].index(x.split("[")[0]), x  # unknown: after the known ones
 
     return sorted(keys, key=lambda k: (k[0], rank(ROLE_ORDER, k[1]), rank(METHOD_ORDER, k[2])))
 
@@ -155,9 +142,9 @@ def method_title(method: str) -> str:
     return METHOD_TITLES.get(base, base) + (f" [{variant}" if variant else "")
 
 
-def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list[float]]:
+def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> dict[str, list]:
     """``{experiment (a log's label before its last "/"): [per_run(log) of each seed's log]}`` (None: left out)."""
-    out: dict[str, list[float]] = {}
+    out: dict[str, list] = {}
     for label, series in logs.items():
         if (value := per_run(series)) is not None:
             out.setdefault(label.rsplit("/", 1)[0], []).append(value)
@@ -166,24 +153,19 @@ def _per_experiment(logs: dict[str, dict[str, dict[int, float]]], per_run) -> di
 
 def train_minutes(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
     """``{experiment: [training minutes of each seed's run]}``: the sum of ``timing_s/step`` of a log."""
-    return _per_experiment(
-        logs, lambda log: sum(log["timing_s/step"].values()) / 60.0 if log.get("timing_s/step") else None
-    )
+    return _per_experiment(logs, lambda t: sum(t["timing_s/step"].values()) / 60 if t.get("timing_s/step") else None)
 
 
 def generated_tokens(logs: dict[str, dict[str, dict[int, float]]]) -> dict[str, list[float]]:
-    """``{experiment: [response tokens generated in each seed's run]}`` (why, docs/running.md)::
-
-    tokens(run) = sum_steps perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)
-    """
+    """``{experiment: [response tokens generated in each seed's run]}``: sum over steps of
+    ``perf/total_num_tokens * response_length/mean / (prompt_length/mean + response_length/mean)`` (docs/running.md)."""
 
     def tokens(log: dict[str, dict[int, float]]) -> float | None:
         keys = ("perf/total_num_tokens", "response_length/mean", "prompt_length/mean")
         total, resp, prompt = (log.get(k, {}) for k in keys)
         steps = set(total) & set(resp) & set(prompt)
-        if steps:
-            return sum(total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0)
-        return None
+        parts = [total[s] * resp[s] / (prompt[s] + resp[s]) for s in steps if prompt[s] + resp[s] > 0]
+        return sum(parts) if steps else None
 
     return _per_experiment(logs, tokens)
 
@@ -207,8 +189,7 @@ def _title(df: pd.DataFrame, suite: str, kind: str) -> str:
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str], frame: pd.DataFrame) -> str:
-    """``<path>.md``: a Markdown table (three text columns, then right-aligned numbers) and the lines ``after``
-    it; ``<path>.csv``: ``frame`` (2 decimals, CRLF). Returns the Markdown."""
+    """``<path>.md`` (returned): the table (numbers right-aligned), then ``after``; ``<path>.csv``: ``frame``."""
     lines = ["| " + " | ".join(row) + " |" for row in [header, *rows]]
     lines.insert(1, "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
     path.with_suffix(".md").write_text(markdown := "\n".join(lines + list(after)) + "\n")
@@ -217,10 +198,8 @@ def _write(path: Path, header: list[str], rows: list[list[str]], after: list[str
 
 
 def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boot: tuple, path, footer: list) -> str:
-    """main_table.md/.csv: per (pair, role, method) and column the number and its interval (CSV ``<col>``,
-    ``_lo``, ``_hi``, blank if none), Avg, train time (mean ± std over seeds), seeds; returns the Markdown.
-    Columns: per suite the main number (the sampled mean@k where a pair has sampled results, else greedy),
-    then for a suite with both greedy and sampled results ``greedy`` and ``pass`` (pass@k of the sampled)."""
+    """main_table.md/.csv (columns: docs/running.md): per (pair, role, method) each column's number and
+    interval, Avg, train time (mean ± std over seeds), seeds; returns the Markdown."""
     both = [s for s in suites if set(df["mode"][df.suite == s]) == {"greedy", "sampled"}]
     cols = [(s, k) for s in suites for k in (["main", "greedy", "pass"] if s in both else ["main"])]
     cells = dict(list(df.groupby(CELL)))
@@ -255,8 +234,7 @@ def main_table(df: pd.DataFrame, suites: list, minutes: dict, missing: dict, boo
 
 
 def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple, path: Path) -> str:
-    """differences.md/.csv: per (pair, role) every method - Base (paired on items) and every CoDistill-GRPO
-    (and sweep variant) - GRPO (paired on seeds and items) on each suite's main number; returns the Markdown."""
+    """differences.md/.csv (docs/running.md): method - Base and CoDistill-GRPO - GRPO; returns the Markdown."""
     header = ["Model pair", "Model", "Comparison"] + [f"Δ {_title(df, s, 'main')}" for s in suites]
     lines, records, cells, keys = [], [], dict(list(df.groupby(CELL))), _order(df)
     for pair, role, method in keys:
@@ -283,8 +261,7 @@ def difference_table(df: pd.DataFrame, suites: list, missing: dict, boot: tuple,
 
 
 def read_log(path: str | Path) -> dict[str, dict[int, float]]:
-    """``{metric: {step: value}}`` from a verl file-logger JSONL (non-numeric values skipped; a repeated
-    step keeps each metric's last value)."""
+    """``{metric: {step: value}}`` of a verl file-logger JSONL (numbers only; a repeated step: the last value)."""
     rows = []
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         try:
@@ -301,32 +278,27 @@ def read_log(path: str | Path) -> dict[str, dict[int, float]]:
 
 
 def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str], path: Path) -> list[str]:
-    """One panel per metric matching ``patterns``; one line per experiment (label before ``/``): the
-    mean over its seeds at each step, the seeds' min-max shaded. Returns the metrics plotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One panel per metric matching ``patterns``, a line per experiment (seeds' mean, min-max shaded); the keys."""
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
     from matplotlib.ticker import MaxNLocator
 
     all_keys = sorted({k for series in logs.values() for k in series})
     keys = list(dict.fromkeys(k for pattern in patterns for k in all_keys if fnmatch.fnmatchcase(k, pattern)))
     if not keys:
         raise TableError(f"no metric in the logs matches --curve-keys {patterns}")
-    names = [label.split("/")[0] for label in logs]  # each log's experiment
-    groups = {n: [s for m, s in zip(names, logs.values()) if m == n] for n in dict.fromkeys(names)}
-    colors = {name: f"C{i}" for i, name in enumerate(groups)}  # one colour per experiment in every panel
+    groups = _per_experiment(logs, lambda series: series)  # one colour per experiment in every panel: C<c>
     cols, nrows = min(3, len(keys)), math.ceil(len(keys) / 3)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
+    fig = Figure(figsize=(5 * cols, 3.2 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, runs in groups.items():
+        for c, (name, runs) in enumerate(groups.items()):
             frame = pd.DataFrame({i: r[key] for i, r in enumerate(runs) if key in r}).sort_index()  # [steps, seeds]
             if frame.empty:
                 continue
-            style = {"marker": "o" if len(frame) <= 50 else None, "markersize": 3, "color": colors[name]}
+            style = {"marker": "o" if len(frame) <= 50 else None, "markersize": 3, "color": f"C{c}"}
             ax.plot(frame.index, frame.mean(axis=1), label=f"{name} (n={frame.shape[1]})", **style)
             if frame.shape[1] > 1:
-                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.2)
+                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=f"C{c}", alpha=0.2)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -336,22 +308,7 @@ def plot_curves(logs: dict[str, dict[str, dict[int, float]]], patterns: list[str
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return keys
-
-
-def parse_logs(items: list[str]) -> dict[str, dict[str, dict[int, float]]]:
-    """``{label: read_log(FILE)}`` of ``--log EXP[/SEED]=FILE`` (a sweep's label has its own ``=``:
-    ``codistill[kd.coef=0.3]/1=FILE``)."""
-    logs = {}
-    for item in items:
-        if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):  # the first = outside [...]
-            raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
-        label, file = match.groups()
-        if not Path(file).exists():
-            raise TableError(f"--log {label}: {file} not found")
-        logs[label] = read_log(file)
-    return logs
 
 
 def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, out: Path) -> None:
@@ -361,7 +318,7 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
         raise TableError(f"no results for suites {suites} under {', '.join(args.results)}")
     missing = check_missing(df, seeds)
     if missing and not args.allow_missing:
-        (pair, role, method, suite, mode), what = next(iter(sorted(missing.items(), key=str)))
+        (pair, role, method, suite, mode), what = min(missing.items(), key=str)  # the first in sorted order
         more = f" (and {len(missing) - 1} more cells)" if len(missing) > 1 else ""
         raise TableError(
             f"{pair} {role} {method} {suite} ({mode}): {what}{more}; finish the evaluation or pass --allow-missing"
@@ -376,8 +333,7 @@ def write_tables(args, suites: list[str], seeds: list[int] | None, logs: dict, o
     boot = (args.resamples, args.bootstrap_seed)
     markdown = main_table(df, suites, train_minutes(logs), missing, boot, out / "main_table", footer)
     print(markdown + "\n" + difference_table(df, suites, missing, boot, out / "differences"), end="")
-    names = ("main_table.md", "main_table.csv", "differences.md", "differences.csv")
-    print("wrote " + ", ".join(str(out / f) for f in names))
+    print("wrote " + ", ".join(str(out / f"{t}.{e}") for t in ("main_table", "differences") for e in ("md", "csv")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else None
         except ValueError:
             raise TableError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-        logs = parse_logs(args.log)
+        logs = {}
+        for item in args.log:  # the first "=" outside [...]: a sweep's label has its own, codistill[kd.coef=0.3]/1=F
+            if not (match := re.fullmatch(r"((?:\[[^\]]*\]|[^=])*?)=(.*)", item, re.DOTALL)):
+                raise TableError(f"--log expects EXP[/SEED]=FILE, got {item!r}")
+            if not Path(match[2]).exists():
+                raise TableError(f"--log {match[1]}: {match[2]} not found")
+            logs[match[1]] = read_log(match[2])
         out.mkdir(parents=True, exist_ok=True)
         if args.results:
             write_tables(args, suites, seeds, logs, out)

@@ -62,10 +62,7 @@ class Run:
     folder: Path
     steps: int
     hydra: list[str]  # the entry point's arguments
-
-    @property
-    def label(self) -> str:
-        return f"{self.pair}/{self.name} seed {self.seed}"
+    label: str  # <pair>/<name> seed <seed>, for messages
 
     def checkpoint(self, model: str = "actor") -> Path | None:
         """``<final step>/<model>`` once verl's tracker file names a step >= the run's steps with an actor."""
@@ -77,8 +74,7 @@ class Run:
 
 
 def plan(args) -> None:
-    """Sets ``args.runs`` (every run asked for) and ``args.facts`` (per pair: models, data, suites, eval)
-    from the recipe's composed config, and ``args.exps`` (the table's methods)."""
+    """Sets ``args.runs``, ``args.facts`` (per pair: models, data, suites, eval) and ``args.exps`` (table rows)."""
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
     from omegaconf import OmegaConf
 
@@ -109,13 +105,12 @@ def plan(args) -> None:
             if n < 1 or temperature <= 0:
                 raise ValueError(f"{bad} n >= 1 and temperature > 0, got n={n} {temperature=}")
         facts["sampled"] = None if node is None else f"{n},{temperature}"
-        for seed in args.seeds:
-            for name in args.exps:
-                (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
-                folder = args.out / "runs" / pair / folder_name / f"seed{seed}"
-                hydra = [f"pair={pair}", f"exp={exp}", f"platform={platform}", f"run.seed={seed}", f"run.dir={folder}"]
-                steps = int(base.trainer.total_training_steps)
-                args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra]))
+        for seed, name in ((seed, name) for seed in args.seeds for name in args.exps):
+            (folder_name, extra), exp = variants.get(name, (name, [])), "codistill" if name in variants else name
+            folder = args.out / "runs" / pair / folder_name / f"seed{seed}"
+            hydra = [f"pair={pair}", f"exp={exp}", f"platform={platform}", f"run.seed={seed}", f"run.dir={folder}"]
+            steps, label = int(base.trainer.total_training_steps), f"{pair}/{name} seed {seed}"
+            args.runs.append(Run(pair, exp, name, seed, folder, steps, [*hydra, *common, *extra], label))
 
 
 def expected_time(args, todo: list[Run]) -> str:
@@ -137,8 +132,7 @@ def expected_time(args, todo: list[Run]) -> str:
 
 
 def act(args, cmd: list[str], stream=None, fail: str = "") -> int:
-    """Run ``cmd`` in the repository (--dry-run: print it); ``stream`` gets each output line (the last 40
-    are shown if it fails); ``fail``: exit with this error if it fails."""
+    """Run ``cmd`` here (--dry-run: print it); ``stream`` gets each line (last 40 shown on failure); ``fail``: error."""
     if args.dry_run:
         print("would run: " + shlex.join(cmd), flush=True)
         return 0
@@ -203,8 +197,7 @@ def stage_train(args) -> list[str]:
 
 
 def _evaluate(args, pair: str, name: str, checkpoint: str, method: str, role: str, seed=None, exp="base") -> None:
-    """Evaluate one model greedily into results/<pair>/<name>; with ``pair.eval`` also sampled into
-    results/<pair>/<name>-sampled (n samples per item at its temperature). Complete results are skipped."""
+    """Evaluate one model into results/<pair>/<name> (and <name>-sampled with ``pair.eval``) unless complete."""
     facts, results = args.facts[pair], args.out / "results" / pair
     folders = [name] + [f"{name}-sampled"] * bool(facts["sampled"])
     with contextlib.suppress(OSError, ValueError):
@@ -214,8 +207,7 @@ def _evaluate(args, pair: str, name: str, checkpoint: str, method: str, role: st
     cmd = [PYTHON, "scripts/evaluate.py", "--checkpoint", checkpoint, "--name", name, "--out", str(results)]
     cmd += ["--data-dir", facts["data_dir"], "--suites", ",".join(facts["suites"]), "--no-progress"]
     cmd += ["--backend", "hf" if args.where == "cpu" else "vllm", "--max-tokens", str(facts["max_tokens"])]
-    cmd += ["--pair", pair, "--method", method, "--role", role]
-    cmd += ["--merged-root", str(args.out / "merged" / pair / exp)]  # run folders are seed<N> under each exp
+    cmd += ["--pair", pair, "--method", method, "--role", role, "--merged-root", str(args.out / "merged" / pair / exp)]
     cmd += ["--run-seed", str(seed)] * (seed is not None)
     if {"aime24", "amc23"} & set(facts["suites"]):
         cmd += ["--suite-n", "aime24=16,amc23=16", "--sample-temperature", "0.6"]
@@ -244,14 +236,12 @@ def stage_eval(args) -> None:
 
 
 def stage_tables(args) -> None:
-    """One table per pair (tables/<pair>/): its results, its runs' logs (a row's train time and
-    tokens come from the same pair's runs)."""
+    """One table per pair (tables/<pair>/) from its results and its own runs' logs (train time, tokens)."""
     for pair, facts in args.facts.items():
         cmd = [PYTHON, "scripts/make_tables.py", "--results", str(args.out / "results" / pair)]
         cmd += ["--out", str(args.out / "tables" / pair), "--suites", ",".join(facts["suites"])]
-        for r in args.runs:
-            if r.pair == pair and (r.folder / "metrics.jsonl").exists():
-                cmd += ["--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}"]
+        logged = [r for r in args.runs if r.pair == pair and (r.folder / "metrics.jsonl").exists()]
+        cmd += [a for r in logged for a in ("--log", f"{r.name}/{r.seed}={r.folder / 'metrics.jsonl'}")]
         cmd += ["--seeds", ",".join(map(str, args.seeds))] + ["--allow-missing"] * args.allow_missing
         act(args, cmd, fail=f"make_tables.py failed for {pair}")
 
