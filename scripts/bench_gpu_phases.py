@@ -113,21 +113,36 @@ def models_from_config(cfg: Any) -> list[ModelSpec]:
     return out
 
 
-def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
-    """``--pair``: a resolved config file (YAML/JSON), or a pair name composed by the project's config module."""
-    if Path(pair).is_file():
-        from omegaconf import OmegaConf
+def load_configs_file(path: str | Path, exp: str) -> Any:
+    """A resolved config file (YAML/JSON): one config (it has ``pair``), or a mapping experiment name -> config."""
+    from omegaconf import DictConfig, OmegaConf
 
-        return OmegaConf.load(pair)
+    data = OmegaConf.load(path)
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{path} holds no mapping")
+    if "pair" in data:
+        return data
+    if exp not in data:
+        raise ValueError(f"{path} has no config for experiment '{exp}' (has: {', '.join(data)})")
+    return data[exp]
+
+
+def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
+    """The project's resolved config of ``pair`` x ``exp`` (compose_config, imported here only)."""
     sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
         raise SystemExit(
-            f"bench_gpu_phases: cannot compose pair '{pair}' ({e}); pass a resolved config file "
-            f"to --pair or the models to --models"
+            f"cannot compose the config of pair '{pair}' ({e}); pass a resolved config file instead "
+            "(YAML/JSON: cost_model.py --configs FILE, bench_gpu_phases.py --pair FILE)"
         ) from None
     return compose_config(pair, exp, list(overrides))
+
+
+def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
+    """``--pair``: a resolved config file (``load_configs_file``), else a pair name to ``compose``."""
+    return load_configs_file(pair, exp) if Path(pair).is_file() else compose(pair, exp, overrides)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# stdlib at import: the model names phase files use, and the pair's models read from a config
-from bench_gpu_phases import ModelSpec, model_key, models_from_config  # noqa: E402,F401
+# stdlib at import: phase-file model names, a config's models, the config loaders (project imports lazy)
+from bench_gpu_phases import ModelSpec, compose, load_configs_file, model_key, models_from_config  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
@@ -435,30 +435,6 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
 
 # ---------------------------------------------------------------------------------------------
 # CLI
-
-
-def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
-    """The project's resolved config (imported here only: the rest of this module needs no config module)."""
-    try:
-        from recipe.codistill_grpo.configuration import compose_config
-    except ImportError as e:
-        raise SystemExit(
-            f"cost_model: cannot compose the config ({e}); "
-            "pass --configs FILE (resolved config(s) as YAML/JSON) instead"
-        ) from None
-    return compose_config(pair, exp, list(overrides))
-
-
-def load_configs_file(path: str | Path, exp: str) -> Any:
-    """``--configs``: one resolved config, or a mapping experiment name -> resolved config (YAML or JSON)."""
-    data = OmegaConf.to_container(OmegaConf.load(path))
-    if not isinstance(data, dict):
-        raise SystemExit(f"cost_model: {path} holds no mapping")
-    if "exp" in data and "pair" in data:
-        return data
-    if exp not in data:
-        raise SystemExit(f"cost_model: {path} has no config for experiment '{exp}' (has: {', '.join(data)})")
-    return data[exp]
 
 
 OPTIONS = [  # flag, type, help (float/int: a number; None: a flag)
