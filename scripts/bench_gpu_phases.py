@@ -76,8 +76,7 @@ def model_key(path_or_id: str) -> str:
     return str(path_or_id).rstrip("/").split("/")[-1].lower().removesuffix("-instruct")
 
 
-# ---------------------------------------------------------------------------------------------
-# what to measure
+# ---- what to measure ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -145,8 +144,7 @@ def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
     return load_configs_file(pair, exp) if Path(pair).is_file() else compose(pair, exp, overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# model configs
+# ---- model configs --------------------------------------------------------------------------------
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -211,8 +209,7 @@ def head_dim(cfg) -> int:
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
-# ---------------------------------------------------------------------------------------------
-# the phases
+# ---- the phases -----------------------------------------------------------------------------------
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -330,8 +327,7 @@ def bench_decode_attn(cfg, dev, batch: int, ctx: int, dtype, weights: int) -> di
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# driver
+# ---- driver ---------------------------------------------------------------------------------------
 
 
 def bench_model(spec: ModelSpec, emit, dev, dtype, shrunken: bool, plan: dict, args) -> None:

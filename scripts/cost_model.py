@@ -14,8 +14,9 @@ import argparse
 import json
 import math
 import sys
+from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,12 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
     return pd.read_json(path, lines=True, precise_float=True, dtype=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# phase table
+# ---- phase table ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Phases:
-    rows: pd.DataFrame  # measurements (lines with a "phase"), minus skipped / OOM rows
-    sources: tuple[str, ...]
-    gpu: str  # the header lines' GPU names
-    shrunken: bool  # a header line says shrunken (bench_gpu_phases.py's CPU mode)
+# rows: the measurements (lines with a "phase") minus skipped / OOM rows; gpu: the header lines' GPU names;
+# shrunken: a header line says shrunken (bench_gpu_phases.py's CPU mode)
+Phases = namedtuple("Phases", "rows sources gpu shrunken")
 
 
 def load_phases(paths: str | Path | Iterable[str | Path]) -> Phases:
@@ -124,8 +121,7 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
     return {"batch": b, "ctx": a["ctx"], "linear_s": lin_s, "attn_s": attn_s, "s": lin_s + attn_s}
 
 
-# ---------------------------------------------------------------------------------------------
-# run settings
+# ---- run settings ---------------------------------------------------------------------------------
 
 
 def _key(key: str, kind: type, missing: Any = None, **kw: Any) -> Any:
@@ -189,14 +185,7 @@ def settings_from_config(cfg: Any) -> Settings:
     return Settings(small=small, large=large, **v)
 
 
-@dataclass(frozen=True)
-class RunMetrics:
-    path: str
-    steps: int  # steps with at least one of the keys read
-    resp_len: float | None
-    prompt_len: float | None
-    zero_adv_frac: float | None
-    zero_adv_key: str | None
+RunMetrics = namedtuple("RunMetrics", "path steps resp_len prompt_len zero_adv_frac zero_adv_key")  # steps: with a key
 
 
 def read_run_metrics(path: str | Path) -> RunMetrics:
@@ -262,17 +251,10 @@ def grpo_large_settings(s: Settings, zero_adv_frac: float | None = None) -> Sett
     return replace(s, exp=BASELINE_EXP, zero_adv_frac=zero_adv_frac, **large_alone)
 
 
-# ---------------------------------------------------------------------------------------------
-# the model
+# ---- the model ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Line:
-    phase: str  # generate | log_prob | train
-    role: str  # small | large
-    model: str
-    seconds: float
-    how: str  # the arithmetic, for the report
+Line = namedtuple("Line", "phase role model seconds how")  # generate|log_prob|train, small|large, ..., the arithmetic
 
 
 def _train_scale(s: Settings, role: str) -> float:
@@ -338,37 +320,7 @@ def gpu_hours(s: Settings, per_step_s: float) -> float:
     return s.steps * per_step_s / 3600.0
 
 
-# ---------------------------------------------------------------------------------------------
-# report
-
-
-def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None) -> list[str]:
-    gen = next(ln for ln in lines if ln.phase == "generate")
-    d = decode_step(phases, gen.model, s.decode_batch, s.seq)
-    seqs = sorted(phases.rows.loc[phases.rows["model"] == gen.model, "seq"].dropna().astype(int).unique())
-    applied = [f"{ln.phase} {ln.role}" for ln in lines if ln.phase == "train" and _train_scale(s, ln.role) != 1.0]
-    out = [
-        f"decode batch: {s.decode_batch} sequences per GPU for the whole response "
-        f"(measured batch used: {d['batch']:g}); no tail of part-empty batches",
-        f"decode ctx: {d['ctx']:g} tokens, the measured ctx nearest prompt + response = {s.seq:g} "
-        f"(attention cost taken at that ctx for every step)",
-        f"log-prob and train: measured seq nearest {s.seq:g} tokens (measured: {', '.join(map(str, seqs))}), "
-        f"configured micro-batch where measured",
-        f"lengths: prompt {s.prompt_len:g} + response {s.resp_len:g} tokens per sample: {s.len_source}",
-        f"zero-advantage fraction {s.zero_adv_frac:.3g}: {s.zero_adv_source}; skip_zero_grad "
-        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) or 'nothing'}",
-        "not modelled: FSDP communication, optimizer step, vLLM scheduler/sampling overhead, weight sync, "
-        "reward scoring, offload, checkpoints, validation",
-        "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
-    ]
-    if baseline is not None:
-        out.append(
-            f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
-            f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}"
-        )
-    if phases.shrunken:
-        out.append("WARNING: the phase file comes from a shrunken CPU run: its figures mean nothing for sizing")
-    return out
+# ---- report ---------------------------------------------------------------------------------------
 
 
 def format_report(
@@ -376,7 +328,7 @@ def format_report(
 ) -> str:
     """The full report: the per-(phase, model) table with the figures used, shares, baseline ratio,
     GPU-hours and the assumptions."""
-    df = pd.DataFrame([asdict(ln) for ln in lines])
+    df = pd.DataFrame(lines)
     tot, by_role = df["seconds"].sum(), df.groupby("role", sort=False)["seconds"].sum()
     table = pd.concat([df, pd.DataFrame([{"phase": "total", "role": "", "model": "", "seconds": tot, "how": ""}])])
     table.columns = ["phase", "model", "", "GPU-s", "figure used"]
@@ -408,20 +360,45 @@ def format_report(
         out.append(
             f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: {parts}): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}"
         )
+    gen = next(ln for ln in lines if ln.phase == "generate")
+    d = decode_step(phases, gen.model, s.decode_batch, s.seq)
+    seqs = sorted(phases.rows.loc[phases.rows["model"] == gen.model, "seq"].dropna().astype(int).unique())
+    applied = [f"{ln.phase} {ln.role}" for ln in lines if ln.phase == "train" and _train_scale(s, ln.role) != 1.0]
+    notes = [
+        f"decode batch: {s.decode_batch} sequences per GPU for the whole response "
+        f"(measured batch used: {d['batch']:g}); no tail of part-empty batches",
+        f"decode ctx: {d['ctx']:g} tokens, the measured ctx nearest prompt + response = {s.seq:g} "
+        f"(attention cost taken at that ctx for every step)",
+        f"log-prob and train: measured seq nearest {s.seq:g} tokens (measured: {', '.join(map(str, seqs))}), "
+        f"configured micro-batch where measured",
+        f"lengths: prompt {s.prompt_len:g} + response {s.resp_len:g} tokens per sample: {s.len_source}",
+        f"zero-advantage fraction {s.zero_adv_frac:.3g}: {s.zero_adv_source}; skip_zero_grad "
+        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) or 'nothing'}",
+        "not modelled: FSDP communication, optimizer step, vLLM scheduler/sampling overhead, weight sync, "
+        "reward scoring, offload, checkpoints, validation",
+        "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
+    ]
+    if baseline is not None:
+        notes.append(
+            f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
+            f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}"
+        )
+    if phases.shrunken:
+        notes.append("WARNING: the phase file comes from a shrunken CPU run: its figures mean nothing for sizing")
     gh = gpu_hours(s, tot)
     out += [
         f"run: {s.steps} steps x {tot:.1f} GPU-s = {gh:.2f} GPU-hours; on {s.nnodes} node(s) x "
         f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)",
         "",
         "assumptions:",
-        *(f"- {a}" for a in _assumptions(phases, s, lines, baseline)),
+        *(f"- {a}" for a in notes),
     ]
     return "\n".join(out)
 
 
 def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | None = None) -> str:
     """The estimate in one line (what the launcher's dry run prints)."""
-    by_phase = pd.DataFrame([asdict(ln) for ln in lines]).groupby("phase", sort=False)["seconds"].sum()
+    by_phase = pd.DataFrame(lines).groupby("phase", sort=False)["seconds"].sum()
     tot, gh = by_phase.sum(), gpu_hours(s, by_phase.sum())
     parts = ", ".join(f"{phase.replace('_', '-')} {v:.1f}" for phase, v in by_phase.items())
     out = (
@@ -433,8 +410,7 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
     return out + " (scripts/cost_model.py, the shipped H200 figures; assumptions: run it without --line)"
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
+# ---- CLI ------------------------------------------------------------------------------------------
 
 
 OPTIONS = [  # flag, type, help (float/int: a number; None: a flag)
