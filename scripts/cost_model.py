@@ -43,6 +43,10 @@ BASELINE_EXP = "grpo_large"
 NO_LOG = "default (no run log given)"
 CAPPED = f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / max_response_length"
 CAPPED += " (no run log given)"
+LEN_DEFAULTS = {
+    "prompt_len": f"prompt default {DEFAULT_PROMPT_LEN:g}",
+    "resp_len": f"response default {DEFAULT_RESP_LEN:g}",
+}
 
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
@@ -223,11 +227,8 @@ def apply_run_figures(
     given = [(k, float(v), src) for k, v, src in given if v is not None]
     changes: dict[str, Any] = {k: v for k, v, _ in given}
     if given:
-        defaults = (
-            ("prompt_len", f"prompt default {DEFAULT_PROMPT_LEN:g}"),
-            ("resp_len", f"response default {DEFAULT_RESP_LEN:g}"),
-        )
-        changes["len_source"] = "; ".join([src for *_, src in given] + [d for k, d in defaults if k not in changes])
+        defaults = [d for k, d in LEN_DEFAULTS.items() if k not in changes]
+        changes["len_source"] = "; ".join([src for *_, src in given] + defaults)
     if zero_adv_frac is not None:
         changes.update(zero_adv_frac=float(zero_adv_frac), zero_adv_source="--zero-adv-frac")
     elif m.zero_adv_frac is not None:
@@ -271,14 +272,10 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
         generate = R / B x resp_len x decode_step_s;  log_prob = R x T / logprob tok/s;
         train = R x T / train tok/s x (1 - zero_adv_frac where skipped)
     """
-    second = s.generator == "small"
-    who = {  # which pair models run each phase
-        "generate": [s.generator],
-        "log_prob": [s.generator] + (["large"] if second and s.large_enabled else []),
-        "train": [s.generator] + (["large"] if second and s.large_train else []),
-    }
+    # the generator runs every phase; a second model (large; settings_from_config checks) log-probs, trains if trained
+    second = {"generate": False, "log_prob": s.large_enabled, "train": s.large_train}
     lines = []
-    for phase, role in ((p, r) for p in who for r in ROLE_ORDER if r in who[p]):
+    for phase, role in ((p, r) for p in second for r in ROLE_ORDER if r == s.generator or (r == "large" and second[p])):
         m = getattr(s, role)
         if phase == "generate":
             d, batches = decode_step(phases, m.key, s.decode_batch, s.seq), s.responses / s.decode_batch
