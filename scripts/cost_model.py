@@ -443,9 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_configs_file(args.configs, args.exp) if args.configs else compose(args.pair, args.exp, overrides)
         s = settings_from_config(cfg)
         if (s.pair, s.exp) != (args.pair, args.exp):
-            raise SystemExit(
-                f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'"
-            )
+            raise ValueError(f"the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'")
         metrics = read_run_metrics(args.metrics) if args.metrics else None
         figures = ("resp_len", "prompt_len", "zero_adv_frac", "decode_batch", "steps")
         s = apply_run_figures(s, metrics=metrics, **{k: getattr(args, k) for k in figures})
