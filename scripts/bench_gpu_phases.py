@@ -76,8 +76,7 @@ def model_key(path_or_id: str) -> str:
     return str(path_or_id).rstrip("/").split("/")[-1].lower().removesuffix("-instruct")
 
 
-# ---------------------------------------------------------------------------------------------
-# what to measure
+# ---- what to measure ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -113,25 +112,39 @@ def models_from_config(cfg: Any) -> list[ModelSpec]:
     return out
 
 
-def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
-    """``--pair``: a resolved config file (YAML/JSON), or a pair name composed by the project's config module."""
-    if Path(pair).is_file():
-        from omegaconf import OmegaConf
+def load_configs_file(path: str | Path, exp: str) -> Any:
+    """A resolved config file (YAML/JSON): one config (it has ``pair``), or a mapping experiment name -> config."""
+    from omegaconf import DictConfig, OmegaConf
 
-        return OmegaConf.load(pair)
+    data = OmegaConf.load(path)
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{path} holds no mapping")
+    if "pair" in data:
+        return data
+    if exp not in data:
+        raise ValueError(f"{path} has no config for experiment '{exp}' (has: {', '.join(data)})")
+    return data[exp]
+
+
+def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
+    """The project's resolved config of ``pair`` x ``exp`` (compose_config, imported here only)."""
     sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
     try:
         from recipe.codistill_grpo.configuration import compose_config
     except ImportError as e:
         raise SystemExit(
-            f"bench_gpu_phases: cannot compose pair '{pair}' ({e}); pass a resolved config file "
-            f"to --pair or the models to --models"
+            f"cannot compose the config of pair '{pair}' ({e}); pass a resolved config file instead "
+            "(YAML/JSON: cost_model.py --configs FILE, bench_gpu_phases.py --pair FILE)"
         ) from None
     return compose_config(pair, exp, list(overrides))
 
 
-# ---------------------------------------------------------------------------------------------
-# model configs
+def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
+    """``--pair``: a resolved config file (``load_configs_file``), else a pair name to ``compose``."""
+    return load_configs_file(pair, exp) if Path(pair).is_file() else compose(pair, exp, overrides)
+
+
+# ---- model configs --------------------------------------------------------------------------------
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -196,8 +209,7 @@ def head_dim(cfg) -> int:
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
-# ---------------------------------------------------------------------------------------------
-# the phases
+# ---- the phases -----------------------------------------------------------------------------------
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -308,24 +320,20 @@ def bench_decode_attn(cfg, dev, batch: int, ctx: int, dtype, weights: int) -> di
             attn()
 
     s = seconds(run, 5 if dev.type == "cuda" else 2)
-    return (
-        out
-        | {"s_per_layer": _sig(s / layers), "s_all_layers": _sig(s), "s": _sig(s)}
-        | peak_extra_gb(attn, dev, weights)
-    )
+    out |= {"s_per_layer": _sig(s / layers), "s_all_layers": _sig(s), "s": _sig(s)}
+    return out | peak_extra_gb(attn, dev, weights)
 
 
-# ---------------------------------------------------------------------------------------------
-# driver
+# ---- driver ---------------------------------------------------------------------------------------
 
 
-def bench_model(spec: ModelSpec, emit, dev, dtype, shrunken: bool, plan: dict, args) -> None:
-    """Build one model (random weights) and emit its parameter line and every phase row; freed on return."""
+def bench_model(spec: ModelSpec, emit, dev, dtype, args) -> None:
+    """Build one model (random weights) and emit its parameter line and every phase row (``run``'s ``args``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     cfg, source = load_config(spec.hf_id, args.config_source)
-    cfg = shrink_config(cfg) if shrunken else cfg
+    cfg = shrink_config(cfg) if args.shrink else cfg
     t0 = time.perf_counter()
     with torch.device(dev):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
@@ -345,11 +353,11 @@ def bench_model(spec: ModelSpec, emit, dev, dtype, shrunken: bool, plan: dict, a
     jobs = [
         (phase, partial(bench_seq, model, dev, vocab, micro, s, calls, weights, train, train and spec.grad_ckpt))
         for phase, micro, calls, train in seq_phases
-        for s in plan["seqs"]
+        for s in args.seqs
     ]
-    for b in plan["decode_batches"]:
+    for b in args.decode_batches:
         jobs.append(("decode_linear", partial(bench_decode_linear, model, dev, vocab, b, weights, not args.no_graph)))
-        jobs += [("decode_attn", partial(bench_decode_attn, cfg, dev, b, c, dtype, weights)) for c in plan["ctxs"]]
+        jobs += [("decode_attn", partial(bench_decode_attn, cfg, dev, b, c, dtype, weights)) for c in args.ctxs]
     for phase, job in jobs:
         try:
             row = job()
@@ -362,12 +370,13 @@ def bench_model(spec: ModelSpec, emit, dev, dtype, shrunken: bool, plan: dict, a
         log(f"{spec.key} {phase}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
 
 
-def run(specs: Sequence[ModelSpec], out_path: Path, device: str, shrunken: bool, plan: dict, args) -> None:
-    """Measure every model of ``specs`` on ``device``, writing each JSONL line as it is measured."""
+def run(specs: Sequence[ModelSpec], args) -> None:
+    """Measure every model of ``specs`` as ``args`` say (device, shrink, out, main's plan), writing JSONL as it goes."""
     import torch
     import transformers
 
-    dev, dtype, dname = torch.device(device), *((torch.float32, "fp32") if shrunken else (torch.bfloat16, "bf16"))
+    shrunken, out_path = args.shrink, Path(args.out)
+    dev, dtype, dname = torch.device(args.device), *((torch.float32, "fp32") if shrunken else (torch.bfloat16, "bf16"))
     torch.manual_seed(0)
     t_start = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,11 +394,11 @@ def run(specs: Sequence[ModelSpec], out_path: Path, device: str, shrunken: bool,
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
         header = {"gpu": gpu, "mem_gb": mem, **versions, "dtype": dname, "attn": "sdpa", "shrunken": shrunken}
         emit(header | {"host": platform.node()} | ({"note": SHRUNKEN_NOTE} if shrunken else {}))
-        tflops = matmul_tflops(dev, plan["matmul_n"], dtype)
-        emit({f"{dname}_matmul_tflops": _sig(tflops, 3), "matmul_n": plan["matmul_n"]})
-        log(f"{gpu}: {dname} {plan['matmul_n']}^3 matmul {tflops:.3g} TFLOP/s")
+        tflops = matmul_tflops(dev, args.matmul_n, dtype)
+        emit({f"{dname}_matmul_tflops": _sig(tflops, 3), "matmul_n": args.matmul_n})
+        log(f"{gpu}: {dname} {args.matmul_n}^3 matmul {tflops:.3g} TFLOP/s")
         for spec in specs:
-            bench_model(spec, emit, dev, dtype, shrunken, plan, args)
+            bench_model(spec, emit, dev, dtype, args)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         emit({"done": True})
@@ -427,21 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shrunken = args.shrink or not device.startswith("cuda")
-    if args.pair:
-        specs = models_from_config(load_pair(args.pair, args.exp, overrides))
-    else:
-        specs = [
-            spec_for(m, grad_ckpt=not args.no_grad_ckpt)
-            for m in args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
-        ]
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.shrink = shrunken = args.shrink or not args.device.startswith("cuda")
+    models = args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
+    specs = [spec_for(m, grad_ckpt=not args.no_grad_ckpt) for m in models]
+    specs = models_from_config(load_pair(args.pair, args.exp, overrides)) if args.pair else specs
     micro = {"logprob_micro": args.logprob_micro, "train_micro": args.train_micro}
     specs = [replace(s, **{k: v for k, v in micro.items() if v}) for s in specs]
-    plan = {k: getattr(args, k, None) or v for k, v in (SHRUNKEN_PLAN if shrunken else GPU_PLAN).items()}
+    vars(args).update({k: getattr(args, k, None) or v for k, v in (SHRUNKEN_PLAN if shrunken else GPU_PLAN).items()})
     if shrunken:
         log(f"no CUDA device used: {SHRUNKEN_NOTE}")
-    run(specs, Path(args.out), device, shrunken, plan, args)
+    run(specs, args)
     log(f"wrote {args.out}" + (f"\nreminder: {SHRUNKEN_NOTE}" if shrunken else ""))
     return 0
 

@@ -14,8 +14,9 @@ import argparse
 import json
 import math
 import sys
+from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# stdlib at import: the model names phase files use, and the pair's models read from a config
-from bench_gpu_phases import ModelSpec, model_key, models_from_config  # noqa: E402,F401
+# stdlib at import: phase-file model names, a config's models, the config loaders (project imports lazy)
+from bench_gpu_phases import ModelSpec, compose, load_configs_file, model_key, models_from_config  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
@@ -42,6 +43,10 @@ BASELINE_EXP = "grpo_large"
 NO_LOG = "default (no run log given)"
 CAPPED = f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / max_response_length"
 CAPPED += " (no run log given)"
+LEN_DEFAULTS = {
+    "prompt_len": f"prompt default {DEFAULT_PROMPT_LEN:g}",
+    "resp_len": f"response default {DEFAULT_RESP_LEN:g}",
+}
 
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
@@ -54,16 +59,12 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
     return pd.read_json(path, lines=True, precise_float=True, dtype=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# phase table
+# ---- phase table ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Phases:
-    rows: pd.DataFrame  # measurements (lines with a "phase"), minus skipped / OOM rows
-    sources: tuple[str, ...]
-    gpu: str  # the header lines' GPU names
-    shrunken: bool  # a header line says shrunken (bench_gpu_phases.py's CPU mode)
+# rows: the measurements (lines with a "phase") minus skipped / OOM rows; gpu: the header lines' GPU names;
+# shrunken: a header line says shrunken (bench_gpu_phases.py's CPU mode)
+Phases = namedtuple("Phases", "rows sources gpu shrunken")
 
 
 def load_phases(paths: str | Path | Iterable[str | Path]) -> Phases:
@@ -124,8 +125,7 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
     return {"batch": b, "ctx": a["ctx"], "linear_s": lin_s, "attn_s": attn_s, "s": lin_s + attn_s}
 
 
-# ---------------------------------------------------------------------------------------------
-# run settings
+# ---- run settings ---------------------------------------------------------------------------------
 
 
 def _key(key: str, kind: type, missing: Any = None, **kw: Any) -> Any:
@@ -189,14 +189,7 @@ def settings_from_config(cfg: Any) -> Settings:
     return Settings(small=small, large=large, **v)
 
 
-@dataclass(frozen=True)
-class RunMetrics:
-    path: str
-    steps: int  # steps with at least one of the keys read
-    resp_len: float | None
-    prompt_len: float | None
-    zero_adv_frac: float | None
-    zero_adv_key: str | None
+RunMetrics = namedtuple("RunMetrics", "path steps resp_len prompt_len zero_adv_frac zero_adv_key")  # steps: with a key
 
 
 def read_run_metrics(path: str | Path) -> RunMetrics:
@@ -234,11 +227,8 @@ def apply_run_figures(
     given = [(k, float(v), src) for k, v, src in given if v is not None]
     changes: dict[str, Any] = {k: v for k, v, _ in given}
     if given:
-        defaults = (
-            ("prompt_len", f"prompt default {DEFAULT_PROMPT_LEN:g}"),
-            ("resp_len", f"response default {DEFAULT_RESP_LEN:g}"),
-        )
-        changes["len_source"] = "; ".join([src for *_, src in given] + [d for k, d in defaults if k not in changes])
+        defaults = [d for k, d in LEN_DEFAULTS.items() if k not in changes]
+        changes["len_source"] = "; ".join([src for *_, src in given] + defaults)
     if zero_adv_frac is not None:
         changes.update(zero_adv_frac=float(zero_adv_frac), zero_adv_source="--zero-adv-frac")
     elif m.zero_adv_frac is not None:
@@ -262,17 +252,10 @@ def grpo_large_settings(s: Settings, zero_adv_frac: float | None = None) -> Sett
     return replace(s, exp=BASELINE_EXP, zero_adv_frac=zero_adv_frac, **large_alone)
 
 
-# ---------------------------------------------------------------------------------------------
-# the model
+# ---- the model ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Line:
-    phase: str  # generate | log_prob | train
-    role: str  # small | large
-    model: str
-    seconds: float
-    how: str  # the arithmetic, for the report
+Line = namedtuple("Line", "phase role model seconds how")  # generate|log_prob|train, small|large, ..., the arithmetic
 
 
 def _train_scale(s: Settings, role: str) -> float:
@@ -289,14 +272,10 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
         generate = R / B x resp_len x decode_step_s;  log_prob = R x T / logprob tok/s;
         train = R x T / train tok/s x (1 - zero_adv_frac where skipped)
     """
-    second = s.generator == "small"
-    who = {  # which pair models run each phase
-        "generate": [s.generator],
-        "log_prob": [s.generator] + (["large"] if second and s.large_enabled else []),
-        "train": [s.generator] + (["large"] if second and s.large_train else []),
-    }
+    # the generator runs every phase; a second model (large; settings_from_config checks) log-probs, trains if trained
+    second = {"generate": False, "log_prob": s.large_enabled, "train": s.large_train}
     lines = []
-    for phase, role in ((p, r) for p in who for r in ROLE_ORDER if r in who[p]):
+    for phase, role in ((p, r) for p in second for r in ROLE_ORDER if r == s.generator or (r == "large" and second[p])):
         m = getattr(s, role)
         if phase == "generate":
             d, batches = decode_step(phases, m.key, s.decode_batch, s.seq), s.responses / s.decode_batch
@@ -338,37 +317,7 @@ def gpu_hours(s: Settings, per_step_s: float) -> float:
     return s.steps * per_step_s / 3600.0
 
 
-# ---------------------------------------------------------------------------------------------
-# report
-
-
-def _assumptions(phases: Phases, s: Settings, lines: list[Line], baseline: Settings | None) -> list[str]:
-    gen = next(ln for ln in lines if ln.phase == "generate")
-    d = decode_step(phases, gen.model, s.decode_batch, s.seq)
-    seqs = sorted(phases.rows.loc[phases.rows["model"] == gen.model, "seq"].dropna().astype(int).unique())
-    applied = [f"{ln.phase} {ln.role}" for ln in lines if ln.phase == "train" and _train_scale(s, ln.role) != 1.0]
-    out = [
-        f"decode batch: {s.decode_batch} sequences per GPU for the whole response "
-        f"(measured batch used: {d['batch']:g}); no tail of part-empty batches",
-        f"decode ctx: {d['ctx']:g} tokens, the measured ctx nearest prompt + response = {s.seq:g} "
-        f"(attention cost taken at that ctx for every step)",
-        f"log-prob and train: measured seq nearest {s.seq:g} tokens (measured: {', '.join(map(str, seqs))}), "
-        f"configured micro-batch where measured",
-        f"lengths: prompt {s.prompt_len:g} + response {s.resp_len:g} tokens per sample: {s.len_source}",
-        f"zero-advantage fraction {s.zero_adv_frac:.3g}: {s.zero_adv_source}; skip_zero_grad "
-        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) or 'nothing'}",
-        "not modelled: FSDP communication, optimizer step, vLLM scheduler/sampling overhead, weight sync, "
-        "reward scoring, offload, checkpoints, validation",
-        "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
-    ]
-    if baseline is not None:
-        out.append(
-            f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
-            f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}"
-        )
-    if phases.shrunken:
-        out.append("WARNING: the phase file comes from a shrunken CPU run: its figures mean nothing for sizing")
-    return out
+# ---- report ---------------------------------------------------------------------------------------
 
 
 def format_report(
@@ -376,7 +325,7 @@ def format_report(
 ) -> str:
     """The full report: the per-(phase, model) table with the figures used, shares, baseline ratio,
     GPU-hours and the assumptions."""
-    df = pd.DataFrame([asdict(ln) for ln in lines])
+    df = pd.DataFrame(lines)
     tot, by_role = df["seconds"].sum(), df.groupby("role", sort=False)["seconds"].sum()
     table = pd.concat([df, pd.DataFrame([{"phase": "total", "role": "", "model": "", "seconds": tot, "how": ""}])])
     table.columns = ["phase", "model", "", "GPU-s", "figure used"]
@@ -408,20 +357,45 @@ def format_report(
         out.append(
             f"vs {BASELINE_EXP} baseline ({btot:.1f} GPU-s/step: {parts}): {s.exp}/{BASELINE_EXP} = {tot / btot:.3f}"
         )
+    gen = next(ln for ln in lines if ln.phase == "generate")
+    d = decode_step(phases, gen.model, s.decode_batch, s.seq)
+    seqs = sorted(phases.rows.loc[phases.rows["model"] == gen.model, "seq"].dropna().astype(int).unique())
+    applied = [f"{ln.phase} {ln.role}" for ln in lines if ln.phase == "train" and _train_scale(s, ln.role) != 1.0]
+    notes = [
+        f"decode batch: {s.decode_batch} sequences per GPU for the whole response "
+        f"(measured batch used: {d['batch']:g}); no tail of part-empty batches",
+        f"decode ctx: {d['ctx']:g} tokens, the measured ctx nearest prompt + response = {s.seq:g} "
+        f"(attention cost taken at that ctx for every step)",
+        f"log-prob and train: measured seq nearest {s.seq:g} tokens (measured: {', '.join(map(str, seqs))}), "
+        f"configured micro-batch where measured",
+        f"lengths: prompt {s.prompt_len:g} + response {s.resp_len:g} tokens per sample: {s.len_source}",
+        f"zero-advantage fraction {s.zero_adv_frac:.3g}: {s.zero_adv_source}; skip_zero_grad "
+        f"{'on' if s.skip_zero_grad else 'off'}; scales: {', '.join(applied) or 'nothing'}",
+        "not modelled: FSDP communication, optimizer step, vLLM scheduler/sampling overhead, weight sync, "
+        "reward scoring, offload, checkpoints, validation",
+        "each phase at one GPU's measured throughput; GPU-seconds add up across GPUs (no TP for rollouts)",
+    ]
+    if baseline is not None:
+        notes.append(
+            f"{BASELINE_EXP} baseline: same pair, batch, lengths and steps; the large model generates and "
+            f"trains alone, kd.coef 0, zero-adv fraction {baseline.zero_adv_frac:.3g}"
+        )
+    if phases.shrunken:
+        notes.append("WARNING: the phase file comes from a shrunken CPU run: its figures mean nothing for sizing")
     gh = gpu_hours(s, tot)
     out += [
         f"run: {s.steps} steps x {tot:.1f} GPU-s = {gh:.2f} GPU-hours; on {s.nnodes} node(s) x "
         f"{s.gpus_per_node} GPUs = {gh / s.gpus:.2f} wall-hours (assumes perfect scaling)",
         "",
         "assumptions:",
-        *(f"- {a}" for a in _assumptions(phases, s, lines, baseline)),
+        *(f"- {a}" for a in notes),
     ]
     return "\n".join(out)
 
 
 def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | None = None) -> str:
     """The estimate in one line (what the launcher's dry run prints)."""
-    by_phase = pd.DataFrame([asdict(ln) for ln in lines]).groupby("phase", sort=False)["seconds"].sum()
+    by_phase = pd.DataFrame(lines).groupby("phase", sort=False)["seconds"].sum()
     tot, gh = by_phase.sum(), gpu_hours(s, by_phase.sum())
     parts = ", ".join(f"{phase.replace('_', '-')} {v:.1f}" for phase, v in by_phase.items())
     out = (
@@ -433,32 +407,7 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
     return out + " (scripts/cost_model.py, the shipped H200 figures; assumptions: run it without --line)"
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def compose(pair: str, exp: str, overrides: Sequence[str] = ()) -> Any:
-    """The project's resolved config (imported here only: the rest of this module needs no config module)."""
-    try:
-        from recipe.codistill_grpo.configuration import compose_config
-    except ImportError as e:
-        raise SystemExit(
-            f"cost_model: cannot compose the config ({e}); "
-            "pass --configs FILE (resolved config(s) as YAML/JSON) instead"
-        ) from None
-    return compose_config(pair, exp, list(overrides))
-
-
-def load_configs_file(path: str | Path, exp: str) -> Any:
-    """``--configs``: one resolved config, or a mapping experiment name -> resolved config (YAML or JSON)."""
-    data = OmegaConf.to_container(OmegaConf.load(path))
-    if not isinstance(data, dict):
-        raise SystemExit(f"cost_model: {path} holds no mapping")
-    if "exp" in data and "pair" in data:
-        return data
-    if exp not in data:
-        raise SystemExit(f"cost_model: {path} has no config for experiment '{exp}' (has: {', '.join(data)})")
-    return data[exp]
+# ---- CLI ------------------------------------------------------------------------------------------
 
 
 OPTIONS = [  # flag, type, help (float/int: a number; None: a flag)
@@ -494,9 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_configs_file(args.configs, args.exp) if args.configs else compose(args.pair, args.exp, overrides)
         s = settings_from_config(cfg)
         if (s.pair, s.exp) != (args.pair, args.exp):
-            raise SystemExit(
-                f"cost_model: the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'"
-            )
+            raise ValueError(f"the config is pair '{s.pair}', experiment '{s.exp}', not '{args.pair}', '{args.exp}'")
         metrics = read_run_metrics(args.metrics) if args.metrics else None
         figures = ("resp_len", "prompt_len", "zero_adv_frac", "decode_batch", "steps")
         s = apply_run_figures(s, metrics=metrics, **{k: getattr(args, k) for k in figures})
