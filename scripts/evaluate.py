@@ -330,6 +330,9 @@ def evaluate_checkpoint(args, checkpoint: str, name: str, frames: dict[str, pd.D
             summary.append((folder, suite, json.loads(out.read_text())["aggregate"], counts))
     get_generator.cache_clear()  # frees the model (vLLM: stops its engine)
     gc.collect()
+    import torch
+
+    torch.cuda.empty_cache()  # the freed model's cached blocks back to the GPU for the next engine (no-op on CPU)
     return summary
 
 
