@@ -438,9 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.shrink = shrunken = args.shrink or not args.device.startswith("cuda")
-    models = args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
-    specs = [spec_for(m, grad_ckpt=not args.no_grad_ckpt) for m in models]
-    specs = models_from_config(load_pair(args.pair, args.exp, overrides)) if args.pair else specs
+    if args.pair:
+        specs = models_from_config(load_pair(args.pair, args.exp, overrides))
+    else:
+        models = args.models or [v["hf_id"] for v in BUILTIN_CONFIGS.values()]
+        specs = [spec_for(m, grad_ckpt=not args.no_grad_ckpt) for m in models]
     micro = {"logprob_micro": args.logprob_micro, "train_micro": args.train_micro}
     specs = [replace(s, **{k: v for k, v in micro.items() if v}) for s in specs]
     vars(args).update({k: getattr(args, k, None) or v for k, v in (SHRUNKEN_PLAN if shrunken else GPU_PLAN).items()})
