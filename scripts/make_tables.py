@@ -87,9 +87,9 @@ def check_missing(df: pd.DataFrame, seeds: list[int] | None = None) -> dict[tupl
     for pair, p in df.groupby("pair"):
         trained = set(p.seed[p.method != "base"]) | {str(s) for s in seeds or []}
         n_items = p.groupby("suite")["index"].nunique()
-        cells = sorted(p.groupby(["suite", "mode"]).groups)
+        cells, found = sorted(p.groupby(["suite", "mode"]).groups), dict(list(p.groupby(CELL[1:])))
         for (role, method), (suite, mode) in itertools.product(p.groupby(["role", "method"]).groups, cells):
-            cell = p[(p.role == role) & (p.method == method) & (p.suite == suite) & (p["mode"] == mode)]
+            cell = found.get((role, method, suite, mode), p.iloc[:0])
             files = cell.groupby("seed").agg(n=("index", "size"), file=("file", "first"))
             want = {"None"} if method == "base" else trained
             what = []
