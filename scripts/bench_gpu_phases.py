@@ -29,33 +29,12 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 
-# Published config.json values (huggingface.co/<hf_id>/blob/main/config.json). Parameter counts of these
-# architectures (checked by tests/test_bench_gpu_phases.py): 1,543,714,304 (tied embeddings), 7,615,616,512,
-# 1,235,814,400 (tied), 8,030,261,248.
-_QWEN = dict(model_type="qwen2", max_position_embeddings=4096, rope_theta=10000.0, rope_scaling=None,
-             rms_norm_eps=1e-6, hidden_act="silu", use_sliding_window=False, sliding_window=4096,
-             bos_token_id=151643, eos_token_id=151643)  # fmt: skip
-_LLAMA = dict(model_type="llama", num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rms_norm_eps=1e-5,
-              max_position_embeddings=131072, rope_theta=500000.0, hidden_act="silu", attention_bias=False,
-              mlp_bias=False, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])  # fmt: skip
-_LLAMA3_ROPE = dict(
-    high_freq_factor=4.0, low_freq_factor=1.0, original_max_position_embeddings=8192, rope_type="llama3"
-)
-BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
-    "qwen2.5-math-1.5b": dict(_QWEN, hf_id="Qwen/Qwen2.5-Math-1.5B", hidden_size=1536, intermediate_size=8960,
-                              num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                              tie_word_embeddings=True, max_window_layers=21),
-    "qwen2.5-math-7b": dict(_QWEN, hf_id="Qwen/Qwen2.5-Math-7B", hidden_size=3584, intermediate_size=18944,
-                            num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                            tie_word_embeddings=False, max_window_layers=28),
-    "llama-3.2-1b": dict(_LLAMA, hf_id="meta-llama/Llama-3.2-1B-Instruct", hidden_size=2048, intermediate_size=8192,
-                         num_hidden_layers=16, head_dim=64, tie_word_embeddings=True,
-                         rope_scaling=dict(_LLAMA3_ROPE, factor=32.0)),
-    "llama-3.1-8b": dict(_LLAMA, hf_id="meta-llama/Llama-3.1-8B-Instruct", hidden_size=4096, intermediate_size=14336,
-                         num_hidden_layers=32, tie_word_embeddings=False, rope_scaling=dict(_LLAMA3_ROPE, factor=8.0)),
-}  # fmt: skip
-# micro-batches per GPU of configs/model_pairs/*.yaml: (log-prob, train); used with --models
+# micro-batches per GPU of configs/pair/*.yaml: (log-prob, train); used with --models
 DEFAULT_MICRO = {"qwen2.5-math-1.5b": (8, 4), "qwen2.5-math-7b": (4, 2), "llama-3.2-1b": (8, 4), "llama-3.1-8b": (4, 2)}
+# The built-in models' published config.json values (huggingface.co/<hf_id>/blob/main/config.json), one file each
+# with its hf_id; parameter counts (checked by tests/test_bench_gpu_phases.py): 1,543,714,304 (tied embeddings),
+# 7,615,616,512, 1,235,814,400 (tied), 8,030,261,248.
+BUILTIN_CONFIGS = {k: json.loads((REPO / f"scripts/cost_data/configs/{k}.json").read_text()) for k in DEFAULT_MICRO}
 FALLBACK_MICRO = (4, 2)
 GPU_PLAN = {"seqs": (2048, 4096), "decode_batches": (256, 1024), "ctxs": (2048, 4096), "matmul_n": 8192}
 SHRUNKEN_PLAN = {"seqs": (32, 64), "decode_batches": (4,), "ctxs": (32, 64), "matmul_n": 256}
@@ -404,10 +383,6 @@ def run(specs: Sequence[ModelSpec], args) -> None:
         emit({"done": True})
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (see the module docstring); with a --pair name, everything after ``--`` goes to compose_config."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -423,8 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--logprob-micro", type=int, help="log-prob micro-batch for every model (default: per model)")
     ap.add_argument("--train-micro", type=int, help="train micro-batch for every model (default: per model)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing (with --models)")
+    ints = lambda text: tuple(int(x) for x in text.split(",") if x.strip())  # noqa: E731
     for name in ("seqs", "decode_batches", "ctxs"):
-        ap.add_argument(f"--{name.replace('_', '-')}", type=_ints, help=f"comma-separated (default {GPU_PLAN[name]})")
+        ap.add_argument(f"--{name.replace('_', '-')}", type=ints, help=f"comma-separated (default {GPU_PLAN[name]})")
     ap.add_argument("--repeats", type=int, default=3, help="timed log-prob calls after the warm-up (mean)")
     ap.add_argument("--train-repeats", type=int, default=2, help="timed train calls after the warm-up (mean)")
     ap.add_argument("--no-graph", action="store_true", help="no CUDA-graphed decode_linear")

@@ -132,8 +132,7 @@ def decode_step(phases: Phases, model: str, batch: float, ctx: float) -> dict:
 
 
 def _key(key: str, kind: type, missing: Any = None, **kw: Any) -> Any:
-    """A Settings field read by ``settings_from_config`` from the config's ``key`` (absent or null: ``missing``;
-    None: required)."""
+    """A Settings field that ``settings_from_config`` reads from ``key`` (absent/null: ``missing``; None: required)."""
     return field(metadata={"key": key, "kind": kind, "missing": missing}, **kw)
 
 
@@ -303,11 +302,6 @@ def step_cost_detail(phases: Phases, s: Settings) -> list[Line]:
 def step_cost(phases: Phases, s: Settings) -> dict[tuple[str, str], float]:
     """{(phase, role): GPU-seconds of one step}; phase in generate | log_prob | train, role small | large."""
     return {(ln.phase, ln.role): ln.seconds for ln in step_cost_detail(phases, s)}
-
-
-def total(cost: Mapping[tuple[str, str], float]) -> float:
-    """GPU-seconds of the whole step: the sum over (phase, role)."""
-    return sum(cost.values())
 
 
 def large_share(cost: Mapping[tuple[str, str], float]) -> float:
