@@ -33,10 +33,12 @@ PHASES = [
 COMPARISONS = {  # --compare -> {run name: its overrides}
     "grpo": {"codistill": "exp=codistill", "grpo_small": "exp=grpo_small"},
     "skip": {"skip": "exp=codistill", "no_skip": "exp=codistill algorithm.codistill.large.skip_zero_grad=false"},
-    # the CPU rollout answering waiting requests in batches vs one request at a time (as before batching)
+    # the recipe's hf CPU rollout (pinned: a pair's default may be vLLM) answering waiting requests in batches vs
+    # one request at a time (as before batching)
     "batching": {
-        "batched": "exp=codistill",
-        "one_by_one": "exp=codistill +actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1",
+        "batched": "exp=codistill ++pair.cpu.rollout=hf",
+        "one_by_one": "exp=codistill ++pair.cpu.rollout=hf"
+        " +actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1",
     },
 }
 
@@ -56,10 +58,7 @@ def run(out: Path, ns: argparse.Namespace, variant: str, extra: list[str]) -> pd
 def phase_means(df: pd.DataFrame) -> dict[str, float | None]:
     """Per phase, the mean over df's rows of (its added keys - its subtracted keys), in seconds; None where a row
     lacks its first key."""
-
-    def total(keys: list[str]) -> pd.Series:
-        return df.reindex(columns=keys).fillna(0.0).sum(axis=1)
-
+    total = lambda keys: df.reindex(columns=keys).sum(axis=1)  # noqa: E731 - a missing key or NaN counts 0
     missing = {label: plus[0] not in df or df[plus[0]].isna().any() for label, plus, _ in PHASES}
     return {label: None if missing[label] else (total(plus) - total(minus)).mean() for label, plus, minus in PHASES}
 
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pair", default="qwen2.5-math-1.5b_7b")
     p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
     compare = "grpo: codistill vs grpo_small; skip: codistill with vs without the zero-gradient skip; batching "
-    compare += "(platform cpu): the CPU rollout batching requests vs answering one at a time"
+    compare += "(platform cpu): the hf CPU rollout batching requests vs answering one at a time"
     p.add_argument("--compare", default="grpo", choices=sorted(COMPARISONS), help=compare)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the means")
