@@ -2,11 +2,8 @@
 """Per-phase GPU cost of the real model architectures: the input of scripts/cost_model.py.
 
     python scripts/bench_gpu_phases.py --out phases.jsonl                      # the four built-in models
-    python scripts/bench_gpu_phases.py --models Qwen/Qwen2.5-Math-1.5B Qwen/Qwen2.5-Math-7B --out q.jsonl
-    python scripts/bench_gpu_phases.py --pair qwen2.5-math-1.5b_7b --out q.jsonl   # a pair's models + micro-batches
-    python scripts/bench_gpu_phases.py --pair resolved_config.yaml --out q.jsonl   # ... from a resolved config file
 
-Details (phases, fields, the CPU shrunken mode): docs/benchmarks.md, section scripts/bench_gpu_phases.py.
+Examples, phases, fields and the CPU shrunken mode: docs/benchmarks.md, section scripts/bench_gpu_phases.py.
 """
 
 from __future__ import annotations

@@ -2,10 +2,8 @@
 """Step-cost model: GPU-seconds per training step by phase and model, and a run's GPU-hours.
 
     python scripts/cost_model.py --pair qwen2.5-math-1.5b_7b --exp codistill [--metrics <run>/metrics.jsonl]
-    python scripts/cost_model.py --pair P --exp grpo_large --resp-len 1200 -- trainer.total_training_steps=500
-    python scripts/cost_model.py --phases my_gpu.jsonl --configs resolved.yaml --pair P --exp E
 
-Details (formats, equations, options): docs/benchmarks.md, section scripts/cost_model.py.
+Examples, formats, equations and options: docs/benchmarks.md, section scripts/cost_model.py.
 """
 
 from __future__ import annotations
@@ -407,28 +405,21 @@ def format_line(s: Settings, lines: list[Line], baseline_lines: list[Line] | Non
 # ---- CLI ------------------------------------------------------------------------------------------
 
 
-OPTIONS = [  # flag, type, help (float/int: a number; None: a flag)
-    ("--pair", str, "model pair, e.g. qwen2.5-math-1.5b_7b (required)"),
-    ("--exp", str, "experiment, e.g. codistill, grpo_large (required)"),
-    ("--phases", str, "phase JSONL (repeatable); default: the H200 files in scripts/cost_data/"),
-    ("--configs", str, "resolved config(s) as YAML/JSON instead of compose_config (one, or experiment -> config)"),
-    ("--metrics", str, "a finished run's file-logger JSONL: mean lengths and zero-advantage fraction"),
-    ("--resp-len", float, f"mean response tokens (default {DEFAULT_RESP_LEN:g})"),
-    ("--prompt-len", float, f"mean prompt tokens (default {DEFAULT_PROMPT_LEN:g})"),
-    ("--zero-adv-frac", float, "fraction of samples with zero advantage (default 0, or the log's)"),
-    ("--baseline-zero-adv-frac", float, f"zero-advantage fraction of the {BASELINE_EXP} baseline (default: same)"),
-    ("--decode-batch", int, f"sequences decoded at once per GPU (default {DEFAULT_DECODE_BATCH})"),
-    ("--steps", int, "training steps (default trainer.total_training_steps)"),
-    ("--line", None, "print the estimate in one line"),
-]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (see the module docstring); everything after ``--`` goes to compose_config as hydra overrides."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="After --: hydra overrides.")
-    for flag, kind, help_ in OPTIONS:
-        extra = {"action": "store_true"} if kind is None else {"type": kind, "required": flag in ("--pair", "--exp")}
-        ap.add_argument(flag, help=help_, **extra, **({"action": "append"} if flag == "--phases" else {}))
+    ap.add_argument("--pair", required=True, help="model pair, e.g. qwen2.5-math-1.5b_7b")
+    ap.add_argument("--exp", required=True, help="experiment, e.g. codistill, grpo_large")
+    ap.add_argument("--phases", action="append", help="phase JSONL (repeatable; default the H200 files)")
+    ap.add_argument("--configs", help="resolved config(s) as YAML/JSON (one, or experiment -> config)")
+    ap.add_argument("--metrics", help="a finished run's file-logger JSONL: mean lengths and zero-advantage fraction")
+    ap.add_argument("--resp-len", type=float, help=f"mean response tokens (default {DEFAULT_RESP_LEN:g})")
+    ap.add_argument("--prompt-len", type=float, help=f"mean prompt tokens (default {DEFAULT_PROMPT_LEN:g})")
+    ap.add_argument("--zero-adv-frac", type=float, help="share of zero-advantage samples (default 0 or the log's)")
+    ap.add_argument("--baseline-zero-adv-frac", type=float, help=f"{BASELINE_EXP}'s zero-adv share (default: same)")
+    ap.add_argument("--decode-batch", type=int, help=f"sequences decoded at once per GPU ({DEFAULT_DECODE_BATCH})")
+    ap.add_argument("--steps", type=int, help="training steps (default trainer.total_training_steps)")
+    ap.add_argument("--line", action="store_true", help="print the estimate in one line")
     sys.path.insert(0, str(REPO))  # this checkout's recipe package, not another installed copy
     from recipe.codistill_grpo.cli import parse_with_overrides
 
