@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # stdlib at import: phase-file model names, a config's models, the config loaders (project imports lazy)
 from bench_gpu_phases import ModelSpec, compose, load_configs_file, model_key, models_from_config  # noqa: E402,F401
+from make_tables import read_log  # noqa: E402 - the one reader of verl's file-logger JSONL
 
 REPO = Path(__file__).resolve().parents[1]
 COST_DATA = REPO / "scripts" / "cost_data"
@@ -193,17 +194,13 @@ RunMetrics = namedtuple("RunMetrics", "path steps resp_len prompt_len zero_adv_f
 
 
 def read_run_metrics(path: str | Path) -> RunMetrics:
-    """Means over a finished run's verl file-logger JSONL lines of ``RESP_LEN_KEY`` and ``PROMPT_LEN_KEY`` (finite
-    numbers only) and the zero-advantage fraction from the first of ``ZERO_ADV_KEYS`` present."""
-    df = read_jsonl(path)
-    data = pd.DataFrame([d if isinstance(d, dict) else {} for d in df.get("data", [])], index=df.index)
-    keys = [k for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS) if k in data]
-    values = data[keys].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
-    means = values.mean().dropna()
-    zkey = next((k for k in ZERO_ADV_KEYS if k in means), None)
-    steps = df.loc[values.notna().any(axis=1), "step"].nunique() if keys else 0
-    mean = {k: float(v) for k, v in means.items()}.get
-    return RunMetrics(str(path), int(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey), zkey)
+    """Means over the steps of a finished run's verl file-logger JSONL (``make_tables.read_log``: finite numbers, a
+    step's last value) of ``RESP_LEN_KEY``, ``PROMPT_LEN_KEY`` and the first of ``ZERO_ADV_KEYS`` logged."""
+    log = read_log(path)
+    mean = lambda key: float(np.mean(list(log[key].values()))) if key in log else None  # noqa: E731
+    zkey = next((k for k in ZERO_ADV_KEYS if k in log), None)
+    steps = set().union(*(log.get(k, {}) for k in (RESP_LEN_KEY, PROMPT_LEN_KEY, *ZERO_ADV_KEYS)))
+    return RunMetrics(str(path), len(steps), mean(RESP_LEN_KEY), mean(PROMPT_LEN_KEY), mean(zkey), zkey)
 
 
 def apply_run_figures(
