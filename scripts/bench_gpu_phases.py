@@ -386,9 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)  # standalone: not the project's cli helper
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="After --: hydra overrides (--pair).")
     src = ap.add_mutually_exclusive_group()
-    src.add_argument(
-        "--models", nargs="+", metavar="HF_ID", help="HF ids or local folders (default: the built-in four)"
-    )
+    src.add_argument("--models", nargs="+", metavar="HF_ID", help="HF ids or local folders (default: built-in)")
     src.add_argument("--pair", metavar="FILE_OR_NAME", help="both models of a pair: resolved config file or pair name")
     ap.add_argument("--exp", default="codistill", help="experiment composed with a --pair name (default codistill)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_gpu_phases.jsonl"), help="JSONL to write")

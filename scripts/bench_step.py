@@ -7,7 +7,6 @@ Examples, formats, equations and options: docs/benchmarks.md, section scripts/be
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -51,8 +50,10 @@ def run(out: Path, ns: argparse.Namespace, variant: str, extra: list[str]) -> pd
     proc = subprocess.run([sys.executable, "-m", ENTRY, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench_step: run failed (exit {proc.returncode}), see {out}/train.log\n{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return pd.DataFrame([r["data"] for r in rows if r["step"] > ns.warmup])
+    from make_tables import read_log  # the one reader of verl's file-logger JSONL
+
+    log = pd.DataFrame(read_log(out / "metrics.jsonl"))  # a row per step, a column per metric
+    return log[log.index > ns.warmup]
 
 
 def phase_means(df: pd.DataFrame) -> dict[str, float | None]:

@@ -50,15 +50,13 @@ LEN_DEFAULTS = {
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
     """One JSON object a line (blank lines allowed) -> a DataFrame, one row a line; ValueError names a bad line."""
-    try:
-        return pd.read_json(path, lines=True, precise_float=True, dtype=False)
-    except ValueError:  # pandas does not say where: find the line (the file is read again only here)
-        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-            try:
-                json.loads(line) if line.strip() else None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-        raise
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+    return pd.DataFrame(rows)
 
 
 # ---- phase table ----------------------------------------------------------------------------------
