@@ -42,10 +42,6 @@ BASELINE_EXP = "grpo_large"
 NO_LOG = "default (no run log given)"
 CAPPED = f"default {DEFAULT_PROMPT_LEN:g} + {DEFAULT_RESP_LEN:g} capped at data.max_prompt_length / max_response_length"
 CAPPED += " (no run log given)"
-LEN_DEFAULTS = {
-    "prompt_len": f"prompt default {DEFAULT_PROMPT_LEN:g}",
-    "resp_len": f"response default {DEFAULT_RESP_LEN:g}",
-}
 
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
@@ -213,17 +209,18 @@ def apply_run_figures(
 ) -> Settings:
     """Lengths and zero-advantage fraction from a run log and/or explicit values (explicit wins)."""
     m = metrics or RunMetrics("", 0, None, None, None, None)
-    given = [  # (field, value, source), later ones win
+    sources = [  # (field, value, source): a later value wins
         ("resp_len", m.resp_len, f"response {RESP_LEN_KEY} mean of {m.steps} steps in {m.path}"),
-        ("prompt_len", m.prompt_len, f"prompt {PROMPT_LEN_KEY} from the same log"),
+        ("prompt_len", m.prompt_len, f"prompt {PROMPT_LEN_KEY} mean in {m.path}"),
         ("resp_len", resp_len, "response --resp-len"),
         ("prompt_len", prompt_len, "prompt --prompt-len"),
     ]
-    given = [(k, float(v), src) for k, v, src in given if v is not None]
-    changes: dict[str, Any] = {k: v for k, v, _ in given}
-    if given:
-        defaults = [d for k, d in LEN_DEFAULTS.items() if k not in changes]
-        changes["len_source"] = "; ".join([src for *_, src in given] + defaults)
+    given = {k: (float(v), src) for k, v, src in sources if v is not None}
+    changes: dict[str, Any] = {k: v for k, (v, _) in given.items()}
+    if given:  # the other length keeps its value (the default, capped at the config's maximum)
+        names = {"prompt_len": "prompt", "resp_len": "response"}
+        unset = [f"{w} default {getattr(s, k):g}" for k, w in names.items() if k not in given]
+        changes["len_source"] = "; ".join([src for _, src in given.values()] + unset)
     if zero_adv_frac is not None:
         changes.update(zero_adv_frac=float(zero_adv_frac), zero_adv_source="--zero-adv-frac")
     elif m.zero_adv_frac is not None:

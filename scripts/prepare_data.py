@@ -75,9 +75,8 @@ def build_suite(frame, spec, suite, template, on_bad_row="fail", levels=None) ->
     """Raw rows -> ``(verl rows, problems)``; ``problems`` names the rows dropped for a missing or empty question or
     answer (a ``DataError`` if ``on_bad_row == "fail"``, as is a missing column); rows of other ``levels``
     (else the config's ``levels``) are filtered out."""
-    for key in ("data_source", "loader", "path", "question", "answer"):
-        if key not in spec:
-            raise DataError(f"suite '{suite}': config key '{key}' is missing")
+    if missing := [key for key in ("data_source", "loader", "path", "question", "answer") if key not in spec]:
+        raise DataError(f"suite '{suite}': config key '{missing[0]}' is missing")
     qcol, acol, lcol = spec["question"], spec["answer"], spec.get("level")
     where = f"dataset '{spec['path']}' (suite '{suite}')"
     for column in filter(None, (qcol, acol, lcol)):
