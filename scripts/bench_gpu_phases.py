@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import socket
 import sys
@@ -124,12 +123,14 @@ def load_pair(pair: str, exp: str, overrides: Sequence[str]) -> Any:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub (HF_ENDPOINT's host), unless HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    """One quick TCP connect to huggingface_hub's endpoint (HF_ENDPOINT), unless it is offline (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    if constants.HF_HUB_OFFLINE or not url.hostname:
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -1,8 +1,7 @@
 #!/usr/bin/env python
 """Checkpoint(s) x math suites -> per-item correctness and accuracy JSON (resumable).
 
-    python scripts/evaluate.py --backend vllm --data-dir data/qwen_math --out results \\
-        --checkpoint checkpoints/codistill/global_step_500/actor --suite-n aime24=16,amc23=16
+    python scripts/evaluate.py --backend vllm --data-dir data/qwen_math --out results --checkpoint <step>/actor
 
 Examples, formats, equations and options: docs/running.md, section scripts/evaluate.py.
 """

@@ -1,10 +1,9 @@
 #!/usr/bin/env python
 """Evaluation JSONs -> the paper's main table (Markdown + CSV); training logs -> curves (PNG).
 
-    python scripts/make_tables.py --results results --out tables --suites test \\
-        --log codistill/1=runs/codistill/seed1/metrics.jsonl --log grpo_small/1=runs/grpo_small/seed1/metrics.jsonl
+    python scripts/make_tables.py --results results --out tables --log codistill/1=<run>/metrics.jsonl
 
-Details (formats, equations, options): docs/running.md, section scripts/make_tables.py.
+Examples, formats, equations and options: docs/running.md, section scripts/make_tables.py.
 """
 
 from __future__ import annotations
