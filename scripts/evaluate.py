@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,8 +48,7 @@ def is_hf_dir(path: Path) -> bool:
 def default_model_name(path: Path) -> str:
     """``<run>-step<N>[-large]`` for a verl step folder (``<run>``: the folder holding the step folders, or the one
     above it when that is ``checkpoints``, the recipe's layout), the folder's name for an HF model."""
-    step = re.search(r"global_step_(\d+)$", path.parent.name)
-    if step:
+    if step := re.search(r"global_step_(\d+)$", path.parent.name):
         role = "" if path.name == "actor" else "-" + path.name.replace("_actor", "")
         holder = path.parent.parent
         run = holder.parent.name if holder.name == "checkpoints" and holder.parent.name else holder.name
@@ -197,8 +197,6 @@ def evaluate_suite(
 ) -> dict[str, int]:
     """Generate and score (``evaluation.score``; ``score_kw``: timeout, num_workers, fallback_unboxed) the items of
     ``frame`` not yet in ``out_file``, batch by batch. Returns ``{"generated", "skipped"}``."""
-    from tqdm import tqdm
-
     indices = [int(e["index"]) for e in frame["extra_info"]]
     gold_of = {index: str(r["ground_truth"]) for index, r in zip(indices, frame["reward_model"])}
     if len(gold_of) != len(indices):
