@@ -12,7 +12,6 @@ RNG (seed it before the call). Scoring is ``verl_ext.reward.math_reward.score_ba
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,7 +190,3 @@ class HFGenerator:
         return hf_generate(
             self.model, self.tokenizer, prompts, max_tokens, n, temperature, top_p, batch_size=len(prompts)
         )
-
-    def close(self) -> None:
-        del self.model
-        gc.collect()
